@@ -1,0 +1,29 @@
+# Conveyor: `make demo` and `make test` set everything up from a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.conveyor-installed
+
+.PHONY: setup demo test lock bench clean
+
+setup: $(STAMP)
+
+# Reinstall only when the lock or setup.py changed, so a second `make setup` takes seconds.
+$(STAMP): requirements.lock setup.py scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/conveyor run image
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lock:
+	bash scripts/setup.sh --lock
+
+bench: setup
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) .tools conveyor_home

@@ -1,0 +1,83 @@
+"""Evaluator whose accuracy floor also includes the eval split's majority-class baseline.
+
+A TFMA threshold must be a number, but the majority-class rate is only known once
+ExampleGen has run, so this executor counts the eval labels, raises the accuracy lower
+bound to just above that rate, and hands the adjusted EvalConfig to TFX's Evaluator.
+The blessing records accuracy_floor, majority_baseline and the bound that was applied.
+"""
+import collections
+import glob
+import os
+
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tfx.components.evaluator import executor as tfx_executor
+from tfx.components.evaluator.component import Evaluator
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from modules import features as F
+
+ACCURACY = "sparse_categorical_accuracy"
+# Strictly better than always answering the majority class.
+MAJORITY_MARGIN = 1e-6
+
+
+def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
+    pattern = os.path.join(examples_uri, f"Split-{split}", "*")
+    counts = collections.Counter()
+    for path in glob.glob(pattern):
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            counts[example.features.feature[F.LABEL].int64_list.value[0]] += 1
+    total = sum(counts.values())
+    if not total:
+        raise ValueError(f"{pattern}: the eval split has no examples to evaluate on")
+    return max(counts.values()) / total
+
+
+def eval_config(accuracy_floor: float, regression_tolerance: float) -> tfma.EvalConfig:
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_examples", label_key=F.LABEL,
+                                    prediction_key="probabilities")],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[F.LABEL_NAME])],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(
+                class_name="SparseCategoricalAccuracy",
+                threshold=tfma.MetricThreshold(
+                    value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
+                    change_threshold=tfma.GenericChangeThreshold(
+                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                        absolute={"value": -regression_tolerance}))),
+        ])])
+
+
+class Executor(tfx_executor.Executor):
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
+        majority = majority_class_rate(examples.uri)
+        config = tfma.EvalConfig()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY], config)
+        floor = None
+        for spec in config.metrics_specs:
+            for metric in spec.metrics:
+                if metric.class_name == "SparseCategoricalAccuracy":
+                    bound = metric.threshold.value_threshold.lower_bound
+                    floor = bound.value
+                    bound.value = max(floor, majority + MAJORITY_MARGIN)
+        exec_properties = dict(exec_properties)
+        exec_properties[standard_component_specs.EVAL_CONFIG_KEY] = proto_utils.proto_to_json(config)
+        super().Do(input_dict, output_dict, exec_properties)
+        blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+        blessing.set_float_custom_property("majority_baseline", majority)
+        if floor is not None:
+            blessing.set_float_custom_property("accuracy_floor", floor)
+        blessing.set_int_custom_property(
+            "has_baseline_model", int(bool(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY))))
+
+
+class BaselineEvaluator(Evaluator):
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

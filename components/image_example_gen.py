@@ -1,0 +1,203 @@
+"""ImageExampleGen: labelled images from class folders, MNIST-style IDX files or TFRecords.
+
+Layouts (matched by the input pattern under `input_base`):
+  * class folders  <class>/<image>.png|jpg|jpeg|bmp|gif   (class name = folder name)
+  * IDX            *-images-idx3-ubyte[.gz] with the matching *-labels-idx1-ubyte[.gz]
+  * TFRecord       *.tfrecord[.gz] of tf.Examples with `image_raw` bytes and an int64
+                   `label` (named by `class_names`) or a bytes `label_name`
+Every image is decoded once while scanning, so a corrupt file stops ingestion with its
+path (or, with skip_bad_images, is skipped and recorded on the artifact).
+"""
+import glob
+import io
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+
+from components.labelled_example_gen import (LABEL, LABEL_NAME, IngestError,
+                                             LabelledExamplesExecutor, Scan,
+                                             options_to_custom_config)
+from data.idx import IdxError, labels_path_for, read_idx
+
+IMAGE_KEY = "image_raw"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+
+
+def detect_input_pattern(data_dir: str) -> str:
+    """The glob that selects the inputs of a data directory.
+
+    Class folders use `*/*` so TFX fingerprints every image file (an edited image
+    invalidates the cache); flat IDX/TFRecord folders use `*`.
+    """
+    if not os.path.isdir(data_dir):
+        raise IngestError(f"{data_dir}: data directory does not exist")
+    entries = os.listdir(data_dir)
+    if not entries:
+        raise IngestError(f"{data_dir}: data directory is empty")
+    if any(os.path.isdir(os.path.join(data_dir, e)) for e in entries if not e.startswith(".")):
+        return "*/*"
+    return "*"
+
+
+def _check_image(path: str) -> str:
+    """Returns '' when the file decodes as an image, else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"not a readable image ({e})"
+    return ""
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _class_name(label: int, class_names: List[str], source: str) -> str:
+    if class_names:
+        if not 0 <= label < len(class_names):
+            raise IngestError(f"{source}: label {label} has no entry in class_names "
+                              f"({len(class_names)} names)")
+        return class_names[label]
+    return str(label)
+
+
+class Executor(LabelledExamplesExecutor):
+
+    def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            raise IngestError(f"{pattern}: no input files matched")
+        files: List[str] = []
+        for path in paths:
+            if os.path.isdir(path):  # a pattern like `*` that matched class folders
+                files.extend(sorted(os.path.join(path, f) for f in os.listdir(path)))
+            else:
+                files.append(path)
+        idx = [f for f in files if "images-idx3-ubyte" in os.path.basename(f)]
+        if idx:
+            return self._scan_idx(idx, options)
+        records = [f for f in files if f.endswith(TFRECORD_SUFFIXES)]
+        if records:
+            return self._scan_tfrecords(records, options)
+        return self._scan_folders(pattern, files, options)
+
+    def _scan_folders(self, pattern: str, files: List[str], options) -> Scan:
+        skip = bool(options.get("skip_bad_images"))
+        scan = Scan(records=[])
+        per_class: Dict[str, int] = {}
+        for path in files:
+            if os.path.basename(path).startswith("."):
+                continue
+            parent = os.path.dirname(path)
+            class_name = os.path.basename(parent)
+            per_class.setdefault(class_name, 0)
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                reason = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
+            else:
+                reason = _check_image(path)
+            if reason:
+                if not skip:
+                    raise IngestError(f"{path}: {reason}; fix or remove it, or pass --skip-bad-images")
+                scan.skipped.append((path, reason))
+                continue
+            per_class[class_name] += 1
+            scan.records.append({"path": path, LABEL_NAME: class_name})
+        if not per_class:
+            raise IngestError(f"{pattern}: no class folders with images found "
+                              "(expected <data>/<class name>/<image files>)")
+        empty = sorted(c for c, n in per_class.items() if n == 0)
+        if empty:
+            raise IngestError(f"{pattern}: class folder(s) {empty} contain no usable images")
+        return scan
+
+    def _scan_idx(self, image_files: List[str], options) -> Scan:
+        class_names = options.get("class_names") or []
+        scan = Scan(records=[])
+        for images_path in image_files:
+            labels_path = labels_path_for(images_path)
+            if not os.path.exists(labels_path):
+                raise IngestError(f"{images_path}: the matching labels file {labels_path} is missing")
+            try:
+                images, labels = read_idx(images_path), read_idx(labels_path)
+            except IdxError as e:
+                raise IngestError(str(e)) from e
+            if images.ndim != 3:
+                raise IngestError(f"{images_path}: expected images of shape (count, rows, cols), "
+                                  f"got {images.shape}")
+            if labels.ndim != 1 or len(labels) != len(images):
+                raise IngestError(f"{images_path} has {len(images)} images but {labels_path} has "
+                                  f"{labels.shape[0] if labels.ndim else 0} labels")
+            for i, (pixels, label) in enumerate(zip(images, labels)):
+                name = _class_name(int(label), class_names, f"{labels_path} item {i}")
+                scan.records.append({IMAGE_KEY: _png_bytes(pixels.astype(np.uint8)), LABEL_NAME: name})
+        return scan
+
+    def _scan_tfrecords(self, files: List[str], options) -> Scan:
+        class_names = options.get("class_names") or []
+        skip = bool(options.get("skip_bad_images"))
+        scan = Scan(records=[])
+        for path in files:
+            compression = "GZIP" if path.endswith(".gz") else ""
+            try:
+                serialized = list(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
+            except tf.errors.OpError as e:
+                raise IngestError(f"{path}: not a readable TFRecord file ({e.message})") from e
+            for i, data in enumerate(serialized):
+                source = f"{path} record {i}"
+                example = tf.train.Example.FromString(data)
+                feature = example.features.feature
+                if not feature[IMAGE_KEY].bytes_list.value:
+                    raise IngestError(f"{source}: missing bytes feature '{IMAGE_KEY}'")
+                image = feature[IMAGE_KEY].bytes_list.value[0]
+                if feature[LABEL_NAME].bytes_list.value:
+                    name = feature[LABEL_NAME].bytes_list.value[0].decode("utf-8")
+                elif feature[LABEL].int64_list.value:
+                    name = _class_name(int(feature[LABEL].int64_list.value[0]), class_names, source)
+                else:
+                    raise IngestError(f"{source}: missing int64 feature '{LABEL}' or bytes feature '{LABEL_NAME}'")
+                try:
+                    Image.open(io.BytesIO(image)).load()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    if not skip:
+                        raise IngestError(f"{source}: '{IMAGE_KEY}' is not a readable image ({e})") from e
+                    scan.skipped.append((source, f"not a readable image ({e})"))
+                    continue
+                scan.records.append({IMAGE_KEY: image, LABEL_NAME: name})
+        return scan
+
+    @staticmethod
+    def load(record: Dict[str, Any]) -> Dict[str, Any]:
+        if IMAGE_KEY in record:
+            return {IMAGE_KEY: record[IMAGE_KEY]}
+        with open(record["path"], "rb") as f:
+            return {IMAGE_KEY: f.read()}
+
+
+class ImageExampleGen(FileBasedExampleGen):
+    """FileBasedExampleGen over images (see module docstring)."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, input_pattern: str = "*", eval_percent: int = 20,
+                 skip_bad_images: bool = False, class_names=None, input_config=None):
+        from tfx.proto import example_gen_pb2
+        input_config = input_config or example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern=input_pattern)])
+        output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent)]))
+        options = {"skip_bad_images": skip_bad_images}
+        if class_names:
+            options["class_names"] = list(class_names)
+        super().__init__(input_base=input_base, input_config=input_config,
+                         output_config=output_config,
+                         custom_config=options_to_custom_config(options))

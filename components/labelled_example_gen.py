@@ -1,0 +1,171 @@
+"""Shared executor logic of Conveyor's ExampleGens (images and texts).
+
+TFX's FileBasedExampleGen already gives us span/version resolution, input fingerprints
+(caching) and the stable hash split into train/eval; what it lacks is a reader for
+class folders, IDX files and review CSVs, and a label vocabulary. Each ExampleGen here
+scans and validates its inputs *before* Beam starts, so a bad file stops the run with
+a message naming the file instead of a Beam traceback, then Beam turns the scanned
+records into tf.Examples:
+
+    <payload feature>  bytes   image bytes (`image_raw`) or review text (`text`)
+    label              int64   index of label_name in the sorted class names
+    label_name         bytes   the class name
+
+The sorted class names are stored on the Examples artifact (`label_names` custom
+property and `label_names.json`), and skipped inputs in `skipped` / `skipped.json`.
+"""
+import abc
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+from google.protobuf import json_format, struct_pb2
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+LABEL = "label"
+LABEL_NAME = "label_name"
+LABEL_NAMES_FILE = "label_names.json"
+SKIPPED_FILE = "skipped.json"
+
+
+class IngestError(ValueError):
+    """Input data that cannot be ingested; the message names the file/row and what was expected."""
+
+
+@dataclasses.dataclass
+class Scan:
+    """What a scan of one input pattern found.
+
+    records: one dict per example with `label_name` plus whatever `load` needs.
+    skipped: (source, reason) of inputs dropped because skipping was asked for.
+    """
+    records: List[Dict[str, Any]]
+    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def options_to_custom_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
+    """Packs plain options into the CustomConfig proto FileBasedExampleGen carries to its executor."""
+    struct = struct_pb2.Struct()
+    struct.update(options)
+    config = example_gen_pb2.CustomConfig()
+    config.custom_config.Pack(struct)
+    return config
+
+
+def _options_from_exec_properties(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    raw = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
+    if not raw:
+        return {}
+    config = example_gen_pb2.CustomConfig()
+    proto_utils.json_to_proto(raw, config)
+    struct = struct_pb2.Struct()
+    if config.custom_config.Unpack(struct):
+        return json_format.MessageToDict(struct)
+    return {}
+
+
+def _feature(value) -> tf.train.Feature:
+    if isinstance(value, int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[str, Any]],
+                label_index: Dict[str, int]) -> tf.train.Example:
+    features = load(record)
+    features[LABEL] = label_index[record[LABEL_NAME]]
+    features[LABEL_NAME] = record[LABEL_NAME]
+    return tf.train.Example(features=tf.train.Features(
+        feature={k: _feature(v) for k, v in features.items()}))
+
+
+class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
+    """Scan every input pattern, fix the label vocabulary, then let TFX write the splits."""
+
+    @abc.abstractmethod
+    def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
+        """Lists and validates the inputs matching `pattern` (an absolute glob)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def load(record: Dict[str, Any]) -> Dict[str, Any]:
+        """Turns a scanned record into its payload features (runs inside Beam workers)."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        scans = self._scans
+        label_index = self._label_index
+        load = self.load
+
+        @beam.ptransform_fn
+        def records_to_examples(pipeline, exec_properties, split_pattern):
+            del exec_properties
+            return (pipeline
+                    | "Records" >> beam.Create(scans[split_pattern].records, reshuffle=False)
+                    | "ToExample" >> beam.Map(_to_example, load, label_index))
+
+        return records_to_examples
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        options = _options_from_exec_properties(exec_properties)
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        self._scans = {}
+        for split in input_config.splits:
+            scan = self.scan(os.path.join(input_base, split.pattern), options)
+            if not scan.records:
+                raise IngestError(f"{os.path.join(input_base, split.pattern)}: no usable examples "
+                                  f"({len(scan.skipped)} skipped)")
+            self._scans[split.pattern] = scan
+        names = self._label_names(options)
+        self._label_index = {name: i for i, name in enumerate(names)}
+
+        super().Do(input_dict, output_dict, exec_properties)
+
+        skipped = [{"source": s, "reason": r} for scan in self._scans.values() for s, r in scan.skipped]
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        _write_json(os.path.join(examples.uri, LABEL_NAMES_FILE), names)
+        _write_json(os.path.join(examples.uri, SKIPPED_FILE), skipped)
+        examples.set_json_value_custom_property("label_names", names)
+        examples.set_int_custom_property("skipped_count", len(skipped))
+        examples.set_int_custom_property(
+            "example_count", sum(len(s.records) for s in self._scans.values()))
+
+    def _label_names(self, options: Dict[str, Any]) -> List[str]:
+        seen = {r[LABEL_NAME] for scan in self._scans.values() for r in scan.records}
+        configured: Optional[List[str]] = options.get("class_names")
+        if configured:
+            unknown = sorted(seen - set(configured))
+            if unknown:
+                raise IngestError(f"labels {unknown} are not among the configured class_names {configured}")
+            seen = set(configured)
+        names = sorted(seen)
+        if len(names) < 2:
+            raise IngestError(f"found a single class {names}: a classifier needs at least two "
+                              "classes in the input data")
+        return names
+
+
+def _write_json(path: str, value) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(value, indent=1))
+
+
+def label_names_of(examples_uri: str) -> List[str]:
+    with tf.io.gfile.GFile(os.path.join(examples_uri, LABEL_NAMES_FILE)) as f:
+        return json.load(f)
+
+
+def default_input_config(pattern: str) -> example_gen_pb2.Input:
+    return example_gen_utils.make_default_input_config(pattern)

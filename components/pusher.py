@@ -1,0 +1,90 @@
+"""Pusher that writes TF Serving's layout with sequential versions: <base>/<name>/1, 2, 3 ...
+
+TFX's Pusher names versions by Unix time and copies in place; Conveyor needs 1, 2, 3
+(TF Serving serves the highest), an atomic appearance (copy to a hidden temp dir, then
+rename, so a polling server never sees half a model), no second push of a model that is
+already the latest version (a cached rerun re-blesses the same model), and an updated
+models.config next to the model folders.
+"""
+import fcntl
+import json
+import os
+import shutil
+import time
+from typing import Optional
+
+from absl import logging
+from tfx.components.pusher import executor as tfx_executor
+from tfx.components.pusher.component import Pusher
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from serving.model_config import register_model
+
+PUSH_RECORD = os.path.join("assets.extra", "conveyor_push.json")
+
+
+def version_dirs(base: str):
+    """Integer version directories under a model base path, ascending."""
+    if not os.path.isdir(base):
+        return []
+    return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
+
+
+def _pushed_source(version_dir: str) -> Optional[str]:
+    try:
+        with open(os.path.join(version_dir, PUSH_RECORD), encoding="utf-8") as f:
+            return json.load(f).get("model_uri")
+    except (OSError, ValueError):
+        return None
+
+
+class Executor(tfx_executor.Executor):
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        pushed = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(pushed)
+            pushed.set_string_custom_property("reason", "not blessed")
+            return
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        source = self.GetModelPath(input_dict)
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        base = destination.filesystem.base_directory
+        os.makedirs(base, exist_ok=True)
+
+        # One pusher at a time per model: the version number and the rename must not race.
+        with open(os.path.join(base, ".push.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            versions = version_dirs(base)
+            if versions and _pushed_source(os.path.join(base, str(versions[-1]))) == model.uri:
+                logging.info("Model %s is already served as version %d; not pushing it again.",
+                             model.uri, versions[-1])
+                self._MarkNotPushed(pushed)
+                pushed.set_string_custom_property("reason", f"already serving as version {versions[-1]}")
+                pushed.set_string_custom_property("pushed_version", str(versions[-1]))
+                return
+            version = (versions[-1] + 1) if versions else 1
+            final = os.path.join(base, str(version))
+            tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                shutil.copytree(source, tmp)
+                os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+                with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
+                    json.dump({"model_uri": model.uri, "model_id": model.id, "version": version,
+                               "pushed_at": time.time()}, f)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        config_path = register_model(os.path.dirname(base), os.path.basename(base))
+        logging.info("Pushed %s as version %d to %s (models.config: %s)", model.uri, version, final, config_path)
+        self._MarkPushed(pushed, pushed_destination=final, pushed_version=str(version))
+
+
+class ServingPusher(Pusher):
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

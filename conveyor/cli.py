@@ -1,0 +1,86 @@
+"""`conveyor` command line: run pipelines, serve models, send predictions."""
+import argparse
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) is noise for a CLI user.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from typing import List, Optional
+
+from conveyor.config import IMAGE_MODELS, TEXT_MODELS, ConfigError, load_config
+
+
+def default_data(kind: str, home: str) -> str:
+    """Offline default data: sklearn's digits as PNG folders, or tfx's 100 bundled IMDB reviews."""
+    if kind == "image":
+        from data.digits import materialize_digits
+        return materialize_digits(os.path.join(os.path.abspath(home), "data", "digits"))
+    from data.imdb import bundled_reviews_dir
+    return bundled_reviews_dir(home)
+
+
+def _run_parser(sub) -> None:
+    run = sub.add_parser("run", help="run the image or text pipeline on the local DAG runner")
+    run.add_argument("kind", choices=["image", "text"])
+    run.add_argument("--data", help="input data folder (default: offline sample data)")
+    run.add_argument("--home", help="Conveyor HOME holding metadata.sqlite, pipelines/, serving/ "
+                                    "(default ./conveyor_home)")
+    run.add_argument("--config", help="YAML or JSON config file")
+    run.add_argument("--model", help=f"image: {'|'.join(IMAGE_MODELS)}; text: {'|'.join(TEXT_MODELS)}")
+    run.add_argument("--name", help="model name (default image_classifier / text_classifier)")
+    run.add_argument("--train-steps", type=int)
+    run.add_argument("--eval-steps", type=int)
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--input-pattern", help="glob under --data, may contain {SPAN}")
+    run.add_argument("--skip-bad-images", action="store_true", default=None,
+                     help="skip unreadable images instead of stopping (recorded on the artifact)")
+    run.add_argument("--skip-bad-rows", action="store_true", default=None,
+                     help="skip malformed text rows instead of stopping (recorded on the artifact)")
+
+
+def cmd_run(args) -> int:
+    from pipelines.local_runner import ConveyorError, run
+    overrides = {"home": args.home, "model": args.model, "name": args.name,
+                 "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
+                 "input_pattern": args.input_pattern, "skip_bad_images": args.skip_bad_images,
+                 "skip_bad_rows": args.skip_bad_rows}
+    config = load_config(args.kind, args.config, overrides)
+    data = args.data or config.data
+    if data:
+        if not os.path.exists(data):
+            raise ConfigError(f"--data {data}: no such file or directory")
+        config.data = os.path.abspath(data)
+    else:
+        config.data = default_data(config.kind, config.home)
+    try:
+        run(config)
+    except ConveyorError as e:
+        print(f"\nconveyor: run failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # serve/predict keep TF Serving's own flag names, so their parsers own the arguments.
+    if argv and argv[0] == "serve":
+        from serving.server import main as serve_main
+        return serve_main(argv[1:])
+    if argv and argv[0] == "predict":
+        from serving.client import main as predict_main
+        return predict_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("serve", help="TF Serving-compatible model server (see conveyor serve --help)")
+    sub.add_parser("predict", help="send images or texts to a model server (see conveyor predict --help)")
+    args = parser.parse_args(argv)
+    try:
+        return cmd_run(args)
+    except ConfigError as e:
+        print(f"conveyor: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

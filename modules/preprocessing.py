@@ -1,0 +1,60 @@
+"""Transform's preprocessing_fn for both kinds. Runs in TFT's analyze/transform and, being
+part of the exported graph, again at serving time: clients send image bytes or raw text."""
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules import features as F
+
+
+def dense_1d(x: tf.Tensor) -> tf.Tensor:
+    """Raw features arrive as [N, 1] dense or as sparse (schema without shape); make them [N]."""
+    if isinstance(x, tf.SparseTensor):
+        default = "" if x.dtype == tf.string else 0
+        x = tf.sparse.to_dense(x, default_value=default)
+        x = x[:, :1]
+        return tf.reshape(x, [-1])
+    return tf.reshape(x, [-1])
+
+
+def decode_images(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor:
+    """Encoded images [N] -> float32 [N, size, size, channels] in [0, 1]."""
+    def decode_one(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = tf.image.resize(image, [size, size])
+        image.set_shape([size, size, channels])
+        return image / 255.0
+    return tf.map_fn(decode_one, image_bytes,
+                     fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+
+
+def normalize_text(text: tf.Tensor) -> tf.Tensor:
+    text = tf.strings.lower(text)
+    text = tf.strings.regex_replace(text, r"<br\s*/?>", " ")
+    return tf.strings.regex_replace(text, r"[^\w\s']|'(\s|$)|(^|\s)'", " ")
+
+
+def tokenize(text: tf.Tensor, max_tokens: int) -> tf.SparseTensor:
+    """Raw strings [N] -> sparse string tokens [N, max_tokens] (truncated, no padding entries)."""
+    tokens = tf.strings.split(normalize_text(text))[:, :max_tokens].to_sparse()
+    return tf.SparseTensor(tokens.indices, tokens.values,
+                           tf.stack([tokens.dense_shape[0], tf.constant(max_tokens, tf.int64)]))
+
+
+def preprocessing_fn(inputs, custom_config):
+    outputs = {}
+    if F.LABEL in inputs:
+        outputs[F.LABEL] = dense_1d(inputs[F.LABEL])
+    if custom_config["kind"] == "image":
+        outputs[F.IMAGE] = decode_images(dense_1d(inputs[F.IMAGE_RAW]),
+                                         custom_config["image_size"], custom_config["channels"])
+        return outputs
+    tokens = tokenize(dense_1d(inputs[F.TEXT]), custom_config["max_tokens"])
+    ids = tft.compute_and_apply_vocabulary(
+        tokens, top_k=custom_config["vocab_size"], num_oov_buckets=custom_config["oov_buckets"],
+        vocab_filename="tokens")
+    # Id 0 is padding, so shift vocabulary and OOV ids up by one.
+    ids = tf.SparseTensor(ids.indices, ids.values + 1, ids.dense_shape)
+    outputs[F.TOKENS] = tf.sparse.to_dense(ids, default_value=0)
+    width = custom_config["vocab_size"] + custom_config["oov_buckets"] + 1
+    outputs[F.MULTI_HOT] = tf.reduce_max(tf.one_hot(outputs[F.TOKENS], width), axis=1)[:, 1:]
+    return outputs

@@ -1,0 +1,105 @@
+"""Builds the Conveyor TFX pipeline from a Config. Runners (local, Airflow, Kubeflow) only
+choose how to execute what this returns."""
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.orchestration import metadata, pipeline
+from tfx.proto import example_gen_pb2
+from tfx.types import Channel, standard_artifacts
+
+from components.evaluator import BaselineEvaluator, eval_config
+from components.example_validator import GatedExampleValidator
+from components.image_example_gen import ImageExampleGen, detect_input_pattern
+from conveyor.config import Config
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = os.path.join(PROJECT_ROOT, "modules")
+SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
+
+
+def module_config(config: Config) -> dict:
+    """The settings preprocessing_fn and run_fn read (TFX passes them as custom_config)."""
+    keys = ("kind", "model", "image_size", "channels", "vocab_size", "oov_buckets", "max_tokens",
+            "epochs", "batch_size", "learning_rate", "early_stopping_patience")
+    return {k: getattr(config, k) for k in keys}
+
+
+def curated_schema(config: Config) -> Optional[str]:
+    """schemas/<name>.pbtxt in the repo, or HOME/schemas/<name>.pbtxt saved by an earlier run."""
+    for folder in (SCHEMAS, os.path.join(config.home_dir, "schemas")):
+        path = os.path.join(folder, f"{config.name}.pbtxt")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def example_gen(config: Config):
+    if config.kind == "image":
+        pattern = config.input_pattern or detect_input_pattern(config.data)
+        return ImageExampleGen(input_base=config.data, input_pattern=pattern,
+                               eval_percent=config.eval_percent,
+                               skip_bad_images=config.skip_bad_images,
+                               class_names=config.class_names)
+    from components.text_example_gen import TextExampleGen
+    return TextExampleGen(input_base=config.data, input_pattern=config.input_pattern,
+                          eval_percent=config.eval_percent, skip_bad_rows=config.skip_bad_rows,
+                          text_column=config.text_column, label_column=config.label_column,
+                          class_names=config.class_names)
+
+
+def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
+                    metadata_connection_config=None) -> pipeline.Pipeline:
+    """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
+    -> Trainer -> Evaluator (vs latest blessed) -> [InfraValidator] -> Pusher."""
+    from components.pusher import ServingPusher
+
+    examples = example_gen(config)
+    statistics = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
+    schema_file = curated_schema(config)
+    if schema_file:
+        schema = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    else:
+        schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
+                                          infer_feature_shape=True)
+    validator = GatedExampleValidator(statistics=statistics.outputs["statistics"],
+                                      schema=schema.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=examples.outputs["examples"], schema=schema.outputs["schema"],
+        module_file=os.path.join(MODULES, "preprocessing.py"),
+        custom_config=module_config(config), materialize=False)
+    transform.add_upstream_node(validator)
+    trainer = tfx.components.Trainer(
+        module_file=os.path.join(MODULES, "trainer.py"),
+        examples=examples.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        custom_config=module_config(config))
+    baseline = tfx.dsl.Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model")
+    evaluator = BaselineEvaluator(
+        examples=examples.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        eval_config=eval_config(config.accuracy_floor, config.regression_tolerance))
+    pusher = ServingPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+
+    components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
+                        evaluator, pusher]
+    return pipeline.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=pipeline_root or config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config
+        or metadata.sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=list(config.beam_args),
+    )

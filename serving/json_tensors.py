@@ -1,0 +1,183 @@
+"""TF Serving's REST JSON <-> tensor mapping (api_rest.md), written out in Python.
+
+TF Serving does this in C++ (util/json_tensor.cc), so there is no library to reuse.
+Rules implemented:
+  * request `instances` (row format) or `inputs` (columnar), never both;
+  * one-input signatures may omit the input name; `{"b64": "..."}` is binary DT_STRING;
+  * row responses: `predictions` is a list of values for one output, a list of
+    {name: value} objects for several; columnar: `outputs` is the value or {name: value};
+  * output tensors whose name ends in `_bytes` are returned as `{"b64": ...}`.
+"""
+import base64
+import binascii
+from typing import Any, Dict, List, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.model_manager import ServingError
+
+ROW, COLUMNAR = "row", "columnar"
+
+
+def _bad(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _leaf(value: Any, dtype: tf.dtypes.DType, name: str) -> Any:
+    if dtype == tf.string:
+        if _is_b64(value):
+            if not isinstance(value["b64"], str):
+                raise _bad(f"'b64' value of '{name}' must be a string")
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise _bad(f"Unable to base64 decode value of '{name}': {e}") from e
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        raise _bad(f"JSON value: {_short(value)} not formatted correctly for base64 data "
+                   f"or string for input '{name}'")
+    if dtype == tf.bool:
+        if isinstance(value, bool):
+            return value
+        raise _bad(f"JSON Value: {_short(value)} Type: {type(value).__name__} is not of expected type: bool")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"JSON Value: {_short(value)} is not of expected type: {dtype.name} "
+                   f"for input '{name}'")
+    if dtype.is_integer and not isinstance(value, int):
+        raise _bad(f"JSON Value: {_short(value)} is not of expected type: {dtype.name} "
+                   f"for input '{name}'")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shape_and_leaves(value: Any, dtype: tf.dtypes.DType, name: str,
+                      leaves: List[Any], depth: int = 0) -> Tuple[int, ...]:
+    if depth > 64:
+        raise _bad(f"Input '{name}' is nested too deeply")
+    if isinstance(value, list):
+        shapes = {_shape_and_leaves(v, dtype, name, leaves, depth + 1) for v in value}
+        if len(shapes) > 1:
+            raise _bad(f"Input '{name}' is ragged: all lists at the same depth must have "
+                       "the same length")
+        inner = shapes.pop() if shapes else ()
+        return (len(value),) + inner
+    leaves.append(_leaf(value, dtype, name))
+    return ()
+
+
+def to_array(value: Any, dtype: tf.dtypes.DType, name: str) -> np.ndarray:
+    """Nested JSON lists/values -> ndarray of `dtype` (object array of bytes for strings)."""
+    leaves: List[Any] = []
+    shape = _shape_and_leaves(value, dtype, name, leaves)
+    if dtype == tf.string:
+        array = np.empty(len(leaves), dtype=object)
+        array[:] = leaves
+    else:
+        try:
+            array = np.array(leaves, dtype=dtype.as_numpy_dtype)
+        except (OverflowError, ValueError) as e:
+            raise _bad(f"Input '{name}': {e}") from e
+    return array.reshape(shape)
+
+
+def parse_predict_request(body: Any, signature_inputs: Dict[str, meta_graph_pb2.TensorInfo]
+                          ) -> Tuple[Dict[str, np.ndarray], str]:
+    """Request JSON object -> ({input name: array}, ROW|COLUMNAR)."""
+    if "instances" in body and "inputs" in body:
+        raise _bad("Not both 'instances' and 'inputs' can be specified in the request.")
+    if "instances" not in body and "inputs" not in body:
+        raise _bad("Missing 'inputs' or 'instances' key")
+    dtypes = {k: tf.dtypes.as_dtype(info.dtype) for k, info in signature_inputs.items()}
+    if "instances" in body:
+        return _parse_rows(body["instances"], dtypes), ROW
+    return _parse_columns(body["inputs"], dtypes), COLUMNAR
+
+
+def _parse_rows(instances: Any, dtypes: Dict[str, tf.dtypes.DType]) -> Dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise _bad("Expecting 'instances' to be an list/array")
+    if not instances:
+        raise _bad("No values in 'instances' list")
+    named = isinstance(instances[0], dict) and not _is_b64(instances[0])
+    if not named:
+        if len(dtypes) != 1:
+            raise _bad(f"Expecting object in 'instances' (signature has {len(dtypes)} inputs: "
+                       f"{sorted(dtypes)})")
+        (name, dtype), = dtypes.items()
+        return {name: to_array(instances, dtype, name)}
+    columns: Dict[str, list] = {}
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict) or _is_b64(instance):
+            raise _bad(f"Expecting object but got {_short(instance)} at 'instances'[{i}]: "
+                       "all instances must be objects when one is")
+        if set(instance) != set(dtypes):
+            raise _bad(f"Failed to process element: {i} of 'instances' list. JSON object: "
+                       f"{_short(instance)} keys must be equal to: {sorted(dtypes)}")
+        for key, value in instance.items():
+            columns.setdefault(key, []).append(value)
+    return {k: to_array(v, dtypes[k], k) for k, v in columns.items()}
+
+
+def _parse_columns(inputs: Any, dtypes: Dict[str, tf.dtypes.DType]) -> Dict[str, np.ndarray]:
+    if isinstance(inputs, dict) and not _is_b64(inputs):
+        unknown = sorted(set(inputs) - set(dtypes))
+        if unknown:
+            raise _bad(f"'inputs' has keys {unknown} that are not inputs of the signature "
+                       f"{sorted(dtypes)}")
+        return {k: to_array(v, dtypes[k], k) for k, v in inputs.items()}
+    if len(dtypes) != 1:
+        raise _bad(f"Expecting 'inputs' to be an object with keys {sorted(dtypes)}")
+    (name, dtype), = dtypes.items()
+    return {name: to_array(inputs, dtype, name)}
+
+
+def _jsonable(array: np.ndarray, name: str) -> Any:
+    values = array.tolist()
+    if array.dtype != object:
+        return values
+    as_b64 = name.endswith("_bytes")
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, list):
+            return [convert(x) for x in v]
+        if isinstance(v, bytes):
+            if as_b64:
+                return {"b64": base64.b64encode(v).decode("ascii")}
+            return v.decode("utf-8", errors="replace")
+        return v
+
+    return convert(values)
+
+
+def format_predict_response(outputs: Dict[str, np.ndarray], fmt: str) -> Dict[str, Any]:
+    """Outputs -> {"predictions": ...} (row) or {"outputs": ...} (columnar), TF Serving's shapes."""
+    if fmt == COLUMNAR:
+        if len(outputs) == 1:
+            (name, value), = outputs.items()
+            return {"outputs": _jsonable(value, name)}
+        return {"outputs": {k: _jsonable(v, k) for k, v in outputs.items()}}
+    if len(outputs) == 1:
+        (name, value), = outputs.items()
+        return {"predictions": _jsonable(value, name)}
+    batch = None
+    for name, value in outputs.items():
+        if np.ndim(value) == 0:
+            raise _bad(f"Tensor name: {name} has no shape information")
+        if batch is None:
+            batch = len(value)
+        elif len(value) != batch:
+            raise _bad(f"Tensor name: {name} has inconsistent batch size: {len(value)} "
+                       f"expecting: {batch}")
+    columns = {k: _jsonable(v, k) for k, v in outputs.items()}
+    return {"predictions": [{k: columns[k][i] for k in columns} for i in range(batch or 0)]}

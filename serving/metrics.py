@@ -1,0 +1,70 @@
+"""Prometheus metrics served at /monitoring/prometheus/metrics (TF Serving's default path)."""
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from serving.model_manager import ServingError
+
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RequestOutcome:
+    """Filled in by the request handler once it knows which servable answered.
+
+    The model name is only recorded for models that exist, so requests for random
+    names cannot create unbounded label sets.
+    """
+
+    def __init__(self) -> None:
+        self.model_name = ""
+        self.version = ""
+        self.status = "OK"
+
+
+class Metrics:
+    """Per-server registry (not the global one) so several servers can share a process."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "conveyor_serving_request_count", "Requests by model, version, API, protocol and status.",
+            ["model_name", "version", "api", "protocol", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "conveyor_serving_request_latency_seconds", "End-to-end request latency.",
+            ["model_name", "version", "api", "protocol"], buckets=_LATENCY_BUCKETS,
+            registry=self.registry)
+        self.loaded_versions = Gauge(
+            "conveyor_serving_loaded_versions", "Versions currently AVAILABLE per model.",
+            ["model_name"], registry=self.registry)
+
+    @contextmanager
+    def track(self, api: str, protocol: str) -> Iterator[RequestOutcome]:
+        outcome = RequestOutcome()
+        start = time.perf_counter()
+        try:
+            yield outcome
+        except ServingError as e:
+            outcome.status = e.code.name
+            raise
+        except Exception:
+            outcome.status = "INTERNAL"
+            raise
+        finally:
+            labels = dict(model_name=outcome.model_name, version=outcome.version,
+                          api=api, protocol=protocol)
+            self.latency.labels(**labels).observe(time.perf_counter() - start)
+            self.requests.labels(status=outcome.status, **labels).inc()
+
+    def render(self, loaded: dict) -> bytes:
+        """Text exposition; `loaded` is {model_name: [versions]} at scrape time."""
+        self.loaded_versions.clear()
+        for name, versions in loaded.items():
+            self.loaded_versions.labels(model_name=name).set(len(versions))
+        return generate_latest(self.registry)
+

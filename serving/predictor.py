@@ -1,0 +1,92 @@
+"""Protocol-neutral request handling shared by the REST and gRPC front ends.
+
+Both front ends translate their wire format into these calls, so model resolution,
+signature checks, batching and error codes are identical over REST and gRPC.
+"""
+from typing import Dict, Iterable, Optional, Tuple
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+from serving.batching import Batcher
+from serving.model_manager import DEFAULT_SIGNATURE, ModelManager, Servable, ServingError
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+class Predictor:
+    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None):
+        self.manager = manager
+        self.batcher = batcher
+
+    def servable(self, spec: model_pb2.ModelSpec) -> Servable:
+        if not spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        version = spec.version.value if spec.HasField("version") else None
+        return self.manager.get_servable(spec.name, version, spec.version_label or None)
+
+    def predict(self, servable: Servable, signature_name: str, inputs: Dict[str, np.ndarray],
+                output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+        """Runs a predict signature; `output_filter` keeps only the named outputs (gRPC)."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        signature = servable.signature(signature_name)
+        wanted = list(output_filter)
+        for alias in wanted:
+            if alias not in signature.outputs:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output tensor alias not found in signature: {alias} Outputs "
+                                   f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
+        if self.batcher is not None:
+            key = (servable.name, servable.version, signature_name)
+            outputs = self.batcher.run(key, lambda x: servable.run(signature_name, x), inputs)
+        else:
+            outputs = servable.run(signature_name, inputs)
+        if wanted:
+            outputs = {k: v for k, v in outputs.items() if k in wanted}
+        return outputs
+
+    @staticmethod
+    def check_method(servable: Servable, signature_name: str, api: str) -> None:
+        """Classify/Regress need classify/regress signatures, as in TF Serving.
+
+        Conveyor's models only export predict signatures, so this always ends in
+        TF Serving's INVALID_ARGUMENT; running real classify/regress signatures is not
+        implemented (UNIMPLEMENTED) because no Conveyor model has one.
+        """
+        name = signature_name or DEFAULT_SIGNATURE
+        if name not in servable.signature_defs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"No signature was found with the name: {name}")
+        expected = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
+        method = servable.signature_defs[name].method_name
+        if method != expected:
+            kind = "classification" if api == "classify" else "regression"
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expected {kind} signature method_name to be {expected}. "
+                               f"Was: {method}")
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                           f"Conveyor's model server does not run {api} signatures; "
+                           "use :predict or TF Serving")
+
+    def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                 ) -> Tuple[Servable, get_model_metadata_pb2.GetModelMetadataResponse]:
+        if not request.metadata_field:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Metadata field {field} is not supported")
+        servable = self.servable(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+        return servable, response
+

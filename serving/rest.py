@@ -1,0 +1,252 @@
+"""TF Serving's REST API (/v1/models/...) on the stdlib's threaded HTTP server.
+
+The stdlib server keeps the dependency set unchanged; requests are small and the
+heavy lifting happens in TensorFlow, which releases the GIL.
+URL patterns, status-code mapping and the `{"error": ...}` body follow TF Serving's
+http_rest_api_util.cc / http_server.cc.
+"""
+import json
+import logging
+import re
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional, Tuple
+
+import grpc
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+from serving import json_tensors
+from serving.metrics import PROMETHEUS_PATH, Metrics
+from serving.model_manager import DEFAULT_SIGNATURE, ServingError
+from serving.predictor import SIGNATURE_DEF_FIELD, Predictor
+
+log = logging.getLogger("conveyor.serving.rest")
+
+_PREDICT_RE = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE)
+_STATUS_RE = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE)
+
+# TF Serving's ToHTTPStatusCode (http_server.cc).
+_HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name))
+    if version:
+        try:
+            spec.version.value = int(version)
+        except ValueError:  # \d+ too large for int64
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Failed to convert version: {version} to numeric.")
+    if label:
+        spec.version_label = urllib.parse.unquote(label)
+    return spec
+
+
+def _proto_json(message, preserve_names: bool) -> Any:
+    return json_format.MessageToDict(message, including_default_value_fields=True,
+                                     preserving_proto_field_name=preserve_names)
+
+
+class RestApi:
+    """Maps (method, path, body) to (HTTP status, JSON object); independent of the socket layer."""
+
+    def __init__(self, predictor: Predictor, metrics: Metrics):
+        self.predictor = predictor
+        self.metrics = metrics
+
+    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, Any]:
+        try:
+            return 200, self._dispatch(method, path, body)
+        except ServingError as e:
+            return _HTTP_STATUS.get(e.code, 500), {"error": e.message}
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> Any:
+        if method == "POST":
+            match = _PREDICT_RE.fullmatch(path)
+            if match:
+                name, version, label, api = match.groups()
+                return self._post(api.lower(), _model_spec(name, version, label), body)
+        elif method == "GET":
+            match = _STATUS_RE.fullmatch(path)
+            if match:
+                name, version, label, subresource = match.groups()
+                if not name:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
+                spec = _model_spec(name, version, label)
+                if subresource:
+                    return self._metadata(spec)
+                return self._status(spec)
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
+
+    def _status(self, spec: model_pb2.ModelSpec) -> Any:
+        version = spec.version.value if spec.HasField("version") else None
+        response = self.predictor.manager.model_status(spec.name, version, spec.version_label or None)
+        return _proto_json(response, preserve_names=False)
+
+    def _metadata(self, spec: model_pb2.ModelSpec) -> Any:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
+        _, response = self.predictor.metadata(request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_map)
+        # TF Serving prints model_spec and the unpacked SignatureDefMap separately
+        # (http_rest_api_util.cc ToJsonString), so there is no "@type" key.
+        return {"model_spec": _proto_json(response.model_spec, preserve_names=True),
+                "metadata": {SIGNATURE_DEF_FIELD: _proto_json(signature_map, preserve_names=True)}}
+
+    def _post(self, api: str, spec: model_pb2.ModelSpec, body: bytes) -> Any:
+        with self.metrics.track(api, "rest") as outcome:
+            request = self._parse_body(body)
+            signature_name = request.get("signature_name", "")
+            if not isinstance(signature_name, str):
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "'signature_name' key must be a string value.")
+            servable = self.predictor.servable(spec)
+            outcome.model_name, outcome.version = servable.name, str(servable.version)
+            if api != "predict":
+                self.predictor.check_method(servable, signature_name, api)
+            name = signature_name or DEFAULT_SIGNATURE
+            if name not in servable.signature_defs:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f'Serving signature name: "{name}" not found in signature def')
+            inputs, fmt = json_tensors.parse_predict_request(
+                request, servable.signature_defs[name].inputs)
+            outputs = self.predictor.predict(servable, name, inputs)
+            return json_tensors.format_predict_response(outputs, fmt)
+
+    @staticmethod
+    def _parse_body(body: bytes) -> dict:
+        try:
+            request = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from e
+        if not isinstance(request, dict):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "JSON Parse error: request body must be a JSON object")
+        return request
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ConveyorModelServer"
+    # Set on the subclass built by make_http_server.
+    api: RestApi
+    max_body_bytes: int
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if path == PROMETHEUS_PATH:
+            manager = self.api.predictor.manager
+            loaded = {n: manager.loaded_versions(n) for n in manager.model_names()}
+            self._reply(200, self.api.metrics.render(loaded), self.api.metrics.content_type)
+            return
+        self._api("GET", path, b"")
+
+    def do_POST(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        try:
+            body = self._read_body()
+        except _BodyTooLarge as e:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            self._json(413, {"error": str(e)})
+            return
+        except ValueError as e:
+            self.close_connection = True
+            self._json(400, {"error": str(e)})
+            return
+        self._api("POST", path, body)
+
+    def _api(self, method: str, path: str, body: bytes) -> None:
+        if not re.match(r"(?i)/v1/", path):
+            self._json(404, {"error": f"Not found: {method} {path}"})
+            return
+        try:
+            status, payload = self.api.handle(method, path, body)
+        except Exception as e:  # a server bug: report it, keep serving
+            log.exception("Internal error handling %s %s", method, path)
+            status, payload = 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
+        self._json(status, payload)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length_header = self.headers.get("Content-Length", "0")
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise ValueError(f"Invalid Content-Length: {length_header!r}")
+        if length < 0:
+            raise ValueError(f"Invalid Content-Length: {length_header!r}")
+        self._check_size(length)
+        return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes:
+        """Chunked bodies (curl -T -, streaming clients); TF Serving's evhttp accepts them too."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024).split(b";")[0].strip()
+            try:
+                size = int(line, 16)
+            except ValueError:
+                raise ValueError("Malformed chunked request body")
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailers
+                    pass
+                return bytes(body)
+            self._check_size(len(body) + size)
+            body += self.rfile.read(size)
+            self.rfile.readline(1024)
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_body_bytes:
+            raise _BodyTooLarge(f"Request body of {size} bytes exceeds the limit of "
+                                f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)")
+
+    def _json(self, status: int, payload: Any) -> None:
+        self._reply(status, json.dumps(payload).encode("utf-8"), "application/json")
+
+    def _reply(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+def make_http_server(host: str, port: int, api: RestApi, max_body_bytes: int) -> ThreadingHTTPServer:
+    handler = type("RestHandler", (_Handler,), {"api": api, "max_body_bytes": max_body_bytes})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server

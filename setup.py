@@ -1,0 +1,36 @@
+"""Conveyor: a production image/text classification pipeline on TFX.
+
+This file is also what Beam workers (Dataflow, Flink, Spark) install via
+`--setup_file ./setup.py`, so it packages every code folder the DAG imports.
+"""
+from setuptools import setup
+
+setup(
+    name="conveyor",
+    version="0.1.0",
+    description="TFX pipeline that trains, validates and serves image and text classifiers",
+    python_requires=">=3.9,<3.11",
+    packages=[
+        "conveyor",
+        "pipelines",
+        "components",
+        "modules",
+        "data",
+        "serving",
+        "kubeflow",
+    ],
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "tensorflow-transform==1.16.0",
+        "tensorflow-data-validation==1.16.1",
+        "tensorflow-model-analysis==0.47.1",
+        "ml-metadata==1.16.0",
+        "apache-beam[gcp]==2.60.0",
+        "tensorflow-serving-api==2.16.1",
+        "pillow",
+        "pyyaml",
+        "scikit-learn",
+    ],
+    entry_points={"console_scripts": ["conveyor=conveyor.cli:main"]},
+)
