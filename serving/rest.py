@@ -53,7 +53,11 @@ _HTTP_STATUS = {
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """Raised before reading the body; `drain` says whether reading it first is affordable."""
+
+    def __init__(self, message: str, drain: int = 0):
+        super().__init__(message)
+        self.drain = drain
 
 
 def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> model_pb2.ModelSpec:
@@ -156,6 +160,7 @@ class RestApi:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ConveyorModelServer"
+    timeout = 60  # seconds; a client that stalls mid-request only ties up its own thread
     # Set on the subclass built by make_http_server.
     api: RestApi
     max_body_bytes: int
@@ -174,7 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
         except _BodyTooLarge as e:
-            self.close_connection = True  # the unread body must not be parsed as a request
+            # Reading a moderately oversized body first lets the client see the 413 instead
+            # of a reset connection; either way the connection is not reused.
+            self._discard(e.drain)
+            self.close_connection = True
             self._json(413, {"error": str(e)})
             return
         except ValueError as e:
@@ -204,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError(f"Invalid Content-Length: {length_header!r}")
         if length < 0:
             raise ValueError(f"Invalid Content-Length: {length_header!r}")
-        self._check_size(length)
+        self._check_size(length, declared=True)
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes:
@@ -224,10 +232,21 @@ class _Handler(BaseHTTPRequestHandler):
             body += self.rfile.read(size)
             self.rfile.readline(1024)
 
-    def _check_size(self, size: int) -> None:
+    def _check_size(self, size: int, declared: bool = False) -> None:
         if size > self.max_body_bytes:
+            drain = size if declared and size <= 4 * self.max_body_bytes else 0
             raise _BodyTooLarge(f"Request body of {size} bytes exceeds the limit of "
-                                f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)")
+                                f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)", drain)
+
+    def _discard(self, size: int) -> None:
+        try:
+            while size > 0:
+                chunk = self.rfile.read(min(size, 1 << 20))
+                if not chunk:
+                    return
+                size -= len(chunk)
+        except OSError:
+            pass
 
     def _json(self, status: int, payload: Any) -> None:
         self._reply(status, json.dumps(payload).encode("utf-8"), "application/json")

@@ -1,0 +1,265 @@
+"""TextExampleGen: labelled texts from CSV/TSV tables or aclImdb-style review folders.
+
+Layouts (see detect_text_layout):
+  * tables   *.csv / *.tsv with a header row; *.txt files whose first line is such a header
+             (tfx's imdb_small_with_labels.txt) are read as CSV. The text column defaults to
+             the first of text|review|sentence, the label column to label|sentiment|class.
+  * folders  <label>/<review>.txt, optionally under <split>/ as in aclImdb
+             (train/pos, test/neg, ...): an existing train/test split is kept as the
+             pipeline's train/eval splits instead of hashing. aclImdb's unlabelled `unsup`
+             folder is ignored.
+Labels are any strings; with class_names, a label is either one of the names or an integer
+index into them. Every row is checked while scanning, so a bad row (empty text or label,
+unknown label, wrong column count, bytes that are not UTF-8) stops ingestion with its file
+and line, or, with skip_bad_rows, is skipped and recorded on the artifact.
+"""
+import codecs
+import csv
+import dataclasses
+import glob
+import os
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+
+from components.labelled_example_gen import (LABEL_NAME, IngestError, LabelledExamplesExecutor,
+                                             Scan, options_to_custom_config)
+
+TEXT_KEY = "text"
+TEXT_COLUMNS = ("text", "review", "sentence")
+LABEL_COLUMNS = ("label", "sentiment", "class")
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": ","}
+UNLABELLED_FOLDERS = ("unsup",)
+SINGLE_SPLIT = "single_split"
+# aclImdb's own split; the pipeline's Trainer and Evaluator read `train` and `eval`.
+EXISTING_SPLITS = (("train", "train/*/*.txt"), ("eval", "test/*/*.txt"))
+
+
+@dataclasses.dataclass
+class TextLayout:
+    """Where the inputs are: input_base plus (split name, pattern) pairs. A single
+    SINGLE_SPLIT pattern is hashed into train/eval; named splits are kept as they are."""
+    input_base: str
+    splits: List[Tuple[str, str]]
+
+
+def _visible(folder: str) -> List[str]:
+    return sorted(e for e in os.listdir(folder) if not e.startswith("."))
+
+
+def _has_review_folders(folder: str) -> bool:
+    return any(os.path.isdir(os.path.join(folder, d)) and
+               any(f.endswith(".txt") for f in os.listdir(os.path.join(folder, d)))
+               for d in _visible(folder))
+
+
+def detect_text_layout(data_path: str) -> TextLayout:
+    """The layout of --data: a table file, a folder of tables, or review folders."""
+    if os.path.isfile(data_path):
+        if os.path.splitext(data_path)[1].lower() not in DELIMITERS:
+            raise IngestError(f"{data_path}: expected a .csv, .tsv or .txt table of texts and labels")
+        return TextLayout(os.path.dirname(os.path.abspath(data_path)),
+                          [(SINGLE_SPLIT, os.path.basename(data_path))])
+    if not os.path.isdir(data_path):
+        raise IngestError(f"{data_path}: data file or directory does not exist")
+    entries = _visible(data_path)
+    if not entries:
+        raise IngestError(f"{data_path}: data directory is empty")
+    if {"train", "test"} <= set(entries) and all(
+            _has_review_folders(os.path.join(data_path, s)) for s in ("train", "test")):
+        return TextLayout(data_path, list(EXISTING_SPLITS))
+    tables = sorted({os.path.splitext(e)[1].lower() for e in entries} & {".csv", ".tsv"})
+    if len(tables) > 1:
+        raise IngestError(f"{data_path}: holds both .csv and .tsv files; choose with --input-pattern")
+    if tables:
+        return TextLayout(data_path, [(SINGLE_SPLIT, f"*{tables[0]}")])
+    if _has_review_folders(data_path):
+        return TextLayout(data_path, [(SINGLE_SPLIT, "*/*.txt")])
+    if any(e.endswith(".txt") for e in entries):
+        return TextLayout(data_path, [(SINGLE_SPLIT, "*.txt")])
+    raise IngestError(f"{data_path}: no texts found (expected .csv/.tsv tables with a header row, "
+                      "<label>/<review>.txt folders, or train/ and test/ holding such folders)")
+
+
+def _find_column(header: List[str], configured: Optional[str], candidates: Tuple[str, ...]) -> int:
+    """Index of the configured column, else of the first candidate present; -1 if none."""
+    names = [h.strip().lower() for h in header]
+    for name in ([configured] if configured else candidates):
+        if name.strip().lower() in names:
+            return names.index(name.strip().lower())
+    return -1
+
+
+def resolve_label(raw: str, class_names: List[str]) -> Tuple[str, str]:
+    """(class name, '') for a usable label, else ('', reason)."""
+    label = raw.strip()
+    if not label:
+        return "", "empty label"
+    if not class_names or label in class_names:
+        return label, ""
+    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+        return class_names[int(label)], ""
+    return "", f"label {label!r} is neither one of class_names {class_names} nor an index into them"
+
+
+def _decoded_lines(lines: Iterable[bytes], bad: Dict[int, str]) -> Iterator[str]:
+    """Decodes line by line so a non-UTF-8 byte is reported with its line (noted in `bad`)."""
+    for number, raw in enumerate(lines, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad[number] = f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8"
+            yield raw.decode("utf-8", errors="replace")
+
+
+class Executor(LabelledExamplesExecutor):
+
+    def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            raise IngestError(f"{pattern}: no input files matched")
+        files: List[str] = []
+        for path in paths:
+            if os.path.isdir(path):  # a pattern like `*` that matched label folders
+                files.extend(os.path.join(path, f) for f in _visible(path))
+            else:
+                files.append(path)
+        scan = Scan(records=[])
+        for path in files:
+            if os.path.basename(path).startswith("."):
+                continue
+            extension = os.path.splitext(path)[1].lower()
+            if extension not in DELIMITERS:
+                self._bad(scan, options, path, "not a .csv, .tsv or .txt file")
+            elif extension != ".txt" or self._is_table(path, options):
+                self._scan_table(path, DELIMITERS[extension], options, scan)
+            elif os.path.basename(os.path.dirname(path)) not in UNLABELLED_FOLDERS:
+                self._scan_review_file(path, options, scan)
+        return scan
+
+    @staticmethod
+    def _bad(scan: Scan, options: Dict[str, Any], source: str, reason: str) -> None:
+        if not options.get("skip_bad_rows"):
+            raise IngestError(f"{source}: {reason}; fix or remove it, or pass --skip-bad-rows")
+        scan.skipped.append((source, reason))
+
+    @staticmethod
+    def _is_table(path: str, options: Dict[str, Any]) -> bool:
+        """A .txt file is a table when its first line is a header naming text and label columns."""
+        with open(path, "rb") as f:
+            first = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+        header = next(csv.reader([first]), [])
+        return (_find_column(header, options.get("text_column"), TEXT_COLUMNS) >= 0 and
+                _find_column(header, options.get("label_column"), LABEL_COLUMNS) >= 0)
+
+    def _scan_table(self, path: str, delimiter: str, options: Dict[str, Any], scan: Scan) -> None:
+        class_names = options.get("class_names") or []
+        bad_lines: Dict[int, str] = {}
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        with open(path, "rb") as f:
+            reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter)
+            try:
+                header = next(reader, None)
+                if header is None:
+                    raise IngestError(f"{path}: empty file, expected a header row")
+                if 1 in bad_lines:
+                    raise IngestError(f"{path} line 1: {bad_lines[1]}")
+                text_at = _find_column(header, options.get("text_column"), TEXT_COLUMNS)
+                label_at = _find_column(header, options.get("label_column"), LABEL_COLUMNS)
+                for index, what, key, candidates in ((text_at, "text", "text_column", TEXT_COLUMNS),
+                                                     (label_at, "label", "label_column", LABEL_COLUMNS)):
+                    if index < 0:
+                        expected = options.get(key) or " or ".join(candidates)
+                        raise IngestError(f"{path} line 1: the header {header} has no {what} column "
+                                          f"'{expected}' (set {key} to name it)")
+                last_line = reader.line_num
+                for row in reader:
+                    first_line, last_line = last_line + 1, reader.line_num
+                    if not row:  # blank line
+                        continue
+                    source = f"{path} line {first_line}"
+                    reason = self._row_problem(row, header, text_at, label_at, class_names,
+                                               [bad_lines[n] for n in range(first_line, last_line + 1)
+                                                if n in bad_lines])
+                    if reason:
+                        self._bad(scan, options, source, reason)
+                        continue
+                    name, _ = resolve_label(row[label_at], class_names)
+                    scan.records.append({TEXT_KEY: row[text_at], LABEL_NAME: name})
+            except csv.Error as e:
+                raise IngestError(f"{path} line {reader.line_num}: not a valid {kind} row ({e})") from e
+
+    @staticmethod
+    def _row_problem(row: List[str], header: List[str], text_at: int, label_at: int,
+                     class_names: List[str], encoding_problems: List[str]) -> str:
+        if encoding_problems:
+            return encoding_problems[0]
+        if len(row) != len(header):
+            return f"has {len(row)} columns, the header has {len(header)}"
+        if not row[text_at].strip():
+            return f"empty text in column '{header[text_at]}'"
+        return resolve_label(row[label_at], class_names)[1]
+
+    def _scan_review_file(self, path: str, options: Dict[str, Any], scan: Scan) -> None:
+        folder = os.path.basename(os.path.dirname(path))
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            self._bad(scan, options, f"{path} line {line}",
+                      f"byte 0x{data[e.start]:02x} is not valid UTF-8")
+            return
+        label, reason = resolve_label(folder, options.get("class_names") or [])
+        if not text.strip():
+            reason = "empty text"
+        elif reason:
+            reason = f"label folder '{folder}': {reason}"
+        if reason:
+            self._bad(scan, options, f"{path} line 1", reason)
+            return
+        scan.records.append({"path": path, LABEL_NAME: label})
+
+    @staticmethod
+    def load(record: Dict[str, Any]) -> Dict[str, Any]:
+        if TEXT_KEY in record:
+            return {TEXT_KEY: record[TEXT_KEY]}
+        with open(record["path"], "rb") as f:
+            return {TEXT_KEY: f.read()}
+
+
+class TextExampleGen(FileBasedExampleGen):
+    """FileBasedExampleGen over texts (see module docstring)."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, input_pattern: Optional[str] = None, eval_percent: int = 20,
+                 skip_bad_rows: bool = False, text_column: Optional[str] = None,
+                 label_column: Optional[str] = None, class_names=None):
+        if input_pattern:
+            if os.path.isfile(input_base):
+                raise IngestError(f"{input_base}: --input-pattern needs a data folder, not a file")
+            layout = TextLayout(input_base, [(SINGLE_SPLIT, input_pattern)])
+        else:
+            layout = detect_text_layout(input_base)
+        input_config = example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in layout.splits])
+        if len(layout.splits) == 1:
+            output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent)]))
+        else:
+            output_config = example_gen_pb2.Output()  # keep the input splits
+        options: Dict[str, Any] = {"skip_bad_rows": skip_bad_rows}
+        for key, value in (("text_column", text_column), ("label_column", label_column),
+                           ("class_names", list(class_names) if class_names else None)):
+            if value:
+                options[key] = value
+        super().__init__(input_base=layout.input_base, input_config=input_config,
+                         output_config=output_config,
+                         custom_config=options_to_custom_config(options))

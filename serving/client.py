@@ -1,0 +1,152 @@
+"""`conveyor predict`: classify images or text through TF Serving's standard REST API.
+
+Only documented TF Serving endpoints are used, so this works unchanged against real
+TF Serving as well as against `conveyor serve`. Stdlib HTTP keeps it dependency-free.
+"""
+import argparse
+import base64
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+
+class PredictError(RuntimeError):
+    """The server answered with an error; `status` is the HTTP code (0 if unreachable)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Prediction:
+    """One input's answer: predicted class plus the top-k (class id, probability) pairs."""
+    class_name: str
+    class_id: int
+    probability: float
+    top: List[tuple]
+
+
+class PredictClient:
+    def __init__(self, url: str = "http://127.0.0.1:8501", timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _model_path(self, model: str, version: Optional[int], label: Optional[str]) -> str:
+        if version is not None and label:
+            raise ValueError("give a version or a label, not both")
+        path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        elif label:
+            path += f"/labels/{urllib.parse.quote(label, safe='')}"
+        return path
+
+    def _call(self, path: str, body: Optional[dict] = None) -> Any:
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                message = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode("utf-8", errors="replace") or e.reason
+            raise PredictError(e.code, message) from None
+        except urllib.error.URLError as e:
+            raise PredictError(0, f"cannot reach {self.url}: {e.reason}") from None
+
+    def status(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
+        return self._call(self._model_path(model, version, label))
+
+    def metadata(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
+        return self._call(self._model_path(model, version, label) + "/metadata")
+
+    def predict(self, model: str, instances: List[Any], version: Optional[int] = None,
+                label: Optional[str] = None, signature_name: str = "") -> List[Dict[str, Any]]:
+        """Raw row-format predict: returns the `predictions` list."""
+        body: Dict[str, Any] = {"instances": instances}
+        if signature_name:
+            body["signature_name"] = signature_name
+        return self._call(self._model_path(model, version, label) + ":predict", body)["predictions"]
+
+    def predict_images(self, model: str, images: Sequence[bytes], top_k: int = 3,
+                       **kwargs: Any) -> List[Prediction]:
+        instances = [{"b64": base64.b64encode(image).decode("ascii")} for image in images]
+        return _summarize(self.predict(model, instances, **kwargs), top_k)
+
+    def predict_texts(self, model: str, texts: Sequence[str], top_k: int = 3,
+                      **kwargs: Any) -> List[Prediction]:
+        return _summarize(self.predict(model, list(texts), **kwargs), top_k)
+
+
+def _summarize(predictions: List[Dict[str, Any]], top_k: int) -> List[Prediction]:
+    results = []
+    for row in predictions:
+        if not isinstance(row, dict) or "probabilities" not in row:
+            raise PredictError(200, "response lacks the 'probabilities' output; is this a Conveyor model?")
+        probabilities = row["probabilities"]
+        ranked = sorted(enumerate(probabilities), key=lambda p: p[1], reverse=True)[:top_k]
+        class_id = int(row.get("class_ids", ranked[0][0]))
+        results.append(Prediction(class_name=str(row.get("class_names", class_id)), class_id=class_id,
+                                  probability=float(probabilities[class_id]), top=ranked))
+    return results
+
+
+def format_prediction(source: str, prediction: Prediction) -> str:
+    """'cat.png: cat (0.912)  top: cat 0.912, #2 0.061, #0 0.027'; only the predicted
+    class has a name because the model's class_names output names the argmax only."""
+    top = ", ".join(
+        f"{prediction.class_name if i == prediction.class_id else f'#{i}'} {p:.3f}"
+        for i, p in prediction.top)
+    return f"{source}: {prediction.class_name} ({prediction.probability:.3f})  top: {top}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="conveyor predict",
+        description="Classify images or text with a served model (TF Serving REST API).")
+    parser.add_argument("--model", required=True, help="model name, e.g. image or text")
+    parser.add_argument("--url", default="http://127.0.0.1:8501", help="REST endpoint of the server")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="model version (default: latest)")
+    which.add_argument("--label", help="version label, e.g. stable or canary")
+    parser.add_argument("--signature_name", default="", help="default: serving_default")
+    parser.add_argument("--top_k", type=int, default=3)
+    parser.add_argument("--text", action="append", default=[], help="text to classify (repeatable)")
+    parser.add_argument("files", nargs="*", help="image files (PNG/JPEG) to classify")
+    args = parser.parse_args(argv)
+    if bool(args.files) == bool(args.text):
+        parser.error("give image FILES or --text, not both and not neither")
+    client = PredictClient(args.url)
+    options = dict(version=args.version, label=args.label, signature_name=args.signature_name,
+                   top_k=args.top_k)
+    try:
+        if args.files:
+            images = []
+            for path in args.files:
+                with open(path, "rb") as f:
+                    images.append(f.read())
+            results = client.predict_images(args.model, images, **options)
+            sources = args.files
+        else:
+            results = client.predict_texts(args.model, args.text, **options)
+            sources = [repr(t if len(t) <= 40 else t[:37] + "...") for t in args.text]
+    except (PredictError, OSError) as e:
+        print(f"conveyor predict: {e}", file=sys.stderr)
+        return 1
+    for source, result in zip(sources, results):
+        print(format_prediction(source, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared test helpers. Everything runs for real: Beam DirectRunner, TFT, MLMD on SQLite."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def run_example_gen(component, output_dir: str):
+    """Runs an ExampleGen component's executor the way TFX does; returns the Examples artifact."""
+    from google.protobuf import message
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+
+    exec_properties = {}
+    for key, value in component.exec_properties.items():
+        if isinstance(value, message.Message):
+            value = proto_utils.proto_to_json(value)
+        exec_properties[key] = value
+    examples = standard_artifacts.Examples()
+    examples.uri = output_dir
+    executor = component.executor_spec.executor_class()
+    executor.Do({}, {"examples": [examples]}, exec_properties)
+    return examples
+
+
+def read_examples(examples_uri: str, split: str):
+    import glob
+
+    import tensorflow as tf
+    records = []
+    for path in sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*"))):
+        for data in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            records.append(tf.train.Example.FromString(data))
+    return records
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """sklearn's real digits as a class-folder tree of PNGs (the demo's default data)."""
+    from data.digits import materialize_digits
+    return materialize_digits(str(tmp_path_factory.mktemp("digits") / "digits"))
