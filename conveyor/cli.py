@@ -60,6 +60,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from data.downloads import CLASS_NAMES, DownloadError, download_idx_dataset
+    try:
+        files = download_idx_dataset(args.dataset, args.out)
+    except DownloadError as e:
+        print(f"conveyor: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(files))
+    print(f"class_names for the config: {CLASS_NAMES[args.dataset]}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # serve/predict keep TF Serving's own flag names, so their parsers own the arguments.
@@ -74,7 +86,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     _run_parser(sub)
     sub.add_parser("serve", help="TF Serving-compatible model server (see conveyor serve --help)")
     sub.add_parser("predict", help="send images or texts to a model server (see conveyor predict --help)")
+    download = sub.add_parser("download", help="fetch MNIST or Fashion-MNIST as published (needs internet)")
+    download.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    download.add_argument("--out", required=True, help="target folder")
     args = parser.parse_args(argv)
+    if args.command == "download":
+        return cmd_download(args)
     try:
         return cmd_run(args)
     except ConfigError as e:

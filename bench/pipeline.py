@@ -1,0 +1,132 @@
+"""Benchmark: Conveyor's image pipeline vs the MNIST example that ships inside tfx,
+on the real MNIST test set (10,000 images, 80/20 split), same runner, Beam args and train steps.
+
+Writes bench/results/pipeline.json and bench/results/pipeline.md.
+Usage: .venv/bin/python bench/pipeline.py [--train-steps 1000] [--out bench/results]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
+
+
+def _timed_run(pipeline) -> float:
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    started = time.time()
+    LocalDagRunner().run(pipeline)
+    return time.time() - started
+
+
+def _component_seconds(metadata_path: str, name: str):
+    from conveyor.run_summary import read_summary
+    summary = read_summary(metadata_path, name)
+    return summary, {n.node: round(n.seconds, 1) for n in summary.nodes}
+
+
+def run_conveyor(work: str, train_steps: int, beam_args):
+    from conveyor.config import load_config
+    from pipelines.pipeline import create_pipeline
+    config = load_config("image", overrides={"home": os.path.join(work, "conveyor"), "name": "mnist_conveyor",
+                                             "train_steps": train_steps, "eval_steps": 50, "model": "cnn",
+                                             "epochs": 5, "batch_size": 64, "accuracy_floor": 0.9})
+    config.data = os.path.abspath(MNIST)
+    config.input_pattern = "*"
+    config.beam_args = beam_args
+    wall = _timed_run(create_pipeline(config))
+    summary, seconds = _component_seconds(config.metadata_path, config.name)
+    cached = _timed_run(create_pipeline(config))
+    return {"wall_seconds": round(wall, 1), "cached_rerun_seconds": round(cached, 1),
+            "components": seconds, "eval_accuracy": summary.candidate.get("sparse_categorical_accuracy"),
+            "blessed": summary.blessed, "pushed_version": summary.pushed_version}
+
+
+def _write_tfx_example_data(path: str) -> None:
+    """The tfx example reads tf.Examples with `image_floats` (784 floats in [-0.5, 0.5]) and `image_class`."""
+    import numpy as np
+    import tensorflow as tf
+    from data.idx import read_idx
+    images = read_idx(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")).reshape(-1, 784)
+    labels = read_idx(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz"))
+    os.makedirs(path, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(path, "mnist.tfrecord")) as writer:
+        for pixels, label in zip(images, labels):
+            floats = (pixels.astype(np.float32) / 255.0 - 0.5).tolist()
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image_floats": tf.train.Feature(float_list=tf.train.FloatList(value=floats)),
+                "image_class": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}))
+            writer.write(example.SerializeToString())
+
+
+def run_tfx_example(work: str, train_steps: int, beam_args):
+    from tfx.examples.mnist import mnist_pipeline_native_keras as example
+    from tfx.proto import trainer_pb2
+    data = os.path.join(work, "tfx_example_data")
+    _write_tfx_example_data(data)
+    module_file = os.path.join(os.path.dirname(example.__file__), "mnist_utils_native_keras.py")
+    metadata_path = os.path.join(work, "tfx_example", "metadata.sqlite")
+    pipeline = example._create_pipeline(  # the example exposes no public factory
+        pipeline_name="mnist_tfx_example", pipeline_root=os.path.join(work, "tfx_example", "root"),
+        data_root=data, module_file=module_file,
+        serving_model_dir=os.path.join(work, "tfx_example", "serving"), metadata_path=metadata_path,
+        beam_pipeline_args=beam_args, accuracy_threshold=0.8)
+    for component in pipeline.components:  # the example hard-codes 5000 steps; use ours
+        if component.id.startswith("Trainer"):
+            component.exec_properties["train_args"] = trainer_pb2.TrainArgs(num_steps=train_steps)
+    wall = _timed_run(pipeline)
+    summary, seconds = _component_seconds(metadata_path, "mnist_tfx_example")
+    cached = _timed_run(pipeline)
+    return {"wall_seconds": round(wall, 1), "cached_rerun_seconds": round(cached, 1),
+            "components": seconds, "eval_accuracy": summary.candidate.get("sparse_categorical_accuracy"),
+            "blessed": summary.blessed}
+
+
+def markdown(results) -> str:
+    conveyor, example = results["conveyor"], results["tfx_example"]
+    lines = [f"# Image pipeline benchmark ({results['images']} real MNIST images, 80/20, "
+             f"{results['train_steps']} train steps, {results['cores']} cores)", "",
+             "| | Conveyor (cnn) | tfx MNIST example |", "|---|---|---|",
+             f"| eval accuracy | {conveyor['eval_accuracy']:.4f} | {example['eval_accuracy']:.4f} |",
+             f"| total wall time (s) | {conveyor['wall_seconds']} | {example['wall_seconds']} |",
+             f"| cached rerun (s) | {conveyor['cached_rerun_seconds']} | {example['cached_rerun_seconds']} |",
+             f"| blessed | {conveyor['blessed']} | {example['blessed']} |", "",
+             "| component (Conveyor) | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in conveyor["components"].items()]
+    lines += ["", "| component (tfx example) | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in example["components"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = parser.parse_args()
+    from conveyor.config import Config
+    beam_args = Config().beam_args
+    work = tempfile.mkdtemp(prefix="conveyor-bench-")
+    try:
+        results = {"images": 10000, "train_steps": args.train_steps, "cores": os.cpu_count(),
+                   "beam_args": beam_args,
+                   "conveyor": run_conveyor(work, args.train_steps, beam_args),
+                   "tfx_example": run_tfx_example(work, args.train_steps, beam_args)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "pipeline.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "pipeline.md"), "w") as f:
+        f.write(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
