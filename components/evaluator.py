@@ -44,13 +44,17 @@ def eval_config(accuracy_floor: float, regression_tolerance: float) -> tfma.Eval
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[F.LABEL_NAME])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
+            # Thresholds apply to the overall slice only: per-label accuracy is reported, and
+            # a class being harder than the majority rate must not veto a better model.
             tfma.MetricConfig(
                 class_name="SparseCategoricalAccuracy",
-                threshold=tfma.MetricThreshold(
-                    value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
-                    change_threshold=tfma.GenericChangeThreshold(
-                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                        absolute={"value": -regression_tolerance}))),
+                per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                    slicing_specs=[tfma.SlicingSpec()],
+                    threshold=tfma.MetricThreshold(
+                        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
+                        change_threshold=tfma.GenericChangeThreshold(
+                            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                            absolute={"value": -regression_tolerance})))]),
         ])])
 
 
@@ -64,8 +68,10 @@ class Executor(tfx_executor.Executor):
         floor = None
         for spec in config.metrics_specs:
             for metric in spec.metrics:
-                if metric.class_name == "SparseCategoricalAccuracy":
-                    bound = metric.threshold.value_threshold.lower_bound
+                if metric.class_name != "SparseCategoricalAccuracy":
+                    continue
+                for per_slice in metric.per_slice_thresholds:
+                    bound = per_slice.threshold.value_threshold.lower_bound
                     floor = bound.value
                     bound.value = max(floor, majority + MAJORITY_MARGIN)
         exec_properties = dict(exec_properties)

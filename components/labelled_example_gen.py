@@ -150,7 +150,9 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
             if unknown:
                 raise IngestError(f"labels {unknown} are not among the configured class_names {configured}")
             seen = set(configured)
-        names = sorted(seen)
+        # Integer class names sort numerically (2 before 10), anything else alphabetically.
+        numeric = all(n.lstrip("-").isdigit() for n in seen)
+        names = sorted(seen, key=int) if numeric else sorted(seen)
         if len(names) < 2:
             raise IngestError(f"found a single class {names}: a classifier needs at least two "
                               "classes in the input data")

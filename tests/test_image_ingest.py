@@ -162,3 +162,15 @@ def test_empty_data_dir(tmp_path):
     shutil.rmtree(tmp_path / "empty")
     with pytest.raises(IngestError, match="does not exist"):
         detect_input_pattern(str(tmp_path / "empty"))
+
+
+def test_integer_class_names_sort_numerically(tmp_path):
+    data = tmp_path / "idx"
+    data.mkdir()
+    write_idx(str(data / "a-images-idx3-ubyte"), np.zeros((24, 4, 4)))
+    write_idx(str(data / "a-labels-idx1-ubyte"), np.arange(24) % 12)
+    examples = _ingest(str(data), tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == [str(i) for i in range(12)]
+    for example in read_examples(examples.uri, "train") + read_examples(examples.uri, "eval"):
+        f = example.features.feature
+        assert str(f["label"].int64_list.value[0]) == f["label_name"].bytes_list.value[0].decode()

@@ -58,19 +58,41 @@ def test_detect_single_file_folder_of_tables_and_review_folders(tmp_path):
     assert detect_text_layout(folders).splits == [(SINGLE_SPLIT, "*/*.txt")]
 
 
+def _empty_dir(root):
+    os.makedirs(root / "empty")
+    return str(root / "empty")
+
+
+def _mixed_tables(root):
+    _write(root / "m" / "a.csv", "")
+    _write(root / "m" / "b.tsv", "")
+    return str(root / "m")
+
+
 @pytest.mark.parametrize("setup, message", [
-    (lambda p: str(p / "missing"), "does not exist"),
-    (lambda p: (os.makedirs(p / "empty"), str(p / "empty"))[1], "data directory is empty"),
-    (lambda p: _write(p / "data.json", "{}"), "expected a .csv, .tsv or .txt table"),
-    (lambda p: (_write(p / "m" / "a.csv", ""), _write(p / "m" / "b.tsv", ""))[0].rsplit("/", 1)[0],
-     "both .csv and .tsv"),
-    (lambda p: os.path.dirname(_write(p / "n" / "x.json", "{}")), "no texts found"),
+    (lambda root: str(root / "missing"), "does not exist"),
+    (_empty_dir, "data directory is empty"),
+    (lambda root: _write(root / "data.json", "{}"), "expected a .csv, .tsv or .txt table"),
+    (_mixed_tables, "both .csv and .tsv"),
+    (lambda root: os.path.dirname(_write(root / "n" / "x.json", "{}")), "no texts found"),
 ])
 def test_detect_errors_name_the_path(tmp_path, setup, message):
     path = setup(tmp_path)
     with pytest.raises(IngestError, match=message) as e:
         detect_text_layout(path)
     assert path in str(e.value)
+
+
+def test_explicit_input_pattern_is_hash_split_and_needs_a_folder(tmp_path):
+    path = _write(tmp_path / "span-1" / "r.csv", "text,label\nx,a\ny,b\n")
+    component = TextExampleGen(input_base=str(tmp_path), input_pattern="span-{SPAN}/*.csv", eval_percent=30)
+    assert component.exec_properties["input_base"] == str(tmp_path)
+    input_config = json.loads(component.exec_properties["input_config"])
+    output_config = json.loads(component.exec_properties["output_config"])
+    assert [s["pattern"] for s in input_config["splits"]] == ["span-{SPAN}/*.csv"]
+    assert [s["hash_buckets"] for s in output_config["split_config"]["splits"]] == [70, 30]
+    with pytest.raises(IngestError, match="--input-pattern needs a data folder, not a file"):
+        TextExampleGen(input_base=path, input_pattern="*.csv")
 
 
 # --- formats ----------------------------------------------------------------------------
