@@ -35,6 +35,8 @@ class RunSummary:
     baseline: Dict[str, float] = dataclasses.field(default_factory=dict)
     majority_baseline: Optional[float] = None
     per_class_accuracy: Dict[str, float] = dataclasses.field(default_factory=dict)
+    infra_blessed: Optional[bool] = None
+    infra_note: str = ""
     pushed_version: Optional[str] = None
     pushed_path: Optional[str] = None
     push_note: str = ""
@@ -59,6 +61,8 @@ class RunSummary:
             verdict = "BLESSED" if self.blessed else "NOT blessed"
             lines.append(f"\n  Model: {verdict}" + ("" if self.blessed else
                          "".join(f"\n    - {r}" for r in self.not_blessed_because)))
+        if self.infra_blessed is not None:
+            lines.append(f"  Infra validation: {'passed' if self.infra_blessed else 'FAILED'} ({self.infra_note})")
         if self.pushed_path:
             lines.append(f"  Pushed: version {self.pushed_version} -> {self.pushed_path}")
         elif self.push_note:
@@ -150,6 +154,12 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
                 summary.majority_baseline = blessing.custom_properties["majority_baseline"].double_value
         for evaluation in n.outputs.get("ModelEvaluation", []):
             _metrics(evaluation.uri, summary)
+        for infra in n.outputs.get("InfraBlessing", []):
+            props = infra.custom_properties
+            summary.infra_blessed = props["blessed"].int_value == 1
+            summary.infra_note = props["reason"].string_value if "reason" in props else (
+                f"{props['num_requests'].int_value} requests, "
+                f"p99 {props['p99_latency_ms'].double_value:.1f} ms" if "p99_latency_ms" in props else "")
         for pushed in n.outputs.get("PushedModel", []):
             props = pushed.custom_properties
             if props["pushed"].int_value == 1:
@@ -157,8 +167,10 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
                 summary.pushed_path = props["pushed_destination"].string_value
             else:
                 summary.push_note = props["reason"].string_value if "reason" in props else "not pushed"
-    if summary.blessed is False and not summary.push_note:
-        summary.push_note = "not blessed"
+    if summary.blessed is False and summary.push_note == "not blessed":
+        summary.push_note = "not blessed by the Evaluator"
+    elif summary.infra_blessed is False and summary.push_note == "not blessed":
+        summary.push_note = "infra validation failed"
     failed = [n.node for n in summary.nodes if n.state == "FAILED"]
     if failed and not summary.push_note:
         summary.push_note = f"run stopped at {failed[0]}"

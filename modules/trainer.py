@@ -19,6 +19,7 @@ from tfx_bsl.public.tfxio import TensorFlowDatasetOptions
 
 from modules import features as F
 from modules import models
+from serving.warmup import write_warmup_requests
 
 EXAMPLES_SIGNATURE = "serving_examples"
 
@@ -91,6 +92,17 @@ def export(model, tf_transform_output, label_names, config, path: str) -> None:
     tf.saved_model.save(module, path, signatures=module.signatures(kind))
 
 
+def warmup_inputs(file_patterns, kind: str, count: int = 5) -> List[bytes]:
+    """A few raw eval inputs (image bytes / texts) for TF Serving's warmup file."""
+    raw_key = F.RAW_INPUT[kind]
+    files = tf.io.gfile.glob(file_patterns[0])
+    values = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
+        example = tf.train.Example.FromString(record.numpy())
+        values.append(example.features.feature[raw_key].bytes_list.value[0])
+    return values
+
+
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     label_names = read_label_names(fn_args.train_files[0])
@@ -113,3 +125,8 @@ def run_fn(fn_args: FnArgs) -> None:
             keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
         ])
     export(model, tf_transform_output, label_names, config, fn_args.serving_model_dir)
+    # TF Serving (and Conveyor's server) replay these before a version takes traffic.
+    write_warmup_requests(fn_args.serving_model_dir,
+                          [{F.SERVING_INPUT[config["kind"]]: [value]}
+                           for value in warmup_inputs(fn_args.eval_files, config["kind"])],
+                          model_name=config["name"])

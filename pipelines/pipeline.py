@@ -12,6 +12,7 @@ from tfx.types import Channel, standard_artifacts
 from components.evaluator import BaselineEvaluator, eval_config
 from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
+from components.infra_validator import ConveyorInfraValidator
 from conveyor.config import Config
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
 
 def module_config(config: Config) -> dict:
     """The settings preprocessing_fn and run_fn read (TFX passes them as custom_config)."""
-    keys = ("kind", "model", "image_size", "channels", "vocab_size", "oov_buckets", "max_tokens",
+    keys = ("kind", "name", "model", "image_size", "channels", "vocab_size", "oov_buckets", "max_tokens",
             "epochs", "batch_size", "learning_rate", "early_stopping_patience")
     return {k: getattr(config, k) for k in keys}
 
@@ -52,7 +53,7 @@ def example_gen(config: Config):
 def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                     metadata_connection_config=None) -> pipeline.Pipeline:
     """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
-    -> Trainer -> Evaluator (vs latest blessed) -> [InfraValidator] -> Pusher."""
+    -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher."""
     from components.pusher import ServingPusher
 
     examples = example_gen(config)
@@ -87,13 +88,18 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
         eval_config=eval_config(config.accuracy_floor, config.regression_tolerance))
+    infra = ConveyorInfraValidator(
+        model=trainer.outputs["model"], examples=examples.outputs["examples"],
+        num_requests=config.infra_requests, p99_budget_ms=config.infra_p99_budget_ms,
+        model_name=config.name)
     pusher = ServingPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
-                        evaluator, pusher]
+                        evaluator, infra, pusher]
     return pipeline.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root or config.pipeline_root,
