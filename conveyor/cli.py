@@ -62,9 +62,13 @@ def cmd_run(args) -> int:
 
 def cmd_download(args) -> int:
     from data.downloads import CLASS_NAMES, DownloadError, download_idx_dataset
+    from data.imdb import download_aclimdb
     try:
+        if args.dataset == "imdb":
+            print(f"aclImdb reviews in {download_aclimdb(args.out)} (conveyor run text --data DIR)")
+            return 0
         files = download_idx_dataset(args.dataset, args.out)
-    except DownloadError as e:
+    except (DownloadError, OSError, ValueError) as e:
         print(f"conveyor: {e}", file=sys.stderr)
         return 1
     print("\n".join(files))
@@ -86,12 +90,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     _run_parser(sub)
     sub.add_parser("serve", help="TF Serving-compatible model server (see conveyor serve --help)")
     sub.add_parser("predict", help="send images or texts to a model server (see conveyor predict --help)")
-    download = sub.add_parser("download", help="fetch MNIST or Fashion-MNIST as published (needs internet)")
-    download.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    download = sub.add_parser("download", help="fetch MNIST, Fashion-MNIST or aclImdb as published (needs internet)")
+    download.add_argument("dataset", choices=["mnist", "fashion-mnist", "imdb"])
     download.add_argument("--out", required=True, help="target folder")
+    compile_ = sub.add_parser("compile", help="compile the image and text pipelines for an orchestrator")
+    compile_.add_argument("target", choices=["kubeflow"])
+    compile_.add_argument("--out", required=True, help="folder for <name>.json (Vertex) and <name>.yaml (KFP)")
+    compile_.add_argument("--image", help="container image with this repo installed (default conveyor:latest)")
+    compile_.add_argument("--pipeline-root", help="gs://, s3:// or minio:// root (default minio://mlpipeline/conveyor)")
+    compile_.add_argument("--image-config", help="YAML/JSON config of the image pipeline")
+    compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
+    from conveyor import history_cli
+    history_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "download":
         return cmd_download(args)
+    if args.command in history_cli.COMMANDS:
+        return history_cli.dispatch(args)
+    if args.command == "compile":
+        from kubeflow import runner as kfp_runner
+        try:
+            paths = kfp_runner.compile_all(
+                args.out, image=args.image or kfp_runner.DEFAULT_IMAGE,
+                pipeline_root=args.pipeline_root or kfp_runner.DEFAULT_PIPELINE_ROOT,
+                config_paths={"image": args.image_config, "text": args.text_config})
+        except ConfigError as e:
+            print(f"conveyor: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(paths))
+        return 0
     try:
         return cmd_run(args)
     except ConfigError as e:

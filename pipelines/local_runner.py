@@ -103,6 +103,15 @@ def _user_error(error: BaseException) -> Optional[BaseException]:
     return None
 
 
+def _write_report(config: Config, stream) -> None:
+    """The HTML report is a convenience: failing to write it must not change the run's outcome."""
+    from conveyor.report import write_run_report
+    try:
+        stream.write(f"  report {write_run_report(config)}\n")
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        stream.write(f"  report not written: {type(e).__name__}: {e}\n")
+
+
 def run(config: Config, stream=sys.stdout) -> run_summary.RunSummary:
     """Runs the pipeline once; raises ConveyorError with a readable message when it fails."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
@@ -124,6 +133,7 @@ def run(config: Config, stream=sys.stdout) -> run_summary.RunSummary:
                 failure = e
         summary = run_summary.summarize(config, started)
     stream.write(summary.table() + "\n")
+    _write_report(config, stream)
     if failure is not None:
         reason = _user_error(failure)
         message = str(reason) if reason else f"{type(failure).__name__}: {failure} (details in {log_path})"

@@ -18,7 +18,7 @@ from serving.model_config import read_models_config
 
 STEPS = ["--train-steps", "60", "--eval-steps", "5"]
 COMPONENTS = {"ImageExampleGen", "StatisticsGen", "SchemaGen", "GatedExampleValidator", "Transform",
-              "Trainer", "BaselineEvaluator", "ServingPusher"}
+              "Trainer", "BaselineEvaluator", "ConveyorInfraValidator", "ServingPusher"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,10 @@ def test_every_component_succeeded_in_mlmd(first_run):
     assert summary.candidate["sparse_categorical_accuracy"] > 0.7
     assert "Model: BLESSED" in stdout and "Pushed: version 1" in stdout
     assert "ImageExampleGen              finished in" in stdout
+    report = [line.split("report ", 1)[1] for line in stdout.splitlines() if line.startswith("  report ")]
+    assert len(report) == 1 and report[0].startswith(os.path.join(home, "reports")), stdout[-2000:]
+    with open(report[0], encoding="utf-8") as f:
+        assert "BLESSED" in f.read().upper()
 
 
 def test_pushed_layout_and_models_config(first_run):
@@ -98,3 +102,29 @@ def test_bad_candidate_is_not_blessed_or_pushed(first_run, tmp_path):
     blessings = store.get_artifacts_by_type("ModelBlessing")
     assert [b.custom_properties["blessed"].int_value for b in blessings][-1] == 0
     assert all(e.last_known_state != metadata_store_pb2.Execution.FAILED for e in store.get_executions())
+
+
+def test_pushed_version_has_warmup_requests(first_run):
+    from serving.warmup import read_warmup_requests
+    home, _ = first_run
+    requests = read_warmup_requests(os.path.join(home, "serving", "image_classifier", "1"))
+    assert requests and all(r.model_spec.signature_name == "serving_default" for r in requests)
+    assert all(list(r.inputs) == ["images"] for r in requests)
+
+
+def test_conveyor_server_serves_the_pushed_model(first_run, digits_dir, tmp_path):
+    """The real pushed model behind Conveyor's TF Serving-compatible server, queried by `conveyor predict`."""
+    from tests.serving_harness import ServerProcess
+    home, _ = first_run
+    server = ServerProcess(["--home", home], str(tmp_path / "server.log"))
+    try:
+        server.wait_ready("image_classifier")
+        seven = os.path.join(digits_dir, "7", sorted(os.listdir(os.path.join(digits_dir, "7")))[0])
+        result = subprocess.run([sys.executable, "-m", "conveyor.cli", "predict", "--model", "image_classifier",
+                                 "--url", server.url, seven], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert os.path.basename(seven) in result.stdout
+        top = result.stdout.split(os.path.basename(seven), 1)[1].split()[0:2]
+        assert "7" in top, result.stdout
+    finally:
+        server.stop()

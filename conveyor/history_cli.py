@@ -1,0 +1,252 @@
+"""`conveyor runs | lineage | diff | report`: run history and lineage read from MLMD."""
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+COMMANDS = ("runs", "lineage", "diff", "report")
+_HOME_HELP = "Conveyor HOME holding metadata.sqlite (default ./conveyor_home)"
+
+
+def add_commands(sub) -> None:
+    runs = sub.add_parser("runs", help="one row per pipeline run: states, durations, blessed, pushed version")
+    runs.add_argument("--home", help=_HOME_HELP)
+    runs.add_argument("--name", help="only this pipeline/model name (default: all)")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    lineage = sub.add_parser("lineage", help="a pushed model version back to its data, or data forward "
+                                             "to the models trained on it")
+    lineage.add_argument("--model", help="model (pipeline) name")
+    lineage.add_argument("--version", help="pushed version (default: the latest pushed)")
+    lineage.add_argument("--from-examples", metavar="URI",
+                         help="Examples artifact URI (or the input data folder): which models trained on it")
+    lineage.add_argument("--home", help=_HOME_HELP)
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+
+    diff = sub.add_parser("diff", help="what changed between two runs: config, data, schema, metrics")
+    diff.add_argument("run_a", help="run id, unique prefix, or position (1 = oldest, -1 = latest)")
+    diff.add_argument("run_b", help="run id, unique prefix, or position")
+    diff.add_argument("--home", help=_HOME_HELP)
+    diff.add_argument("--name", help="pipeline name (needed when the store has several)")
+    diff.add_argument("--json", action="store_true", help="machine-readable output")
+
+    report = sub.add_parser("report", help="self-contained HTML report of one run")
+    report.add_argument("--run", help="run id, unique prefix, or position (default: latest)")
+    report.add_argument("--home", help=_HOME_HELP)
+    report.add_argument("--name", help="pipeline name (needed when the store has several)")
+    report.add_argument("--out", required=True, help="HTML file to write")
+
+
+def _home(args) -> str:
+    return os.path.abspath(args.home or "conveyor_home")
+
+
+def dispatch(args) -> int:
+    from conveyor.lineage import LineageError
+    try:
+        return {"runs": cmd_runs, "lineage": cmd_lineage, "diff": cmd_diff, "report": cmd_report}[args.command](args)
+    except LineageError as e:
+        print(f"conveyor {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=1, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+# runs ---------------------------------------------------------------------------------
+
+_SHORT = {"ImageExampleGen": "ExampleGen", "TextExampleGen": "ExampleGen", "GatedExampleValidator": "Validator",
+          "latest_blessed_model": "Resolver", "BaselineEvaluator": "Evaluator", "ServingPusher": "Pusher",
+          "StatisticsGen": "Stats", "ConveyorInfraValidator": "InfraVal"}
+
+
+def cmd_runs(args) -> int:
+    from conveyor import lineage
+    rows = lineage.list_runs(lineage.open_store(_home(args)), args.name)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no runs recorded" + (f" for '{args.name}'" if args.name else ""))
+        return 0
+    print(format_runs(rows))
+    return 0
+
+
+def format_runs(rows: List[Dict[str, Any]]) -> str:
+    lines = []
+    for pipeline in dict.fromkeys(r["pipeline"] for r in rows):
+        mine = [r for r in rows if r["pipeline"] == pipeline]
+        nodes = list(dict.fromkeys(n["node"] for r in mine for n in r["nodes"]))
+        heads = [_SHORT.get(n, n) for n in nodes]
+        widths = [max(len(h), 8) for h in heads]
+        lines.append(f"pipeline {pipeline}")
+        header = f"  {'#':>2} {'run id':<27} {'start':<20} {'secs':>6}  " + " ".join(
+            h.ljust(w) for h, w in zip(heads, widths)) + "  blessed  pushed"
+        lines.append(header)
+        for i, r in enumerate(mine, 1):
+            states = {n["node"]: n["state"] for n in r["nodes"]}
+            start = (r["start"] or "-")[:19].replace("T", " ")
+            cells = " ".join(states.get(n, "not run").ljust(w) for n, w in zip(nodes, widths))
+            pushed = r["pushed_version"] or (f"- ({r['push_note']})" if r["push_note"] else "-")
+            lines.append(f"  {i:>2} {r['run_id']:<27} {start:<20} {_fmt(r['duration_seconds'], 1):>6}  "
+                         f"{cells}  {_fmt(r['blessed']):<7}  {pushed}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+# lineage ------------------------------------------------------------------------------
+
+def cmd_lineage(args) -> int:
+    from conveyor import lineage
+    if not args.model and not args.from_examples:
+        print("conveyor lineage: give --model NAME [--version V] or --from-examples URI", file=sys.stderr)
+        return 2
+    store = lineage.open_store(_home(args))
+    if args.from_examples:
+        result = lineage.models_from_examples(store, args.from_examples)
+        if args.json:
+            _print_json(result)
+        else:
+            print(format_forward(result))
+        return 0
+    result = lineage.lineage_of_version(store, args.model, args.version)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_lineage(result))
+    return 0
+
+
+def format_lineage(r: Dict[str, Any]) -> str:
+    out = [f"model {r['model_name']} version {r['version']}  (pushed versions: {', '.join(r['pushed_versions'])})",
+           f"  pushed      artifact {r['pushed']['artifact_id']} -> {r['pushed']['destination']}  "
+           f"run {r['pushed']['run_id']}"]
+    b = r.get("blessing")
+    if b:
+        out.append(f"  blessing    artifact {b['artifact_id']}: {'BLESSED' if b['blessed'] else 'NOT blessed'}"
+                   f"  (accuracy floor {_fmt(b['accuracy_floor'])}, majority-class rate "
+                   f"{_fmt(b['majority_baseline'])})")
+    infra = r.get("infra_blessing")
+    if infra:
+        out.append(f"  infra       artifact {infra['artifact_id']}: {'BLESSED' if infra['blessed'] else 'NOT blessed'}"
+                   f"  ({infra.get('num_requests', '-')} requests, p99 {_fmt(infra.get('p99_latency_ms'), 1)} ms)")
+    ev = r.get("evaluation")
+    if ev:
+        base = ev.get("baseline_model")
+        out.append(f"  evaluation  artifact {ev.get('artifact_id')}  baseline: " +
+                   (f"model artifact {base['artifact_id']} (pushed versions {', '.join(base['pushed_versions']) or '-'})"
+                    if base else "none (first blessed model)"))
+        for key in sorted(ev.get("candidate", {})):
+            digits = 0 if "count" in key else 4
+            out.append(f"      {key:<30} candidate {_fmt(ev['candidate'][key], digits)}  "
+                       f"baseline {_fmt(ev.get('baseline', {}).get(key), digits)}")
+        for label, v in ev.get("per_label", {}).items():
+            out.append(f"      accuracy[{label}]{'':<{max(0, 19 - len(label))}} candidate {_fmt(v.get('candidate'))}  "
+                       f"baseline {_fmt(v.get('baseline'))}")
+    m = r.get("model")
+    if m:
+        out.append(f"  model       artifact {m['artifact_id']} ({m.get('model_type')}), run {m['run_id']}, "
+                   f"train steps {m.get('train_steps')}, eval steps {m.get('eval_steps')}")
+        out.append(f"      module  {m.get('module_path')}")
+        out.append(f"      hyperparameters {json.dumps(m.get('hyperparameters'), sort_keys=True)}")
+    t = r.get("transform_graph")
+    if t:
+        out.append(f"  transform   artifact {t['artifact_id']}  {t['uri']}  module fingerprint "
+                   f"{(t.get('module_fingerprint') or '-')[:12]}")
+    s = r.get("schema")
+    if s:
+        out.append(f"  schema      artifact {s['artifact_id']}  features: {', '.join(sorted(s['features']))}")
+    st = r.get("statistics")
+    if st:
+        counts = ", ".join(f"{k}={v.get('num_examples')}" for k, v in st["splits"].items())
+        out.append(f"  statistics  artifact {st['artifact_id']}  {counts}")
+    a = r.get("anomalies")
+    if a:
+        out.append(f"  anomalies   artifact {a['artifact_id']}  " +
+                   ("none" if not a["count"] else "; ".join(x for v in a["splits"].values() for x in v)))
+    e = r.get("examples")
+    if e:
+        counts = ", ".join(f"{k}={v}" for k, v in e["split_counts"].items())
+        out.append(f"  examples    artifact {e['artifact_id']}  {e['uri']}")
+        out.append(f"      input {e['input_base']} ({e['input_pattern']}), span {e['span']}, "
+                   f"{e['example_count']} examples ({counts}), fingerprint {e['input_fingerprint']}")
+    return "\n".join(out)
+
+
+def format_forward(r: Dict[str, Any]) -> str:
+    e = r["examples"]
+    out = [f"examples artifact {e['artifact_id']} {e['uri']}  (input {e['input_base']}, span {e['span']})"]
+    if not r["models"]:
+        out.append("  no model was trained on these examples")
+    for m in r["models"]:
+        served = (f"served as version {', '.join(m['pushed_versions'])}"
+                  + (" (latest)" if m["serving_latest"] else "")) if m["served"] else "not served"
+        out.append(f"  model artifact {m['artifact_id']} of {m['model_name']} ({m.get('model_type')}), run "
+                   f"{m['run_id']}: blessed {_fmt(m['blessed'])}, {served}")
+    return "\n".join(out)
+
+
+# diff ---------------------------------------------------------------------------------
+
+def cmd_diff(args) -> int:
+    from conveyor import lineage
+    result = lineage.diff_runs(lineage.open_store(_home(args)), args.name, args.run_a, args.run_b)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_diff(result))
+    return 0
+
+
+def format_diff(d: Dict[str, Any]) -> str:
+    out = [f"pipeline {d['pipeline']}:  A = {d['run_a']}   B = {d['run_b']}", "", "config (exec properties):"]
+    out += [f"  {c['node']}.{c['key']}: {c['a']!r} -> {c['b']!r}" for c in d["config"]] or ["  no changes"]
+    out += ["", "data:"]
+    ex = d["examples"]
+    change = "same artifact" if ex["same_artifact"] else f"{ex['a']} -> {ex['b']}"
+    out.append(f"  examples: {change}")
+    for split, s in d["data"].items():
+        n = s["num_examples"]
+        out.append(f"  [{split}] examples {n['a']} -> {n['b']}")
+        for label, v in s["labels"].items():
+            out.append(f"  [{split}] label {label}: {v['a']} -> {v['b']}")
+    sc = d["schema"]
+    out += ["", "schema:" + (" same artifact" if sc["same_artifact"] else "")]
+    if not (sc["added"] or sc["removed"] or sc["changed"]):
+        out.append("  no feature changes")
+    out += [f"  + {f}" for f in sc["added"]] + [f"  - {f}" for f in sc["removed"]]
+    out += [f"  ~ {c['feature']}: {c['a']} -> {c['b']}" for c in sc["changed"]]
+    out += ["", "metrics (candidate):"]
+    for key, v in d["metrics"].items():
+        digits = 0 if "count" in key else 4
+        delta = f"  ({v['delta']:+.{digits}f})" if v["delta"] is not None else ""
+        out.append(f"  {key:<32} {_fmt(v['a'], digits)} -> {_fmt(v['b'], digits)}{delta}")
+    for label, v in d["per_label_accuracy"].items():
+        out.append(f"  accuracy[{label}]{'':<{max(0, 22 - len(label))}} {_fmt(v['a'])} -> {_fmt(v['b'])}")
+    out.append(f"  blessed: {_fmt(d['blessed']['a'])} -> {_fmt(d['blessed']['b'])}   pushed version: "
+               f"{_fmt(d['pushed_version']['a'])} -> {_fmt(d['pushed_version']['b'])}")
+    if d["states"]:
+        out += ["", "component states:"] + [f"  {n}: {v['a']} -> {v['b']}" for n, v in d["states"].items()]
+    return "\n".join(out)
+
+
+# report -------------------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from conveyor import lineage, report
+    path = report.write_report(lineage.open_store(_home(args)), args.out, args.name, args.run)
+    print(path)
+    return 0

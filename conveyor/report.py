@@ -1,0 +1,388 @@
+"""One self-contained HTML report of a pipeline run, read from MLMD (see conveyor.lineage).
+
+No network: inline CSS, inline SVG charts, no scripts. Sections: the DAG with component
+states and durations, dataset statistics and anomalies, evaluation metrics vs the baseline
+(chart + per-label accuracy), lineage of the pushed model, and the pushed versions.
+"""
+import datetime
+import html
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from conveyor import lineage as L
+
+_COLORS = {"complete": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "not run": "#9e9e9e",
+           "running": "#ef6c00", "canceled": "#6d4c41", "new": "#757575"}
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#212121;
+     padding:0 16px;line-height:1.4}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h3{font-size:15px;margin:16px 0 6px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}
+th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600;font-size:13px}
+.ok{background:#2e7d32} .bad{background:#c62828} .neutral{background:#757575}
+.muted{color:#757575;font-size:12px} code{font-size:12px;background:#f5f5f5;padding:1px 4px;border-radius:3px;
+word-break:break-all}
+.bar{display:inline-block;height:10px;background:#64b5f6;vertical-align:middle}
+ul.reasons li{color:#c62828} .lineage td:first-child{font-weight:600;white-space:nowrap}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("-" if value is None else str(value))
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: List[str], rows: List[List[str]], num_cols: Tuple[int, ...] = ()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td class=\"num\">{c}</td>" if i in num_cols else f"<td>{c}</td>"
+                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# DAG ----------------------------------------------------------------------------------
+
+def transitive_reduction(edges: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """Drops a -> c when a longer path a -> ... -> c exists (readable drawing, same dependencies)."""
+    succ: Dict[str, set] = {}
+    for a, b in edges:
+        succ.setdefault(a, set()).add(b)
+
+    def reachable(start: str, skip: Tuple[str, str]) -> set:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for nxt in succ.get(node, ()):
+                if (node, nxt) == skip or nxt in seen:
+                    continue
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    return [(a, b) for a, b in edges if b not in reachable(a, (a, b))]
+
+
+def dag_svg(nodes: List[Dict[str, Any]], edges: List[Tuple[str, str]]) -> str:
+    """Layered drawing: column = longest path from a source, boxes coloured by state."""
+    names = [n["node"] for n in nodes]
+    edges = transitive_reduction(edges)
+    layer = {n: 0 for n in names}
+    for _ in names:  # relax longest paths (the graph is a small DAG)
+        for a, b in edges:
+            if a in layer and b in layer and layer[b] < layer[a] + 1:
+                layer[b] = layer[a] + 1
+    moved = set()
+    for n in names:  # a source (e.g. the resolver) sits just before its first consumer
+        targets = [layer[b] for a, b in edges if a == n and b in layer]
+        if targets and not any(b == n for _, b in edges):
+            layer[n] = max(0, min(targets) - 1)
+            moved.add(n)
+    columns: Dict[int, List[str]] = {}
+    for n in sorted(names, key=lambda n: n in moved):
+        columns.setdefault(layer[n], []).append(n)
+    box_w, box_h, gap_x, gap_y, pad = 134, 50, 24, 18, 8
+    pos = {}
+    for col, members in columns.items():
+        for row, n in enumerate(members):
+            pos[n] = (pad + col * (box_w + gap_x), pad + row * (box_h + gap_y))
+    width = pad * 2 + (max(columns) + 1) * (box_w + gap_x) - gap_x if columns else 100
+    height = pad * 2 + max(len(m) for m in columns.values()) * (box_h + gap_y) - gap_y if columns else 60
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" role="img" '
+             'aria-label="pipeline DAG">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#616161"/></marker></defs>']
+    for a, b in edges:
+        if a not in pos or b not in pos:
+            continue
+        (x1, y1), (x2, y2) = pos[a], pos[b]
+        sx, sy, tx, ty = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
+        mx = (sx + tx) / 2
+        parts.append(f'<path d="M{sx},{sy} C{mx},{sy} {mx},{ty} {tx - 2},{ty}" fill="none" stroke="#616161" '
+                     f'stroke-width="1.3" marker-end="url(#arrow)"/>')
+    for n in nodes:
+        x, y = pos[n["node"]]
+        color = _COLORS.get(n["state"], "#757575")
+        secs = f'{n["seconds"]:.1f}s' if n.get("seconds") is not None else ""
+        label = n["node"] if len(n["node"]) <= 19 else n["node"][:18] + "…"
+        parts.append(f'<g class="dag-node" data-node="{_e(n["node"])}" data-state="{_e(n["state"])}">'
+                     f'<title>{_e(n["node"])}: {_e(n["state"])} {_e(secs)}</title>'
+                     f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#fff" '
+                     f'stroke="{color}" stroke-width="2.5"/>'
+                     f'<rect x="{x}" y="{y}" width="6" height="{box_h}" rx="2" fill="{color}"/>'
+                     f'<text x="{x + 14}" y="{y + 21}" font-size="12" font-weight="600" fill="#212121">'
+                     f'{_e(label)}</text>'
+                     f'<text x="{x + 14}" y="{y + 40}" font-size="12" fill="{color}">{_e(n["state"])}'
+                     f'<tspan fill="#616161"> {_e(secs)}</tspan></text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# metrics chart --------------------------------------------------------------------------
+
+def metrics_chart(bars: List[Tuple[str, Optional[float], Optional[float]]], floor: Optional[float] = None,
+                  majority: Optional[float] = None) -> str:
+    """Grouped bars, candidate vs baseline accuracy, 0..1, with floor/majority reference lines."""
+    group_w, bar_w, left, top, plot_h = 90, 30, 48, 16, 200
+    width = left + max(1, len(bars)) * group_w + 150
+    height = top + plot_h + 46
+    y = lambda v: top + plot_h * (1 - max(0.0, min(1.0, v)))  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="accuracy chart">']
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{left}" x2="{left + len(bars) * group_w}" y1="{y(tick)}" y2="{y(tick)}" '
+                     f'stroke="#eee"/><text x="{left - 6}" y="{y(tick) + 4}" font-size="11" text-anchor="end" '
+                     f'fill="#757575">{tick:.2f}</text>')
+    for i, (name, cand, base) in enumerate(bars):
+        gx = left + i * group_w + 12
+        for j, (value, color, who) in enumerate(((cand, "#1e88e5", "candidate"), (base, "#bdbdbd", "baseline"))):
+            if value is None:
+                continue
+            x = gx + j * (bar_w + 2)
+            parts.append(f'<rect class="bar-{who}" x="{x}" y="{y(value)}" width="{bar_w}" '
+                         f'height="{top + plot_h - y(value)}" fill="{color}"><title>{_e(name)} {who} '
+                         f'{value:.4f}</title></rect><text x="{x + bar_w / 2}" y="{y(value) - 3}" font-size="10" '
+                         f'text-anchor="middle" fill="#424242">{value:.2f}</text>')
+        parts.append(f'<text x="{gx + bar_w}" y="{top + plot_h + 16}" font-size="12" text-anchor="middle">'
+                     f'{_e(name)}</text>')
+    for value, color, text in ((floor, "#c62828", "accuracy floor"), (majority, "#ef6c00", "majority class")):
+        if value is not None:
+            parts.append(f'<line x1="{left}" x2="{left + len(bars) * group_w}" y1="{y(value)}" y2="{y(value)}" '
+                         f'stroke="{color}" stroke-dasharray="5,4"/>')
+    lx = left + len(bars) * group_w + 16
+    legend = [("#1e88e5", "candidate", "rect"), ("#bdbdbd", "baseline", "rect")]
+    if floor is not None:
+        legend.append(("#c62828", f"floor {floor:.2f}", "line"))
+    if majority is not None:
+        legend.append(("#ef6c00", f"majority {majority:.2f}", "line"))
+    for k, (color, text, shape) in enumerate(legend):
+        ly = top + 10 + k * 20
+        mark = (f'<rect x="{lx}" y="{ly - 9}" width="12" height="12" fill="{color}"/>' if shape == "rect" else
+                f'<line x1="{lx}" x2="{lx + 12}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" stroke-dasharray="4,2"/>')
+        parts.append(mark + f'<text x="{lx + 18}" y="{ly + 1}" font-size="12">{_e(text)}</text>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#9e9e9e"/></svg>')
+    return "".join(parts)
+
+
+# sections -----------------------------------------------------------------------------
+
+def _dataset_section(details: Dict[str, Any]) -> str:
+    out = ["<h2>Dataset</h2>"]
+    ex = details.get("examples")
+    if ex:
+        out.append(f"<p>Examples artifact {ex['artifact_id']} from <code>{_e(ex['input_base'])}</code> "
+                   f"(pattern <code>{_e(ex['input_pattern'])}</code>, span {_e(ex['span'])}): "
+                   f"<b>{_e(ex['example_count'])}</b> examples, {_e(ex['skipped_count'])} skipped; "
+                   f"classes {_e(', '.join(ex.get('label_names') or []))}.<br>"
+                   f"<span class=\"muted\">input fingerprint {_e(ex['input_fingerprint'])}</span></p>")
+    stats = details.get("statistics")
+    if stats:
+        splits = stats["splits"]
+        labels = sorted({l for s in splits.values() for l in s.get("labels", {})})
+        peak = max([c for s in splits.values() for c in s.get("labels", {}).values()] or [1])
+        rows = []
+        for label in labels:
+            cells = [f"<b>{_e(label)}</b>"]
+            for split in splits:
+                count = splits[split].get("labels", {}).get(label, 0)
+                total = splits[split].get("num_examples") or 1
+                cells.append(f'<span class="bar" style="width:{int(80 * count / peak)}px"></span> '
+                             f"{count} <span class=\"muted\">({100 * count / total:.0f}%)</span>")
+            rows.append(cells)
+        rows.append(["<b>total</b>"] + [f"<b>{_e(s.get('num_examples'))}</b>" for s in splits.values()])
+        out.append("<h3>Examples per label and split (StatisticsGen)</h3>")
+        out.append(_table(["label"] + [f"split {s}" for s in splits], rows))
+    else:
+        out.append("<p class=\"muted\">No statistics in this run.</p>")
+    anomalies = details.get("anomalies")
+    out.append("<h3>Anomalies (ExampleValidator vs schema)</h3>")
+    if anomalies is None:
+        out.append("<p class=\"muted\">The validator did not run.</p>")
+    elif not anomalies["count"]:
+        out.append("<p id=\"anomalies\">No anomalies in any split.</p>")
+    else:
+        out.append("<ul id=\"anomalies\" class=\"reasons\">" + "".join(
+            f"<li>[{_e(s)}] {_e(a)}</li>" for s, items in anomalies["splits"].items() for a in items) + "</ul>")
+    schema = details.get("schema")
+    if schema:
+        rows = [[f"<code>{_e(f)}</code>", _e(v["type"]), _e(v.get("shape", "")),
+                 _e(", ".join(v["domain"]) if isinstance(v.get("domain"), list) else v.get("domain", ""))]
+                for f, v in schema["features"].items()]
+        out.append(f"<h3>Schema (artifact {schema['artifact_id']})</h3>")
+        out.append(_table(["feature", "type", "shape", "domain"], rows))
+    return "".join(out)
+
+
+def _evaluation_section(details: Dict[str, Any]) -> str:
+    ev = details.get("evaluation")
+    out = ["<h2>Evaluation vs baseline</h2>"]
+    if not ev:
+        return out[0] + "<p class=\"muted\">The evaluator did not run in this run.</p>"
+    base = ev.get("baseline_model")
+    out.append("<p>Baseline: " + (
+        f"model artifact {base['artifact_id']} from run {_e(base['run_id'])}"
+        + (f", served as version {_e(', '.join(base['pushed_versions']))}" if base["pushed_versions"] else "")
+        if base else "none: no blessed model existed yet (first blessing needs only the floor)") + "</p>")
+    cand, basem = ev.get("candidate", {}), ev.get("baseline", {})
+    rows = []
+    for key in sorted(cand):
+        b = basem.get(key)
+        digits = 0 if "count" in key else 4  # example_count is a count, not a rate
+        delta = f"{cand[key] - b:+.{digits}f}" if b is not None else "-"
+        rows.append([f"<code>{_e(key)}</code>", _num(cand[key], digits), _num(b, digits), delta])
+    out.append(_table(["metric", "candidate", "baseline", "change"], rows, (1, 2, 3)))
+    out.append(f"<p class=\"muted\">accuracy floor {_num(ev.get('accuracy_floor'))}, majority-class rate on eval "
+               f"{_num(ev.get('majority_baseline'))} (blessing needs accuracy above both and no regression "
+               f"vs the baseline)</p>")
+    if ev.get("failures"):
+        out.append("<p>Not blessed because:</p><ul class=\"reasons\">" +
+                   "".join(f"<li>{_e(f)}</li>" for f in ev["failures"]) + "</ul>")
+    per_label = ev.get("per_label", {})
+    bars = [("overall", cand.get(L.ACCURACY), basem.get(L.ACCURACY))]
+    bars += [(f"label {k}", v.get("candidate"), v.get("baseline")) for k, v in per_label.items()]
+    out.append("<h3>Accuracy, overall and per label</h3>")
+    out.append(metrics_chart(bars, ev.get("accuracy_floor"), ev.get("majority_baseline")))
+    rows = [[f"<b>{_e(k)}</b>", _num(v.get("candidate")), _num(v.get("baseline"))] for k, v in per_label.items()]
+    out.append("<h3>Per-slice (per-label) accuracy</h3>")
+    out.append(_table(["label_name slice", "candidate", "baseline"], rows, (1, 2)))
+    return "".join(out)
+
+
+def _lineage_section(lin: Optional[Dict[str, Any]], note: str) -> str:
+    out = ["<h2>Lineage of the pushed model</h2>"]
+    if lin is None:
+        return out[0] + f"<p class=\"muted\">{_e(note)}</p>"
+    out.append(f"<p>{_e(note)}</p>")
+    rows = [["pushed", f"version <b>{_e(lin['version'])}</b> → <code>{_e(lin['pushed']['destination'])}</code> "
+                       f"(artifact {lin['pushed']['artifact_id']}, run {_e(lin['pushed']['run_id'])})"]]
+    b = lin.get("blessing")
+    if b:
+        rows.append(["blessing", f"{'BLESSED' if b['blessed'] else 'NOT blessed'} (artifact {b['artifact_id']})"])
+    infra = lin.get("infra_blessing")
+    if infra:
+        rows.append(["infra validation", f"{'BLESSED' if infra['blessed'] else 'NOT blessed'} (artifact "
+                                         f"{infra['artifact_id']}): {_e(infra.get('num_requests'))} requests, p99 "
+                                         f"{_num(infra.get('p99_latency_ms'), 1)} ms"])
+    ev = lin.get("evaluation")
+    if ev:
+        base = ev.get("baseline_model")
+        acc = (ev.get("candidate") or {}).get(L.ACCURACY)
+        rows.append(["evaluation", f"artifact {ev.get('artifact_id')}: accuracy {_num(acc)}; baseline " +
+                     (f"model artifact {base['artifact_id']}" if base else "none")])
+    m = lin.get("model")
+    if m:
+        rows.append(["model", f"artifact {m['artifact_id']} — <b>{_e(m.get('model_type'))}</b>, "
+                              f"{_e(m.get('train_steps'))} train steps, run {_e(m['run_id'])}<br>"
+                              f"<span class=\"muted\">hyperparameters "
+                              f"{_e(json.dumps(m.get('hyperparameters'), sort_keys=True))}</span><br>"
+                              f"<span class=\"muted\">module <code>{_e(m.get('module_path'))}</code></span>"])
+    t = lin.get("transform_graph")
+    if t:
+        rows.append(["transform graph", f"artifact {t['artifact_id']}, module fingerprint "
+                                        f"<code>{_e((t.get('module_fingerprint') or '-')[:16])}</code>"])
+    s = lin.get("schema")
+    if s:
+        rows.append(["schema", f"artifact {s['artifact_id']}: {_e(', '.join(sorted(s['features'])))}"])
+    st = lin.get("statistics")
+    if st:
+        rows.append(["statistics", f"artifact {st['artifact_id']}: " + ", ".join(
+            f"{_e(k)} {_e(v.get('num_examples'))}" for k, v in st["splits"].items())])
+    a = lin.get("anomalies")
+    if a:
+        rows.append(["anomalies", f"artifact {a['artifact_id']}: {a['count']} anomalies"])
+    e = lin.get("examples")
+    if e:
+        rows.append(["examples", f"artifact {e['artifact_id']} from <code>{_e(e['input_base'])}</code>, span "
+                                 f"{_e(e['span'])}, {_e(e['example_count'])} examples (" + ", ".join(
+                                     f"{_e(k)} {_e(v)}" for k, v in e["split_counts"].items()) + ")"])
+    body = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    out.append(f"<table class=\"lineage\">{body}</table>")
+    return "".join(out)
+
+
+def _pushed_section(graph: L.Graph, pipeline: str) -> str:
+    out = ["<h2>Pushed versions</h2>"]
+    pushed = L.pushed_models(graph, pipeline)
+    if not pushed:
+        return out[0] + "<p class=\"muted\">Nothing has been pushed for this model yet.</p>"
+    rows = []
+    for version, artifact in reversed(pushed):
+        pusher, model = L._pusher_and_model(graph, artifact)
+        rows.append([f"<b>{version}</b>" + (" <span class=\"badge ok\">serving</span>"
+                                             if version == pushed[-1][0] else ""),
+                     _e(L.props(artifact).get("pushed_destination")),
+                     _e(graph.run_of(pusher) if pusher else None),
+                     _e(model.id if model else None),
+                     _e(L._iso(artifact.create_time_since_epoch))])
+    out.append(_table(["version", "destination", "run", "model artifact", "pushed at"], rows))
+    return "".join(out)
+
+
+def render(store, pipeline: Optional[str] = None, run: Optional[str] = None) -> str:
+    graph = L.Graph(store)
+    pipeline = L.default_pipeline(graph, pipeline)
+    context = L.resolve_run(graph, pipeline, run)
+    details = L.run_details(graph, pipeline, context)
+    edges = L.dag_edges(graph, pipeline)
+    pushed = L.pushed_models(graph, pipeline)
+    lin, note = None, "Nothing has been pushed for this model yet."
+    if details["pushed_version"]:
+        lin = L.lineage_of_version(store, pipeline, details["pushed_version"])
+        note = f"This run pushed version {details['pushed_version']}."
+    elif pushed:
+        lin = L.lineage_of_version(store, pipeline, str(pushed[-1][0]))
+        note = (f"This run pushed nothing ({details.get('push_note') or 'no push'}); the model served now is "
+                f"version {pushed[-1][0]}.")
+    blessed = details["blessed"]
+    verdict = ("<span class=\"badge neutral\">not evaluated</span>" if blessed is None else
+               "<span class=\"badge ok\" id=\"verdict\">BLESSED</span>" if blessed else
+               "<span class=\"badge bad\" id=\"verdict\">NOT BLESSED</span>")
+    push = (f"pushed as version <b id=\"pushed-version\">{_e(details['pushed_version'])}</b>"
+            if details["pushed_version"] else f"not pushed ({_e(details.get('push_note') or '-')})")
+    node_rows = [[_e(n["node"]), f"<span style=\"color:{_COLORS.get(n['state'], '#757575')}\">{_e(n['state'])}</span>",
+                  _num(n["seconds"], 1), _e(n["execution_id"])] for n in details["nodes"]]
+    generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
+            f"<p>Run <code id=\"run-id\">{_e(details['run_id'])}</code> started {_e(details['start'])}, took "
+            f"{_num(details['duration_seconds'], 1)} s. {verdict} {push}</p>",
+            "<h2>Pipeline</h2>", dag_svg(details["nodes"], edges),
+            "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
+                                             if s in ("complete", "cached", "failed", "not run")) + "</p>",
+            _table(["component", "state", "seconds", "execution"], node_rows, (2, 3)),
+            _dataset_section(details), _evaluation_section(details), _lineage_section(lin, note),
+            _pushed_section(graph, pipeline),
+            f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Conveyor report {_e(pipeline)} {_e(details['run_id'])}</title>"
+            f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>")
+
+
+def write_report(store, out: str, pipeline: Optional[str] = None, run: Optional[str] = None) -> str:
+    text = render(store, pipeline, run)
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out)
+    return out
+
+
+def write_run_report(config, run: Optional[str] = None) -> str:
+    """HOME/reports/<name>-<run>.html for the latest (or given) run of config.name; returns the path."""
+    store = L.open_store(config.home_dir)
+    graph = L.Graph(store)
+    context = L.resolve_run(graph, config.name, run)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", context.name)
+    path = os.path.join(config.home_dir, "reports", f"{config.name}-{safe}.html")
+    return write_report(store, path, config.name, context.name)
