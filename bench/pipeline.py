@@ -17,6 +17,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
+IMDB_CSV = os.path.join(ROOT, "..", "shared", "data", "imdb", "imdb_reviews_2500.csv")
+TEXT_MODELS = ("multihot", "embedding", "conv1d")
 
 
 def _timed_run(pipeline) -> float:
@@ -89,6 +91,23 @@ def run_tfx_example(work: str, train_steps: int, beam_args):
             "blessed": summary.blessed}
 
 
+def run_text(work: str, model: str, train_steps: int, beam_args):
+    """The text pipeline on the 2,500 real IMDB reviews (80/20 hash split)."""
+    from conveyor.config import load_config
+    from pipelines.pipeline import create_pipeline
+    config = load_config("text", overrides={"home": os.path.join(work, "text"), "name": f"imdb_{model}",
+                                            "model": model, "train_steps": train_steps, "eval_steps": 20,
+                                            "epochs": 10, "batch_size": 32})
+    config.data = os.path.dirname(os.path.abspath(IMDB_CSV))
+    config.input_pattern = os.path.basename(IMDB_CSV)
+    config.beam_args = beam_args
+    wall = _timed_run(create_pipeline(config))
+    summary, seconds = _component_seconds(config.metadata_path, config.name)
+    return {"wall_seconds": round(wall, 1), "components": seconds,
+            "eval_accuracy": summary.candidate.get("sparse_categorical_accuracy"),
+            "majority_baseline": summary.majority_baseline, "blessed": summary.blessed}
+
+
 def markdown(results) -> str:
     conveyor, example = results["conveyor"], results["tfx_example"]
     lines = [f"# Image pipeline benchmark ({results['images']} real MNIST images, 80/20, "
@@ -102,12 +121,23 @@ def markdown(results) -> str:
     lines += [f"| {k} | {v} |" for k, v in conveyor["components"].items()]
     lines += ["", "| component (tfx example) | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in example["components"].items()]
+    text = results.get("text")
+    if text:
+        lines += ["", f"# Text pipeline ({results['text_reviews']} real IMDB reviews, 80/20, "
+                      f"{results['text_train_steps']} train steps)", "",
+                  "| model | eval accuracy | majority rate | blessed | wall (s) | Transform (s) | Trainer (s) | Evaluator (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model, r in text.items():
+            c = r["components"]
+            lines.append(f"| {model} | {r['eval_accuracy']:.4f} | {r['majority_baseline']:.4f} | {r['blessed']} | "
+                         f"{r['wall_seconds']} | {c.get('Transform')} | {c.get('Trainer')} | {c.get('BaselineEvaluator')} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--text-train-steps", type=int, default=600)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
     from conveyor.config import Config
@@ -117,7 +147,9 @@ def main() -> None:
         results = {"images": 10000, "train_steps": args.train_steps, "cores": os.cpu_count(),
                    "beam_args": beam_args,
                    "conveyor": run_conveyor(work, args.train_steps, beam_args),
-                   "tfx_example": run_tfx_example(work, args.train_steps, beam_args)}
+                   "tfx_example": run_tfx_example(work, args.train_steps, beam_args),
+                   "text_reviews": 2500, "text_train_steps": args.text_train_steps,
+                   "text": {m: run_text(work, m, args.text_train_steps, beam_args) for m in TEXT_MODELS}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)

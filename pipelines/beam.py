@@ -1,0 +1,101 @@
+"""Named Beam presets: the `beam_pipeline_args` TFX hands to every Beam-based component
+(ExampleGen, StatisticsGen, Transform, Evaluator).
+
+    beam_args("direct")                                   # all local cores
+    beam_args("flink", job_endpoint="flink-jobserver:8099")
+    beam_args("spark", job_endpoint="spark-jobserver:8099")
+    beam_args("dataflow", project="p", region="europe-west1", temp_location="gs://b/tmp")
+
+Config.beam_args stays the default (in-memory DirectRunner, fastest for the small demo runs);
+a preset is what a bigger run or a cluster deployment passes instead.
+"""
+import os
+from typing import Dict, List, Optional, Sequence
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETUP_FILE = os.path.join(PROJECT_ROOT, "setup.py")
+PRESETS = ("direct", "flink", "spark", "dataflow")
+
+
+class BeamPresetError(ValueError):
+    """An unknown preset or a missing setting; the message names the setting."""
+
+
+def _direct(workers: Optional[int] = None) -> List[str]:
+    """DirectRunner with one worker process per core (real parallelism, unlike in_memory)."""
+    workers = workers or os.cpu_count() or 1
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={workers}"]
+
+
+def _portable(job_endpoint: Optional[str], environment_type: str,
+              environment_config: Optional[str], preset: str) -> List[str]:
+    """Flink and Spark through their Beam job servers (PortableRunner).
+
+    environment_type LOOPBACK runs the SDK workers inside the submitting process (which has
+    this repo installed); DOCKER/EXTERNAL need environment_config (an image with this repo
+    installed, or a worker-pool address).
+    """
+    if not job_endpoint:
+        raise BeamPresetError(f"beam preset '{preset}': set job_endpoint (host:port of the "
+                              f"{preset} Beam job server)")
+    environment_type = environment_type.upper()
+    if environment_type not in ("LOOPBACK", "DOCKER", "EXTERNAL", "PROCESS"):
+        raise BeamPresetError(f"beam preset '{preset}': environment_type must be LOOPBACK, DOCKER, "
+                              f"EXTERNAL or PROCESS, got {environment_type!r}")
+    args = ["--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
+            f"--environment_type={environment_type}"]
+    if environment_type != "LOOPBACK":
+        if not environment_config:
+            raise BeamPresetError(f"beam preset '{preset}': environment_type {environment_type} "
+                                  "needs environment_config (SDK image or worker-pool address)")
+        args.append(f"--environment_config={environment_config}")
+    return args
+
+
+def _dataflow(project: Optional[str], region: Optional[str], temp_location: Optional[str],
+              sdk_container_image: Optional[str], max_num_workers: Optional[int],
+              setup_file: str) -> List[str]:
+    missing = [k for k, v in (("project", project), ("region", region),
+                              ("temp_location", temp_location)) if not v]
+    if missing:
+        raise BeamPresetError(f"beam preset 'dataflow': set {', '.join(missing)}")
+    args = ["--runner=DataflowRunner", f"--project={project}", f"--region={region}",
+            f"--temp_location={temp_location}",
+            # Workers install this repo (components/, modules/ ...) from setup.py.
+            f"--setup_file={setup_file}"]
+    if sdk_container_image:
+        args.append(f"--sdk_container_image={sdk_container_image}")
+    if max_num_workers:
+        args.append(f"--max_num_workers={max_num_workers}")
+    return args
+
+
+def beam_args(preset: str, *, workers: Optional[int] = None, job_endpoint: Optional[str] = None,
+              environment_type: str = "LOOPBACK", environment_config: Optional[str] = None,
+              project: Optional[str] = None, region: Optional[str] = None,
+              temp_location: Optional[str] = None, sdk_container_image: Optional[str] = None,
+              max_num_workers: Optional[int] = None, setup_file: str = SETUP_FILE,
+              extra: Sequence[str] = ()) -> List[str]:
+    """The Beam argument list of a named preset (see module docstring); `extra` is appended."""
+    if preset == "direct":
+        args = _direct(workers)
+    elif preset in ("flink", "spark"):
+        args = _portable(job_endpoint, environment_type, environment_config, preset)
+    elif preset == "dataflow":
+        args = _dataflow(project, region, temp_location, sdk_container_image, max_num_workers,
+                         setup_file)
+    else:
+        raise BeamPresetError(f"unknown beam preset {preset!r} (known: {', '.join(PRESETS)})")
+    return args + list(extra)
+
+
+def preset_from_settings(preset: str, settings: Optional[Dict] = None) -> List[str]:
+    """beam_args() from a mapping (e.g. a `beam_settings:` block of a config file)."""
+    settings = dict(settings or {})
+    unknown = set(settings) - {"workers", "job_endpoint", "environment_type", "environment_config",
+                               "project", "region", "temp_location", "sdk_container_image",
+                               "max_num_workers", "setup_file", "extra"}
+    if unknown:
+        raise BeamPresetError(f"beam settings: unknown key(s) {', '.join(sorted(unknown))}")
+    return beam_args(preset, **settings)
