@@ -40,7 +40,11 @@ def _leaf(value: Any, dtype: tf.dtypes.DType, name: str) -> Any:
             except (binascii.Error, ValueError) as e:
                 raise _bad(f"Unable to base64 decode value of '{name}': {e}") from e
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800"
+                raise _bad(f"JSON string {_short(value)} for input '{name}' is not valid UTF-8: "
+                           f"{e.reason}") from e
         raise _bad(f"JSON value: {_short(value)} not formatted correctly for base64 data "
                    f"or string for input '{name}'")
     if dtype == tf.bool:

@@ -3,6 +3,7 @@
 Both front ends translate their wire format into these calls, so model resolution,
 signature checks, batching and error codes are identical over REST and gRPC.
 """
+import re
 from typing import Dict, Iterable, Optional, Tuple
 
 import grpc
@@ -18,9 +19,10 @@ SIGNATURE_DEF_FIELD = "signature_def"
 
 
 class Predictor:
-    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None):
+    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, request_log=None):
         self.manager = manager
         self.batcher = batcher
+        self.request_log = request_log  # serving.request_log.RequestLogger or None
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:
@@ -39,11 +41,17 @@ class Predictor:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {alias} Outputs "
                                    f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-        if self.batcher is not None:
-            key = (servable.name, servable.version, signature_name)
-            outputs = self.batcher.run(key, lambda x: servable.run(signature_name, x), inputs)
-        else:
-            outputs = servable.run(signature_name, inputs)
+        _check_shapes(signature, inputs)
+        try:
+            if self.batcher is not None:
+                key = (servable.name, servable.version, signature_name)
+                outputs = self.batcher.run(key, lambda x: servable.run(signature_name, x), inputs)
+            else:
+                outputs = servable.run(signature_name, inputs)
+        except ServingError as e:
+            raise ServingError(e.code, _one_line(e)) from e
+        if self.request_log is not None:  # samples and enqueues only; never raises
+            self.request_log.log(servable.name, servable.version, inputs)
         if wanted:
             outputs = {k: v for k, v in outputs.items() if k in wanted}
         return outputs
@@ -90,3 +98,46 @@ class Predictor:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return servable, response
 
+
+def _check_shapes(signature, inputs: Dict[str, np.ndarray]) -> None:
+    """Rejects inputs whose shape the signature does not accept (-1 matches any size).
+
+    TF Serving leaves this to the graph, whose error names an internal op ("input must be a
+    vector, got shape: [1,1]"); checking up front gives the same INVALID_ARGUMENT with a
+    message that names the input.
+    """
+    for key, value in inputs.items():
+        info = signature.inputs.get(key)
+        if info is None or info.tensor_shape.unknown_rank:
+            continue  # unknown names are reported by Servable.run
+        expected = [d.size for d in info.tensor_shape.dim]
+        shape = list(np.shape(value))
+        if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Input '{key}' has shape {shape}; the signature expects "
+                               f"{expected} (-1: any size)")
+
+
+_TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node |Node: |<stack traces unavailable>|\s+File \")")
+
+
+def _one_line(error: ServingError) -> str:
+    """TF's multi-line graph error -> its message plus the failing node, on one line.
+
+    "Graph execution error:\n\nDetected at node X ...\nInvalid PNG data, size 68\n\t [[{{node X}}]]"
+    becomes "Invalid PNG data, size 68 (node X)". When the TF message quotes raw input bytes,
+    TF's own conversion to str fails (UnicodeDecodeError); its `object` still holds the text.
+    """
+    cause = error.__cause__
+    if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
+        text = cause.object.decode("utf-8", errors="replace")
+    else:
+        text = error.message
+    node = re.search(r"Detected at node '?([^\s']+)", text)
+    text = re.sub(r"\[\[\{\{.*?\}\}\]\]|\[Op:[^\]]*\]", "", text)
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not _TF_NOISE.match(line)]
+    message = "; ".join(lines) or error.message.strip()
+    if node and node.group(1) not in message:
+        message += f" (node {node.group(1)})"
+    return " ".join(message.split())

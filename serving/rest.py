@@ -52,6 +52,8 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 
+_MAX_ERROR_CHARS = 1000
+
 
 class _BodyTooLarge(Exception):
     """Raised before reading the body; `drain` says whether reading it first is affordable."""
@@ -90,7 +92,12 @@ class RestApi:
         try:
             return 200, self._dispatch(method, path, body)
         except ServingError as e:
-            return _HTTP_STATUS.get(e.code, 500), {"error": e.message}
+            # Messages echo request values (names, signature keys): a huge one loses its
+            # middle, keeping the start and the end that says what was wrong.
+            message = e.message
+            if len(message) > _MAX_ERROR_CHARS:
+                message = message[:_MAX_ERROR_CHARS - 205] + " ... " + message[-200:]
+            return _HTTP_STATUS.get(e.code, 500), {"error": message}
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         if method == "POST":
@@ -183,6 +190,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
+        self._api_with_body("POST", path)
+
+    def _other_method(self) -> None:
+        # TF Serving answers any other method on /v1/ with 400 "Malformed request: PUT /v1/...";
+        # the body is still read (within the limit) so the connection stays usable.
+        self._api_with_body(self.command, urllib.parse.urlsplit(self.path).path)
+
+    def __getattr__(self, name: str) -> Any:
+        # The stdlib dispatches on do_<METHOD> and answers 501 when there is none; every
+        # method TF Serving does not serve (PUT, DELETE, HEAD, TRACE, BREW...) goes to
+        # _other_method instead.
+        if name.startswith("do_"):
+            return self._other_method
+        raise AttributeError(name)
+
+    def _api_with_body(self, method: str, path: str) -> None:
         try:
             body = self._read_body()
         except _BodyTooLarge as e:
@@ -196,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._json(400, {"error": str(e)})
             return
-        self._api("POST", path, body)
+        self._api(method, path, body)
 
     def _api(self, method: str, path: str, body: bytes) -> None:
         if not re.match(r"(?i)/v1/", path):
@@ -219,12 +242,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError(f"Invalid Content-Length: {length_header!r}")
         if length < 0:
             raise ValueError(f"Invalid Content-Length: {length_header!r}")
-        self._check_size(length, declared=True)
+        self._check_size(length, drain=length if length <= 4 * self.max_body_bytes else 0)
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes:
-        """Chunked bodies (curl -T -, streaming clients); TF Serving's evhttp accepts them too."""
+        """Chunked bodies (curl -T -, streaming clients); TF Serving's evhttp accepts them too.
+
+        Past the limit the remaining chunks are read and dropped (up to 4x the limit, as for
+        a declared Content-Length) so the client gets the 413 rather than a reset connection.
+        """
         body = bytearray()
+        total = 0
         while True:
             line = self.rfile.readline(1024).split(b";")[0].strip()
             try:
@@ -234,14 +262,22 @@ class _Handler(BaseHTTPRequestHandler):
             if size == 0:
                 while self.rfile.readline(1024).strip():  # trailers
                     pass
-                return bytes(body)
-            self._check_size(len(body) + size)
-            body += self.rfile.read(size)
+                break
+            total += size
+            if total > 4 * self.max_body_bytes:
+                self._check_size(total)  # give up reading: 413, then the connection closes
+            if total > self.max_body_bytes:
+                body.clear()
+                self._discard(size)
+            else:
+                body += self.rfile.read(size)
             self.rfile.readline(1024)
+        self._check_size(total)  # all of it was read, so the 413 reaches the client
+        return bytes(body)
 
-    def _check_size(self, size: int, declared: bool = False) -> None:
+    def _check_size(self, size: int, drain: int = 0) -> None:
+        """413 for a body over the limit; `drain` bytes are read first so the client sees it."""
         if size > self.max_body_bytes:
-            drain = size if declared and size <= 4 * self.max_body_bytes else 0
             raise _BodyTooLarge(f"Request body of {size} bytes exceeds the limit of "
                                 f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)", drain)
 
@@ -255,6 +291,15 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The stdlib's own errors (bad request line, 414, 431, 505) as
+        `{"error": ...}` JSON like every other error, instead of its HTML page."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # request line unparsable: still send headers
+            self.request_version = "HTTP/1.0"
+        short, _ = self.responses.get(code, ("Error", ""))
+        self._json(code, {"error": message or short})
+
     def _json(self, status: int, payload: Any) -> None:
         self._reply(status, json.dumps(payload).encode("utf-8"), "application/json")
 
@@ -264,8 +309,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":  # a HEAD response has headers and no body
+                self.wfile.write(data)
+        except ConnectionError:  # the client left without reading the answer: its loss only
+            self.close_connection = True
+            log.debug("Client %s closed the connection before the %d reply", self.address_string(), status)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
