@@ -21,7 +21,7 @@ from tfx.dsl.components.base import executor_spec
 
 from components.labelled_example_gen import (LABEL, LABEL_NAME, IngestError,
                                              LabelledExamplesExecutor, Scan,
-                                             options_to_custom_config)
+                                             latest_span_folder, options_to_custom_config)
 from data.idx import IdxError, labels_path_for, read_idx
 
 IMAGE_KEY = "image_raw"
@@ -71,6 +71,7 @@ def _class_name(label: int, class_names: List[str], source: str) -> str:
 
 
 class Executor(LabelledExamplesExecutor):
+    KIND = "image"
 
     def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
         paths = sorted(glob.glob(pattern))
@@ -190,6 +191,9 @@ class ImageExampleGen(FileBasedExampleGen):
     def __init__(self, input_base: str, input_pattern: str = "*", eval_percent: int = 20,
                  skip_bad_images: bool = False, class_names=None, input_config=None):
         from tfx.proto import example_gen_pb2
+        span_folder = latest_span_folder(input_base, input_pattern)
+        if span_folder:  # e.g. incoming/span-{SPAN} -> incoming/span-{SPAN}/*/* for class folders
+            input_pattern = f"{input_pattern.rstrip('/')}/{detect_input_pattern(span_folder)}"
         input_config = input_config or example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=input_pattern)])
         output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[

@@ -10,6 +10,8 @@ records into tf.Examples:
     <payload feature>  bytes   image bytes (`image_raw`) or review text (`text`)
     label              int64   index of label_name in the sorted class names
     label_name         bytes   the class name
+    profile features   int64/float  image_height, image_width, image_mean / text_tokens,
+                                    text_alpha_ratio, text_stopword_ratio (modules/features.py)
 
 The sorted class names are stored on the Examples artifact (`label_names` custom
 property and `label_names.json`), and skipped inputs in `skipped` / `skipped.json`.
@@ -28,6 +30,8 @@ from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenE
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
+
+from modules import features as F
 
 LABEL = "label"
 LABEL_NAME = "label_name"
@@ -74,22 +78,34 @@ def _options_from_exec_properties(exec_properties: Dict[str, Any]) -> Dict[str, 
 def _feature(value) -> tf.train.Feature:
     if isinstance(value, int):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    if isinstance(value, float):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
     if isinstance(value, str):
         value = value.encode("utf-8")
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[str, Any]],
-                label_index: Dict[str, int]) -> tf.train.Example:
-    features = load(record)
-    features[LABEL] = label_index[record[LABEL_NAME]]
-    features[LABEL_NAME] = record[LABEL_NAME]
+def to_example(features: Dict[str, Any]) -> tf.train.Example:
+    """A tf.Example of plain values (int -> int64, float -> float, str/bytes -> bytes)."""
     return tf.train.Example(features=tf.train.Features(
         feature={k: _feature(v) for k, v in features.items()}))
 
 
+def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[str, Any]],
+                label_index: Dict[str, int], kind: str) -> tf.train.Example:
+    features = load(record)
+    # Profile features (modules/features.py) make drift visible to TFDV; serving's request
+    # log computes them with the same function.
+    features.update(F.profile(kind, features[F.RAW_INPUT[kind]]))
+    features[LABEL] = label_index[record[LABEL_NAME]]
+    features[LABEL_NAME] = record[LABEL_NAME]
+    return to_example(features)
+
+
 class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
     """Scan every input pattern, fix the label vocabulary, then let TFX write the splits."""
+
+    KIND = ""  # "image" or "text": picks the raw feature and its profile features
 
     @abc.abstractmethod
     def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
@@ -104,13 +120,14 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
         scans = self._scans
         label_index = self._label_index
         load = self.load
+        kind = self.KIND
 
         @beam.ptransform_fn
         def records_to_examples(pipeline, exec_properties, split_pattern):
             del exec_properties
             return (pipeline
                     | "Records" >> beam.Create(scans[split_pattern].records, reshuffle=False)
-                    | "ToExample" >> beam.Map(_to_example, load, label_index))
+                    | "ToExample" >> beam.Map(_to_example, load, label_index, kind))
 
         return records_to_examples
 
@@ -171,3 +188,27 @@ def label_names_of(examples_uri: str) -> List[str]:
 
 def default_input_config(pattern: str) -> example_gen_pb2.Input:
     return example_gen_utils.make_default_input_config(pattern)
+
+
+def latest_span_folder(input_base: str, pattern: Optional[str]) -> Optional[str]:
+    """The latest span's folder when the pattern's last part names span folders.
+
+    A pattern like `incoming/span-{SPAN}` names folders, not files, so the kind's layout
+    detection (class folders, IDX, tables, review folders) has to look inside one to complete
+    the glob. The span is resolved by TFX's own FileBasedInputProcessor, exactly as the
+    ExampleGen driver resolves it at run time. None when the pattern has no span spec in its
+    last part, or that part names files.
+    """
+    from conveyor.config import has_span_spec
+    from tfx.components.example_gen.input_processor import FileBasedInputProcessor
+
+    if not pattern or not has_span_spec(os.path.basename(pattern.rstrip("/"))):
+        return None
+    processor = FileBasedInputProcessor(
+        input_base, [example_gen_pb2.Input.Split(name="single_split", pattern=pattern)], None)
+    try:
+        span, version = processor.resolve_span_and_version()
+    except ValueError as e:
+        raise IngestError(f"{os.path.join(input_base, pattern)}: no span matches ({e})") from e
+    path = os.path.join(input_base, processor.get_pattern_for_span_version(pattern, span, version))
+    return path if os.path.isdir(path) else None

@@ -2,9 +2,10 @@
 
 TFX's Pusher names versions by Unix time and copies in place; Conveyor needs 1, 2, 3
 (TF Serving serves the highest), an atomic appearance (copy to a hidden temp dir, then
-rename, so a polling server never sees half a model), no second push of a model that is
-already the latest version (a cached rerun re-blesses the same model), and an updated
-models.config next to the model folders.
+rename, so a polling server never sees half a model; a temp dir left by a killed push is
+deleted by the next push), no second push of a model that is already the latest version
+(a cached rerun re-blesses the same model), and an updated models.config next to the
+model folders.
 """
 import fcntl
 import json
@@ -24,6 +25,11 @@ from tfx.utils import proto_utils
 from serving.model_config import register_model
 
 PUSH_RECORD = os.path.join("assets.extra", "conveyor_push.json")
+TMP_PREFIX = ".tmp-"  # never all digits, so servers and version_dirs() ignore it
+# Fault-injection tests only (tests/test_faults.py): seconds to sleep after the new version
+# is complete in its temp dir and before the rename, giving the test a deterministic
+# moment to SIGKILL the run in the middle of a push. Unset in normal use.
+PAUSE_ENV = "CONVEYOR_TEST_PAUSE_BEFORE_PUBLISH_SECONDS"
 
 
 def version_dirs(base: str):
@@ -39,6 +45,18 @@ def _pushed_source(version_dir: str) -> Optional[str]:
             return json.load(f).get("model_uri")
     except (OSError, ValueError):
         return None
+
+
+def remove_stale_temp_dirs(base: str) -> None:
+    """Deletes temp dirs of pushes that were killed before their rename.
+
+    Only called under the push lock: no live pusher of this model can own one then.
+    """
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        if name.startswith(TMP_PREFIX) and os.path.isdir(path):
+            logging.warning("Removing %s, left by an interrupted push", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Executor(tfx_executor.Executor):
@@ -59,6 +77,7 @@ class Executor(tfx_executor.Executor):
         # One pusher at a time per model: the version number and the rename must not race.
         with open(os.path.join(base, ".push.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            remove_stale_temp_dirs(base)
             versions = version_dirs(base)
             if versions and _pushed_source(os.path.join(base, str(versions[-1]))) == model.uri:
                 logging.info("Model %s is already served as version %d; not pushing it again.",
@@ -69,14 +88,17 @@ class Executor(tfx_executor.Executor):
                 return
             version = (versions[-1] + 1) if versions else 1
             final = os.path.join(base, str(version))
-            tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
             try:
                 shutil.copytree(source, tmp)
                 os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
                 with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
                     json.dump({"model_uri": model.uri, "model_id": model.id, "version": version,
                                "pushed_at": time.time()}, f)
+                pause = float(os.environ.get(PAUSE_ENV) or 0)
+                if pause > 0:
+                    logging.warning("%s: pausing %.0fs before publishing %s as %s", PAUSE_ENV, pause, tmp, final)
+                    time.sleep(pause)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.labelled_example_gen import (LABEL_NAME, IngestError, LabelledExamplesExecutor,
-                                             Scan, options_to_custom_config)
+                                             Scan, latest_span_folder, options_to_custom_config)
 
 TEXT_KEY = "text"
 TEXT_COLUMNS = ("text", "review", "sentence")
@@ -117,6 +117,7 @@ def _decoded_lines(lines: Iterable[bytes], bad: Dict[int, str]) -> Iterator[str]
 
 
 class Executor(LabelledExamplesExecutor):
+    KIND = "text"
 
     def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
         paths = sorted(glob.glob(pattern))
@@ -244,7 +245,13 @@ class TextExampleGen(FileBasedExampleGen):
         if input_pattern:
             if os.path.isfile(input_base):
                 raise IngestError(f"{input_base}: --input-pattern needs a data folder, not a file")
-            layout = TextLayout(input_base, [(SINGLE_SPLIT, input_pattern)])
+            span_folder = latest_span_folder(input_base, input_pattern)
+            if span_folder:  # e.g. incoming/span-{SPAN}: the latest span's layout completes the glob
+                prefix = input_pattern.rstrip("/")
+                layout = TextLayout(input_base, [(name, f"{prefix}/{pattern}") for name, pattern
+                                                 in detect_text_layout(span_folder).splits])
+            else:
+                layout = TextLayout(input_base, [(SINGLE_SPLIT, input_pattern)])
         else:
             layout = detect_text_layout(input_base)
         input_config = example_gen_pb2.Input(splits=[

@@ -7,7 +7,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import List, Optional
 
-from conveyor.config import IMAGE_MODELS, TEXT_MODELS, ConfigError, load_config
+from conveyor.config import IMAGE_MODELS, TEXT_MODELS, ConfigError, load_config, split_span_path
 
 
 def default_data(kind: str, home: str) -> str:
@@ -32,6 +32,8 @@ def _run_parser(sub) -> None:
     run.add_argument("--eval-steps", type=int)
     run.add_argument("--epochs", type=int)
     run.add_argument("--input-pattern", help="glob under --data, may contain {SPAN}")
+    run.add_argument("--warm-start", action="store_true", default=None,
+                     help="start training from the latest blessed model's weights when it matches")
     run.add_argument("--skip-bad-images", action="store_true", default=None,
                      help="skip unreadable images instead of stopping (recorded on the artifact)")
     run.add_argument("--skip-bad-rows", action="store_true", default=None,
@@ -43,11 +45,12 @@ def cmd_run(args) -> int:
     overrides = {"home": args.home, "model": args.model, "name": args.name,
                  "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
                  "input_pattern": args.input_pattern, "skip_bad_images": args.skip_bad_images,
-                 "skip_bad_rows": args.skip_bad_rows}
+                 "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start}
     config = load_config(args.kind, args.config, overrides)
     data = args.data or config.data
     if data:
-        if not os.path.exists(data):
+        # With a {SPAN} spec, the folder above the span folders must exist (spans may come later).
+        if not os.path.exists(split_span_path(data)[0]):
             raise ConfigError(f"--data {data}: no such file or directory")
         config.data = os.path.abspath(data)
     else:
@@ -102,7 +105,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
     from conveyor import history_cli
     history_cli.add_commands(sub)
+    from conveyor import drift
+    drift.add_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "drift":
+        return drift.cmd_drift(args)
     if args.command == "download":
         return cmd_download(args)
     if args.command in history_cli.COMMANDS:

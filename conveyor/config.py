@@ -6,7 +6,8 @@ to TFX as exec properties / custom_config), so image and text runs share one sch
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -50,6 +51,8 @@ class Config:
     batch_size: int = 64
     learning_rate: float = 0.001
     early_stopping_patience: int = 2
+    # Start from the latest blessed model's weights when its architecture matches (else from scratch).
+    warm_start: bool = False
 
     # Evaluator: blessing = accuracy >= floor AND > majority-class baseline AND
     # no regression beyond `regression_tolerance` against the latest blessed model.
@@ -60,9 +63,19 @@ class Config:
     infra_requests: int = 50
     infra_p99_budget_ms: float = 500.0
 
+    # Drift between training and serving data (conveyor serve --config / conveyor drift)
+    request_log_rate: float = 0.0       # share of served requests logged to HOME/request_logs
+    drift_threshold: float = 0.2        # Jensen-Shannon divergence per profile feature
+
     # Orchestration
+    # Default Beam: in-memory DirectRunner, one worker -- on the demo's small data the
+    # multi-processing DirectRunner is several times slower (worker start-up; README "Beam").
     beam_args: List[str] = dataclasses.field(default_factory=lambda: [
         "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    # A pipelines/beam.py preset (direct = multi-processing, workers = cores; flink | spark |
+    # dataflow) with its settings replaces that default; beam_args given as well are appended.
+    beam_preset: str = ""
+    beam_settings: Optional[Dict[str, Any]] = None
     enable_cache: bool = True
     schedule: str = "@daily"
     start_date: str = "2026-01-01"
@@ -111,6 +124,9 @@ class Config:
             raise ConfigError(f"config key 'eval_percent': expected 1..99, got {self.eval_percent}")
         if not 0.0 <= self.accuracy_floor <= 1.0:
             raise ConfigError(f"config key 'accuracy_floor': expected 0..1, got {self.accuracy_floor}")
+        for key in ("request_log_rate", "drift_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"config key '{key}': expected 0..1, got {getattr(self, key)}")
         if self.regression_tolerance < 0:
             raise ConfigError(f"config key 'regression_tolerance': expected >= 0, got {self.regression_tolerance}")
         if self.learning_rate <= 0:
@@ -121,6 +137,30 @@ class Config:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# TFX's span/version/date specs, e.g. span-{SPAN}, {SPAN:3}, {YYYY}-{MM}-{DD}, v{VERSION}.
+_SPAN_SPEC = re.compile(r"\{(SPAN|VERSION|YYYY|MM|DD)(:[^}]*)?\}")
+
+
+def has_span_spec(path: Optional[str]) -> bool:
+    return bool(path) and bool(_SPAN_SPEC.search(path))
+
+
+def split_span_path(data: str, input_pattern: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """(input_base, input_pattern) for ExampleGen from --data and input_pattern.
+
+    TFX resolves {SPAN} only in the split pattern, never in input_base, so a --data path such
+    as /d/incoming/span-{SPAN} becomes input_base /d/incoming with pattern span-{SPAN}
+    (input_pattern, if also given, is appended). Without a spec in --data both pass through.
+    """
+    if not has_span_spec(data):
+        return data, input_pattern
+    parts = data.rstrip(os.sep).split(os.sep)
+    first = next(i for i, part in enumerate(parts) if has_span_spec(part))
+    base = os.sep.join(parts[:first]) or os.sep
+    pattern = "/".join(parts[first:])
+    return base, f"{pattern}/{input_pattern}" if input_pattern else pattern
 
 
 def _check_choice(key: str, value: str, choices) -> None:
@@ -142,6 +182,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key in ("class_names", "beam_args"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: key '{key}': expected a list of strings, got {value!r}")
+        return value
+    if key == "beam_settings":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}': expected a mapping of setting: value, got {value!r}")
         return value
     if expected is bool:
         if not isinstance(value, bool):
@@ -185,4 +229,16 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, "command line")
-    return Config(**values).validate()
+    config = Config(**values).validate()
+    if config.beam_preset:
+        config.beam_args = _preset_beam_args(config, values.get("beam_args") or [])
+    return config
+
+
+def _preset_beam_args(config: Config, extra: List[str]) -> List[str]:
+    """The preset's Beam args, then the explicitly given beam_args (Beam keeps a flag's last value)."""
+    from pipelines.beam import BeamPresetError, preset_from_settings
+    try:
+        return preset_from_settings(config.beam_preset, config.beam_settings) + list(extra)
+    except BeamPresetError as e:
+        raise ConfigError(f"config: {e}") from None

@@ -247,6 +247,7 @@ def format_diff(d: Dict[str, Any]) -> str:
 
 def cmd_report(args) -> int:
     from conveyor import lineage, report
-    path = report.write_report(lineage.open_store(_home(args)), args.out, args.name, args.run)
+    path = report.write_report(lineage.open_store(_home(args)), args.out, args.name, args.run,
+                               home=_home(args))
     print(path)
     return 0

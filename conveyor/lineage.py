@@ -136,9 +136,13 @@ class Graph:
         node, run = "?", ""
         for c in self.store.get_contexts_by_execution(execution_id):
             kind = self.context_type.get(c.type_id)
+            # Local/Kubeflow runs record pipeline_run + node contexts; TFX's Airflow
+            # launcher records run ("<pipeline>.<dag run>") + component_run ("<run>.<node>").
             if kind == "node":
                 node = c.name.split(".", 1)[-1]
-            elif kind == "pipeline_run":
+            elif kind == "component_run":
+                node = c.name.rsplit(".", 1)[-1]
+            elif kind in RUN_CONTEXT_TYPES:
                 run = c.name
         self._exec_node[execution_id], self._exec_run[execution_id] = node, run
 
@@ -261,13 +265,16 @@ def pipeline_nodes(graph: Graph, pipeline: str) -> List[str]:
     return nodes
 
 
+RUN_CONTEXT_TYPES = ("pipeline_run", "run")
+
+
 def run_contexts(graph: Graph, pipeline: str) -> List[mlmd_pb2.Context]:
     """pipeline_run contexts of a pipeline, oldest first."""
     runs: Dict[str, mlmd_pb2.Context] = {}
-    run_type = graph.store.get_context_type("pipeline_run").id
+    run_types = {t for t, kind in graph.context_type.items() if kind in RUN_CONTEXT_TYPES}
     for e in _pipeline_executions(graph, pipeline):
         for c in graph.store.get_contexts_by_execution(e.id):
-            if c.type_id == run_type:
+            if c.type_id in run_types:
                 runs[c.name] = c
     return sorted(runs.values(), key=lambda c: (c.create_time_since_epoch, c.id))
 

@@ -328,7 +328,26 @@ def _pushed_section(graph: L.Graph, pipeline: str) -> str:
     return "".join(out)
 
 
-def render(store, pipeline: Optional[str] = None, run: Optional[str] = None) -> str:
+def _drift_section(home: Optional[str], pipeline: str, pushed) -> str:
+    """The last `conveyor drift` record of the served version (HOME/drift/<model>-<version>.json)."""
+    from conveyor.drift import read_drift
+    record = read_drift(home, pipeline, str(pushed[-1][0])) if home and pushed else None
+    if record is None:
+        return ""
+    badge = ("<span class=\"badge bad\" id=\"drift\">DRIFT</span>" if record.get("drift") else
+             "<span class=\"badge ok\" id=\"drift\">no drift</span>")
+    out = [f"<h2>Serving drift</h2><p>{badge} version {_e(record.get('version'))}: "
+           f"{_e(record.get('requests'))} logged requests vs {_e(record.get('training_examples'))} training "
+           f"examples, checked {_e(record.get('checked_at'))} (Jensen-Shannon threshold {_e(record.get('threshold'))}).</p>",
+           _table(["feature", "JS divergence"], [[_e(k), _num(v)] for k, v in
+                                                 sorted((record.get("js_divergence") or {}).items())], (1,))]
+    if record.get("anomalies"):
+        out.append("<ul class=\"reasons\">" + "".join(
+            f"<li>{_e(a.get('feature'))}: {_e(a.get('description'))}</li>" for a in record["anomalies"]) + "</ul>")
+    return "".join(out)
+
+
+def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, home: Optional[str] = None) -> str:
     graph = L.Graph(store)
     pipeline = L.default_pipeline(graph, pipeline)
     context = L.resolve_run(graph, pipeline, run)
@@ -360,15 +379,16 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None) -> 
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",
             _table(["component", "state", "seconds", "execution"], node_rows, (2, 3)),
             _dataset_section(details), _evaluation_section(details), _lineage_section(lin, note),
-            _pushed_section(graph, pipeline),
+            _pushed_section(graph, pipeline), _drift_section(home, pipeline, pushed),
             f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Conveyor report {_e(pipeline)} {_e(details['run_id'])}</title>"
             f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>")
 
 
-def write_report(store, out: str, pipeline: Optional[str] = None, run: Optional[str] = None) -> str:
-    text = render(store, pipeline, run)
+def write_report(store, out: str, pipeline: Optional[str] = None, run: Optional[str] = None,
+                 home: Optional[str] = None) -> str:
+    text = render(store, pipeline, run, home)
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".tmp"
@@ -385,4 +405,4 @@ def write_run_report(config, run: Optional[str] = None) -> str:
     context = L.resolve_run(graph, config.name, run)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", context.name)
     path = os.path.join(config.home_dir, "reports", f"{config.name}-{safe}.html")
-    return write_report(store, path, config.name, context.name)
+    return write_report(store, path, config.name, context.name, config.home_dir)

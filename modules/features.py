@@ -10,3 +10,59 @@ MULTI_HOT = "multi_hot"      # transformed: float32 [vocab + oov] bag of words
 RAW_INPUT = {"image": IMAGE_RAW, "text": TEXT}
 # Names of the serving_default input per kind, as clients send them.
 SERVING_INPUT = {"image": "images", "text": "text"}
+
+# Profile features: small numbers derived from the raw feature and added to every tf.Example
+# by the ExampleGens (and to logged serving requests by serving/request_log.py, through the
+# same `profile` function), so TFDV statistics show drift the raw bytes/strings hide: a
+# schema can bound them (the gate) and drift comparators can compare their distributions
+# (`conveyor drift`). Models never read them: Transform and the serving signatures use only
+# the raw feature.
+IMAGE_HEIGHT = "image_height"        # int64 pixels of the decoded image
+IMAGE_WIDTH = "image_width"          # int64
+IMAGE_MEAN = "image_mean"            # float mean grey intensity in [0, 1]
+TEXT_TOKENS = "text_tokens"          # int64 whitespace-separated words
+TEXT_ALPHA_RATIO = "text_alpha_ratio"        # float letters / non-space characters
+TEXT_STOPWORD_RATIO = "text_stopword_ratio"  # float share of words that are common English function words
+PROFILE_FEATURES = {"image": (IMAGE_HEIGHT, IMAGE_WIDTH, IMAGE_MEAN),
+                    "text": (TEXT_TOKENS, TEXT_ALPHA_RATIO, TEXT_STOPWORD_RATIO)}
+
+# The most frequent English function words. Their share is a cheap language signal: about
+# 0.4-0.5 in English prose, near 0 in German or French, so a language shift in the texts
+# moves this feature's distribution far (the bundled data sets are English).
+_STOPWORDS = frozenset(
+    "the a an and or but of to in on at for with from by as is are was were be been it its "
+    "this that these those he she they we you i his her their our my your not no so if "
+    "than then there what which who have has had do does did will would can could".split())
+
+
+def profile_image(data: bytes) -> dict:
+    """Height, width and mean grey intensity of encoded image bytes (PIL decodes them, as
+    the ingest's validity check does). Raises PIL's errors for bytes that are no image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        grey = np.asarray(image.convert("L"), dtype=np.float32)
+        return {IMAGE_HEIGHT: int(image.height), IMAGE_WIDTH: int(image.width),
+                IMAGE_MEAN: float(grey.mean() / 255.0) if grey.size else 0.0}
+
+
+def profile_text(text) -> dict:
+    """Word count, share of letters among non-space characters and share of English
+    function words of a text (str or UTF-8 bytes)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    words = text.split()
+    chars = [c for c in text if not c.isspace()]
+    letters = sum(c.isalpha() for c in chars)
+    stop = sum(w.strip(".,;:!?\"'()[]<>/-").lower() in _STOPWORDS for w in words)
+    return {TEXT_TOKENS: len(words),
+            TEXT_ALPHA_RATIO: letters / len(chars) if chars else 0.0,
+            TEXT_STOPWORD_RATIO: stop / len(words) if words else 0.0}
+
+
+def profile(kind: str, raw) -> dict:
+    """The profile features of one raw value (image bytes or text) of a pipeline kind."""
+    return profile_image(raw) if kind == "image" else profile_text(raw)

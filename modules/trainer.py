@@ -8,7 +8,7 @@ for train and serve, and the class names travel from ExampleGen's artifact
 """
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import absl.logging
 import keras
@@ -60,8 +60,9 @@ class ServingModule(tf.Module):
         self.label_names = tf.constant(label_names)
         self._feature = feature
         self._raw_input = F.RAW_INPUT[kind]
-        self._example_spec = {k: v for k, v in tf_transform_output.raw_feature_spec().items()
-                              if k not in (F.LABEL, F.LABEL_NAME)}
+        # Only the raw feature: examples without label or profile features (serving
+        # requests, other producers) must parse; Transform needs nothing else.
+        self._example_spec = {self._raw_input: tf_transform_output.raw_feature_spec()[self._raw_input]}
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
@@ -103,6 +104,57 @@ def warmup_inputs(file_patterns, kind: str, count: int = 5) -> List[bytes]:
     return values
 
 
+def warm_start(model: keras.Model, base_model: Optional[str], config: dict, num_classes: int,
+               tf_transform_output: tft.TFTransformOutput) -> str:
+    """Copies the base model's Keras weights into `model`; returns '' if it did, else why not.
+
+    The exported SavedModel's variables are a checkpoint of ServingModule, whose `model` is the
+    Keras model, so a Checkpoint(model=...) restores it layer by layer; another model type,
+    input size or class count fails the restore. It goes into a fresh copy first, so a failed
+    restore leaves `model` untouched and the optimizer settings stay this run's. Transform
+    vocabularies (text) must be identical too: old weights on re-numbered tokens are noise.
+    """
+    if not base_model:
+        return "no blessed model yet"
+    assets = os.path.join(tf_transform_output.transform_savedmodel_dir, "assets")
+    for name in tf.io.gfile.listdir(assets) if tf.io.gfile.isdir(assets) else []:
+        base_asset = os.path.join(base_model, "assets", name)
+        if not tf.io.gfile.exists(base_asset) or \
+                _read_bytes(base_asset) != _read_bytes(os.path.join(assets, name)):
+            return f"this run's Transform vocabulary '{name}' differs from the base model's"
+    copy = models.build(config, num_classes)
+    try:
+        status = tf.train.Checkpoint(model=copy).read(os.path.join(base_model, "variables", "variables"))
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        return f"the base model's architecture differs ({str(e).strip().splitlines()[0]})"
+    model.set_weights(copy.get_weights())
+    return ""
+
+
+def _read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def save_training_schema(fn_args: FnArgs, label_names: List[str], kind: str) -> str:
+    """Writes the raw-data schema this model trained with, tightened from the training split's
+    TFDV statistics, into the export (assets.extra/conveyor_schema.pbtxt): the next run's gate
+    validates new data against it (components/example_validator.py)."""
+    import tensorflow_data_validation as tfdv
+    from components.example_validator import BASELINE_SCHEMA_FILE, tighten_schema
+    schema = tfdv.load_schema_text(fn_args.schema_path)
+    # Only the small profile features: the statistics of image bytes / texts are not needed.
+    options = tfdv.StatsOptions(feature_allowlist=list(F.PROFILE_FEATURES[kind]))
+    statistics = tfdv.generate_statistics_from_tfrecord(
+        data_location=fn_args.train_files[0], stats_options=options)
+    path = os.path.join(fn_args.serving_model_dir, BASELINE_SCHEMA_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tfdv.write_schema_text(tighten_schema(schema, statistics.datasets[0], label_names), path)
+    return path
+
+
 def run_fn(fn_args: FnArgs) -> None:
     config = fn_args.custom_config
     label_names = read_label_names(fn_args.train_files[0])
@@ -114,6 +166,12 @@ def run_fn(fn_args: FnArgs) -> None:
 
     model = models.build(config, len(label_names))
     model.summary(print_fn=absl.logging.info)
+    if config.get("warm_start"):
+        why_not = warm_start(model, fn_args.base_model, config, len(label_names), tf_transform_output)
+        if why_not:
+            absl.logging.warning("Warm start: training from scratch: %s", why_not)
+        else:
+            absl.logging.info("Warm start: initialised from the base model %s", fn_args.base_model)
 
     epochs = max(1, min(config["epochs"], fn_args.train_steps))
     model.fit(
@@ -125,6 +183,7 @@ def run_fn(fn_args: FnArgs) -> None:
             keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
         ])
     export(model, tf_transform_output, label_names, config, fn_args.serving_model_dir)
+    save_training_schema(fn_args, label_names, config["kind"])
     # TF Serving (and Conveyor's server) replay these before a version takes traffic.
     write_warmup_requests(fn_args.serving_model_dir,
                           [{F.SERVING_INPUT[config["kind"]]: [value]}

@@ -311,8 +311,8 @@ class ModelManager:
         except Exception as e:  # any failure (corrupt files, bad warmup) skips this version
             code = e.code if isinstance(e, ServingError) else grpc.StatusCode.UNKNOWN
             message = e.message if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
-            log.error("Loading servable version {name: %s version: %d} failed: %s",
-                      name, version, message)
+            log.error("Loading servable version {name: %s version: %d} failed; skipping %s: %s",
+                      name, version, path, message)
             with self._lock:
                 model.status[version] = VersionStatus(_State.END, code, message)
             model.failed[version] = _dir_fingerprint(path)

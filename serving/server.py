@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.batching import Batcher
@@ -19,9 +20,11 @@ from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
 from serving.model_manager import ModelManager, ServingError
 from serving.predictor import Predictor
+from serving import request_log
 from serving.rest import RestApi, make_http_server
 
 log = logging.getLogger("conveyor.serving")
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 USAGE = """\
 conveyor serve [--home DIR | --model_config_file FILE | --model_name NAME --model_base_path PATH]
@@ -66,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch")
     batch.add_argument("--batch_timeout_micros", type=int, default=2000,
                        help="how long a batch waits to fill up")
+    rlog = p.add_argument_group("request logging (for conveyor drift)")
+    rlog.add_argument("--request_log_rate", type=float, default=None,
+                      help="share of requests logged as tf.Examples, 0..1 (default: request_log_rate "
+                           "of --config, else 0 = off)")
+    rlog.add_argument("--request_log_dir", metavar="DIR",
+                      help="where request logs go (default HOME/request_logs with --home)")
+    rlog.add_argument("--config", metavar="FILE", help="Conveyor config file (YAML/JSON) to read "
+                                                       "request_log_rate from")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -94,13 +105,16 @@ class ModelServer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         source = config_path(args) if not args.model_base_path else None
+        self.configs = load_model_configs(args)
         self.manager = ModelManager(
-            load_model_configs(args), args.file_system_poll_wait_seconds,
+            self.configs, args.file_system_poll_wait_seconds,
             config_loader=(lambda: load_model_configs(args)) if source else None,
             config_poll_wait_seconds=args.model_config_file_poll_wait_seconds)
         batcher = Batcher(args.max_batch_size, args.batch_timeout_micros) if args.enable_batching else None
         self.metrics = Metrics()
-        predictor = Predictor(self.manager, batcher)
+        self.request_log = request_log.from_args(getattr(args, "request_log_rate", None),
+                                                 getattr(args, "request_log_dir", None), args.home)
+        predictor = Predictor(self.manager, batcher, self.request_log)
         self.http = None
         self.grpc = None
         if args.rest_api_port:
@@ -110,7 +124,33 @@ class ModelServer:
             self.grpc = make_grpc_server(args.host, args.port, predictor, self.metrics,
                                          args.rest_api_max_body_bytes, args.grpc_max_threads)
 
+    def startup_report(self) -> List[Tuple[int, str]]:
+        """(log level, line) per model: what is served, and each version directory skipped.
+
+        Loading happens in the manager's constructor, so when this runs every aspired
+        version has been tried: this is exactly what the server starts with.
+        """
+        lines = []
+        for config in self.configs:
+            try:
+                statuses = self.manager.model_status(config.name).model_version_status
+            except ServingError:
+                statuses = []
+            served = sorted(s.version for s in statuses if s.state == _AVAILABLE)
+            lines.append((logging.INFO if served else logging.WARNING,
+                          f"Model {config.name}: serving version(s) "
+                          f"{', '.join(map(str, served)) or 'NONE'} from {config.base_path}"))
+            for s in sorted(statuses, key=lambda s: s.version):
+                if s.status.error_code != 0:
+                    reason = (s.status.error_message.splitlines() or ["unknown error"])[0]
+                    lines.append((logging.WARNING,
+                                  f"Model {config.name}: skipped version {s.version}, "
+                                  f"{os.path.join(config.base_path, str(s.version))} failed to load: {reason}"))
+        return lines
+
     def start(self) -> None:
+        for level, line in self.startup_report():
+            log.log(level, "%s", line)
         self.manager.start()
         if self.grpc:
             self.grpc.start()
@@ -127,6 +167,8 @@ class ModelServer:
         if self.grpc:
             self.grpc.stop(grace=2).wait()
         self.manager.stop()
+        if self.request_log:
+            self.request_log.close()  # writes what is still queued
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -137,6 +179,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give exactly one of --home, --model_config_file or --model_base_path")
     if not args.port and not args.rest_api_port:
         parser.error("both APIs disabled: set --port and/or --rest_api_port")
+    try:
+        args.request_log_rate = request_log.configured_rate(args.request_log_rate, args.config)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.request_log_rate and not (args.request_log_dir or args.home):
+        parser.error("--request_log_rate needs --request_log_dir (or --home)")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
