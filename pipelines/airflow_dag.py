@@ -1,29 +1,28 @@
 """Airflow DAGs `image_classifier` and `text_classifier` (TFX AirflowDagRunner).
 
 Copy (or symlink) this file into the Airflow dags folder; the Airflow workers need this repo
-installed (`pip install /path/to/conveyor`) or on PYTHONPATH. Settings from the environment:
+installed (`pip install -e /path/to/conveyor`) or on PYTHONPATH. Settings come from the
+environment (see pipelines/env_config.py):
 
   CONVEYOR_IMAGE_CONFIG / CONVEYOR_TEXT_CONFIG  YAML/JSON config of each pipeline
   CONVEYOR_CONFIG                               config for both (when the above are unset)
   CONVEYOR_HOME                                 overrides `home` (metadata.sqlite, serving/)
 
 Schedule, start date, retries and catchup come from the config (default @daily, no catchup).
+Importing TFX takes longer than Airflow's default 30 s DAG import timeout: raise
+AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (and the scheduler's dag_file_processor_timeout).
 """
 import datetime
-import os
 
-from conveyor.config import load_config
+from pipelines.env_config import config_from_env
 
 
 def build_dag(kind: str):
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
-    from conveyor.cli import default_data
     from pipelines.pipeline import create_pipeline
 
-    path = os.environ.get(f"CONVEYOR_{kind.upper()}_CONFIG") or os.environ.get("CONVEYOR_CONFIG")
-    config = load_config(kind, path, {"home": os.environ.get("CONVEYOR_HOME")})
-    config.data = os.path.abspath(config.data) if config.data else default_data(kind, config.home)
+    config = config_from_env(kind)
     dag_config = {
         "schedule_interval": config.schedule,
         "start_date": datetime.datetime.fromisoformat(config.start_date),

@@ -6,8 +6,11 @@
     beam_args("spark", job_endpoint="spark-jobserver:8099")
     beam_args("dataflow", project="p", region="europe-west1", temp_location="gs://b/tmp")
 
-Config.beam_args stays the default (in-memory DirectRunner, fastest for the small demo runs);
-a preset is what a bigger run or a cluster deployment passes instead.
+A config selects one with `beam_preset:` and its `beam_settings:` mapping (the keyword
+arguments below); `beam_args:` given as well are appended (Beam keeps the last value of a flag).
+Without a preset the config's `beam_args` apply as they are: by default the in-memory
+DirectRunner with one worker, because on the demo's small data multi-processing is much slower
+(every worker process imports TF/TFX before it does anything; see README "Beam").
 """
 import os
 from typing import Dict, List, Optional, Sequence
@@ -21,9 +24,16 @@ class BeamPresetError(ValueError):
     """An unknown preset or a missing setting; the message names the setting."""
 
 
+def cores() -> int:
+    """Cores this process may run on (the affinity mask, not the whole host when pinned)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def _direct(workers: Optional[int] = None) -> List[str]:
     """DirectRunner with one worker process per core (real parallelism, unlike in_memory)."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cores()
     return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
             f"--direct_num_workers={workers}"]
 
@@ -93,9 +103,25 @@ def beam_args(preset: str, *, workers: Optional[int] = None, job_endpoint: Optio
 def preset_from_settings(preset: str, settings: Optional[Dict] = None) -> List[str]:
     """beam_args() from a mapping (e.g. a `beam_settings:` block of a config file)."""
     settings = dict(settings or {})
-    unknown = set(settings) - {"workers", "job_endpoint", "environment_type", "environment_config",
-                               "project", "region", "temp_location", "sdk_container_image",
-                               "max_num_workers", "setup_file", "extra"}
+    unknown = set(settings) - set(_SETTING_TYPES)
     if unknown:
-        raise BeamPresetError(f"beam settings: unknown key(s) {', '.join(sorted(unknown))}")
+        raise BeamPresetError(f"beam settings: unknown key(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(_SETTING_TYPES))})")
+    for key, value in settings.items():
+        expected = _SETTING_TYPES[key]
+        if expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        elif expected is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str) and value != ""
+        if not ok:
+            what = {int: "a positive integer", list: "a list of strings"}.get(expected, "a string")
+            raise BeamPresetError(f"beam settings: key '{key}': expected {what}, got {value!r}")
     return beam_args(preset, **settings)
+
+
+_SETTING_TYPES = {"workers": int, "job_endpoint": str, "environment_type": str,
+                  "environment_config": str, "project": str, "region": str, "temp_location": str,
+                  "sdk_container_image": str, "max_num_workers": int, "setup_file": str,
+                  "extra": list}

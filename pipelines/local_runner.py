@@ -114,14 +114,16 @@ def _write_report(config: Config, stream) -> None:
 
 def run(config: Config, stream=sys.stdout) -> run_summary.RunSummary:
     """Runs the pipeline once; raises ConveyorError with a readable message when it fails."""
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-    from pipelines.pipeline import create_pipeline
-
     home = config.home_dir
     log_dir = os.path.join(home, "logs")
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     with home_lock(home):
+        # Imported under the lock so a second run on a busy HOME is refused at once,
+        # not after seconds of importing TFX.
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+        from pipelines.pipeline import create_pipeline
+
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
                      f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
         started = time.time()

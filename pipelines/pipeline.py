@@ -13,7 +13,7 @@ from components.evaluator import BaselineEvaluator, eval_config
 from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
-from conveyor.config import Config
+from conveyor.config import Config, split_span_path
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = os.path.join(PROJECT_ROOT, "modules")
@@ -37,14 +37,16 @@ def curated_schema(config: Config) -> Optional[str]:
 
 
 def example_gen(config: Config):
+    # A {SPAN} in --data moves into the pattern: TFX's driver then ingests the latest span.
+    input_base, input_pattern = split_span_path(config.data, config.input_pattern)
     if config.kind == "image":
-        pattern = config.input_pattern or detect_input_pattern(config.data)
-        return ImageExampleGen(input_base=config.data, input_pattern=pattern,
+        pattern = input_pattern or detect_input_pattern(input_base)
+        return ImageExampleGen(input_base=input_base, input_pattern=pattern,
                                eval_percent=config.eval_percent,
                                skip_bad_images=config.skip_bad_images,
                                class_names=config.class_names)
     from components.text_example_gen import TextExampleGen
-    return TextExampleGen(input_base=config.data, input_pattern=config.input_pattern,
+    return TextExampleGen(input_base=input_base, input_pattern=input_pattern,
                           eval_percent=config.eval_percent, skip_bad_rows=config.skip_bad_rows,
                           text_column=config.text_column, label_column=config.label_column,
                           class_names=config.class_names)
@@ -64,8 +66,15 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     else:
         schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
                                           infer_feature_shape=True)
+    baseline = tfx.dsl.Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model")
+    # The gate also checks the data against the schema the latest blessed model was trained with.
     validator = GatedExampleValidator(statistics=statistics.outputs["statistics"],
-                                      schema=schema.outputs["schema"])
+                                      schema=schema.outputs["schema"],
+                                      baseline_model=baseline.outputs["model"])
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
         module_file=os.path.join(MODULES, "preprocessing.py"),
@@ -76,14 +85,11 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         examples=examples.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema.outputs["schema"],
+        # Warm start: run_fn gets the latest blessed model as fn_args.base_model (none on a first run).
+        base_model=baseline.outputs["model"] if config.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=module_config(config))
-    baseline = tfx.dsl.Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model")
+        custom_config=dict(module_config(config), warm_start=config.warm_start))
     evaluator = BaselineEvaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],

@@ -1,4 +1,4 @@
-"""Beam presets: exact argument lists, and Beam itself parses each of them."""
+"""Beam presets: exact argument lists, Beam itself parses each of them, and a config selects them."""
 import os
 
 import pytest
@@ -10,13 +10,15 @@ from pipelines import beam
 
 
 def test_direct_uses_every_core():
+    cores = len(os.sched_getaffinity(0))
+    assert beam.cores() == cores
     args = beam.beam_args("direct")
     assert args == ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                    f"--direct_num_workers={os.cpu_count()}"]
+                    f"--direct_num_workers={cores}"]
     opts = PipelineOptions(args)
     assert opts.view_as(StandardOptions).runner == "DirectRunner"
     assert opts.view_as(DirectOptions).direct_running_mode == "multi_processing"
-    assert opts.view_as(DirectOptions).direct_num_workers == os.cpu_count()
+    assert opts.view_as(DirectOptions).direct_num_workers == cores
 
 
 @pytest.mark.parametrize("preset", ["flink", "spark"])
@@ -62,3 +64,55 @@ def test_unknown_preset_and_settings():
     assert beam.preset_from_settings("direct", {"workers": 3})[-1] == "--direct_num_workers=3"
     with pytest.raises(beam.BeamPresetError, match="unknown key"):
         beam.preset_from_settings("direct", {"cores": 3})
+    with pytest.raises(beam.BeamPresetError, match="key 'workers': expected a positive integer"):
+        beam.preset_from_settings("direct", {"workers": "3"})
+    with pytest.raises(beam.BeamPresetError, match="key 'extra': expected a list of strings"):
+        beam.preset_from_settings("flink", {"job_endpoint": "j:8099", "extra": "--x"})
+
+
+def _config(tmp_path, text):
+    from conveyor.config import load_config
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return load_config("image", str(path))
+
+
+def test_config_default_is_in_memory_direct_runner():
+    from conveyor.config import load_config
+    args = load_config("image").beam_args
+    assert args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert PipelineOptions(args).view_as(DirectOptions).direct_running_mode == "in_memory"
+
+
+def test_config_selects_a_preset_and_appends_beam_args(tmp_path):
+    config = _config(tmp_path, "beam_preset: direct\n")
+    assert config.beam_args == beam.beam_args("direct")
+    config = _config(tmp_path, "beam_preset: direct\nbeam_settings: {workers: 3}\n"
+                               "beam_args: ['--direct_running_mode=multi_threading']\n")
+    opts = PipelineOptions(config.beam_args).view_as(DirectOptions)
+    assert (opts.direct_num_workers, opts.direct_running_mode) == (3, "multi_threading")
+    config = _config(tmp_path, "beam_preset: spark\nbeam_settings:\n  job_endpoint: spark:8099\n"
+                               "  environment_type: EXTERNAL\n  environment_config: pool:50000\n")
+    assert config.beam_args == ["--runner=PortableRunner", "--job_endpoint=spark:8099",
+                                "--environment_type=EXTERNAL", "--environment_config=pool:50000"]
+    config = _config(tmp_path, "beam_preset: dataflow\nbeam_settings: {project: p, region: r, "
+                               "temp_location: 'gs://b/t'}\n")
+    assert f"--setup_file={beam.SETUP_FILE}" in config.beam_args
+
+
+def test_config_refuses_bad_presets_in_one_line(tmp_path):
+    from conveyor.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown beam preset 'local'"):
+        _config(tmp_path, "beam_preset: local\n")
+    with pytest.raises(ConfigError, match="beam preset 'flink': set job_endpoint"):
+        _config(tmp_path, "beam_preset: flink\n")
+    with pytest.raises(ConfigError, match="key 'beam_settings': expected a mapping"):
+        _config(tmp_path, "beam_preset: flink\nbeam_settings: [a]\n")
+
+
+def test_the_pipeline_gets_the_configured_beam_args(tmp_path, digits_dir):
+    from pipelines.pipeline import create_pipeline
+    config = _config(tmp_path, f"data: {digits_dir}\nbeam_preset: flink\n"
+                               "beam_settings: {job_endpoint: 'flink:8099'}\n")
+    assert create_pipeline(config).beam_pipeline_args == [
+        "--runner=PortableRunner", "--job_endpoint=flink:8099", "--environment_type=LOOPBACK"]

@@ -1,0 +1,22 @@
+"""The Config of a pipeline built by a runner file that another program executes (an Airflow
+dags folder, the `tfx` CLI). Such files take no command-line flags, so the settings come from
+the environment:
+
+  CONVEYOR_IMAGE_CONFIG / CONVEYOR_TEXT_CONFIG  YAML/JSON config of that pipeline
+  CONVEYOR_CONFIG                               config file used when the above is unset
+  CONVEYOR_HOME                                 overrides `home` (metadata.sqlite, serving/)
+"""
+import os
+
+from conveyor.config import Config, load_config
+
+
+def config_from_env(kind: str) -> Config:
+    from conveyor.cli import default_data
+
+    path = os.environ.get(f"CONVEYOR_{kind.upper()}_CONFIG") or os.environ.get("CONVEYOR_CONFIG")
+    config = load_config(kind, path or None, {"home": os.environ.get("CONVEYOR_HOME") or None})
+    # Absolute: the file is executed from another working directory than the config's author's.
+    config.data = os.path.abspath(config.data) if config.data else default_data(kind, config.home)
+    config.home = config.home_dir
+    return config
