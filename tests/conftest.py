@@ -26,6 +26,16 @@ def run_example_gen(component, output_dir: str):
     return examples
 
 
+def subset_digits(digits_dir: str, target: str, per_class: int) -> str:
+    """The first `per_class` real digits of each class, copied as class folders under target."""
+    import shutil
+    for label in sorted(os.listdir(digits_dir)):
+        os.makedirs(os.path.join(target, label))
+        for name in sorted(os.listdir(os.path.join(digits_dir, label)))[:per_class]:
+            shutil.copy(os.path.join(digits_dir, label, name), os.path.join(target, label, name))
+    return target
+
+
 def read_examples(examples_uri: str, split: str):
     import glob
 

@@ -170,7 +170,8 @@ def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
     trainer_inputs = _inputs_by_key(store, trainer)
     assert result["transform_graph"]["artifact_id"] == trainer_inputs["transform_graph"]
     assert result["schema"]["artifact_id"] == trainer_inputs["schema"]
-    assert set(result["schema"]["features"]) == {"image_raw", "label", "label_name"}
+    assert set(result["schema"]["features"]) == {"image_raw", "label", "label_name",
+                                                 "image_height", "image_width", "image_mean"}
 
     evaluator = _run_execution(store, first, "BaselineEvaluator")
     evaluation = _outputs(store, evaluator, "ModelEvaluation")[0]
