@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/conveyor run image
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lock:
 	bash scripts/setup.sh --lock

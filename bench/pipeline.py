@@ -71,6 +71,7 @@ def _write_tfx_example_data(path: str) -> None:
 def run_tfx_example(work: str, train_steps: int, beam_args):
     from tfx.examples.mnist import mnist_pipeline_native_keras as example
     from tfx.proto import trainer_pb2
+    from tfx.utils import proto_utils
     data = os.path.join(work, "tfx_example_data")
     _write_tfx_example_data(data)
     module_file = os.path.join(os.path.dirname(example.__file__), "mnist_utils_native_keras.py")
@@ -82,7 +83,9 @@ def run_tfx_example(work: str, train_steps: int, beam_args):
         beam_pipeline_args=beam_args, accuracy_threshold=0.8)
     for component in pipeline.components:  # the example hard-codes 5000 steps; use ours
         if component.id.startswith("Trainer"):
-            component.exec_properties["train_args"] = trainer_pb2.TrainArgs(num_steps=train_steps)
+            # Component specs hold proto parameters as JSON strings.
+            component.exec_properties["train_args"] = proto_utils.proto_to_json(
+                trainer_pb2.TrainArgs(num_steps=train_steps))
     wall = _timed_run(pipeline)
     summary, seconds = _component_seconds(metadata_path, "mnist_tfx_example")
     cached = _timed_run(pipeline)
