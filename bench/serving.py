@@ -2,7 +2,8 @@
 and throughput with concurrent clients with and without server-side batching.
 
     .venv/bin/python bench/serving.py                      # tiny fixture models
-    .venv/bin/python bench/serving.py --home conveyor_home --model image
+    .venv/bin/python bench/serving.py --home conveyor_home --model image_classifier
+    .venv/bin/python bench/serving.py --home conveyor_home --model text_classifier --sample "a fine film"
 
 Writes bench/results/serving.json and bench/results/serving.md.
 """
@@ -97,7 +98,9 @@ def throughput(make_call: Callable[[], Callable[[], None]], clients: int, total:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", help="Conveyor home with pushed models (default: tiny fixture models)")
-    parser.add_argument("--model", default="image", help="model to benchmark (image or text contract)")
+    parser.add_argument("--model", default="image", help="model name under HOME/serving/")
+    parser.add_argument("--sample", help="image file or text sent in every request (default: a "
+                                         "64x64 PNG for image models, a short review for text models)")
     parser.add_argument("--requests", type=int, default=300, help="requests per latency measurement")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
@@ -108,8 +111,15 @@ def main(argv=None) -> int:
         demo_models.build_home(home)
     base = os.path.join(home, "serving", args.model)
     version_dir = os.path.join(base, str(versions_on_disk(base)[-1]))
-    key = "images" if args.model == "image" else "text"
-    sample = demo_models.solid_png((200, 30, 30), size=64) if key == "images" else b"a good movie"
+    direct = tf.saved_model.load(version_dir).signatures["serving_default"]
+    key = next(iter(direct.structured_input_signature[1]))  # "images" or "text"
+    if args.sample and os.path.isfile(args.sample):
+        with open(args.sample, "rb") as f:
+            sample = f.read()
+    elif args.sample:
+        sample = args.sample.encode()
+    else:
+        sample = demo_models.solid_png((200, 30, 30), size=64) if key == "images" else b"a good movie"
     rest_body = {"instances": [{"b64": base64.b64encode(sample).decode()} if key == "images"
                                else sample.decode()]}
     grpc_request = predict_pb2.PredictRequest()
@@ -118,10 +128,14 @@ def main(argv=None) -> int:
 
     results = {"model": args.model, "version_dir": version_dir, "cpus": os.cpu_count(),
                "latency_batch1": {}, "throughput_rps": {}}
-    direct = tf.saved_model.load(version_dir).signatures["serving_default"]
     inputs = {key: tf.constant([sample])}
     results["latency_batch1"]["in-process SavedModel"] = percentiles(
         time_calls(lambda: direct(**inputs), args.requests))
+    # The ceiling for server-side batching: the same model called in-process on batches of 16.
+    batch = {key: tf.constant([sample] * 16)}
+    batch_seconds = sum(time_calls(lambda: direct(**batch), args.requests // 16 or 1))
+    results["throughput_rps"]["in-process SavedModel, batches of 16"] = round(
+        16 * (args.requests // 16 or 1) / batch_seconds, 1)
 
     for batching in (False, True):
         proc, url, target = start_server(home, batching)
@@ -150,14 +164,15 @@ def main(argv=None) -> int:
             proc.wait(timeout=30)
 
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "serving.json"), "w") as f:
+    stem = "serving" if args.model == "image" and not args.home else f"serving-{args.model}"
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = [f"# Serving benchmark ({args.model}, {results['cpus']} CPUs)", "",
              "| batch-1 latency | p50 ms | p99 ms |", "|---|---|---|"]
     lines += [f"| {k} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in results["latency_batch1"].items()]
     lines += ["", "| throughput | requests/s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in results["throughput_rps"].items()]
-    with open(os.path.join(args.out, "serving.md"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
