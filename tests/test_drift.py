@@ -25,6 +25,10 @@ from tests.conftest import SHARED_DATA
 from tests.serving_harness import ServerProcess
 
 STEPS = ["--train-steps", "30", "--eval-steps", "5"]
+# A binary text model needs more data and steps than digits to beat the majority rate reliably
+# (150 reviews and 30 steps sometimes ended at chance and nothing was pushed).
+TEXT_STEPS = ["--train-steps", "120", "--eval-steps", "5"]
+TEXT_REVIEWS = 500
 IMDB_CSV = os.path.join(SHARED_DATA, "imdb", "imdb_reviews_2500.csv")
 
 # Short texts in other languages: what an English sentiment model should not be served.
@@ -70,9 +74,11 @@ FOREIGN = [
 
 def _first_run(kind: str, data: str, home: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home, *STEPS],
+        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home,
+         *(TEXT_STEPS if kind == "text" else STEPS)],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Pushed: version 1" in result.stdout, result.stdout[-3000:]  # the cases below need a served model
 
 
 def _serve_and_send(home: str, model: str, log_dir: str, bodies, log_path: str) -> None:
@@ -171,7 +177,7 @@ def test_english_vs_foreign_texts(tmp_path_factory, tmp_path, capsys):
     with open(root / "reviews" / "reviews.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["review", "sentiment"])
-        writer.writerows([r["review"], r["sentiment"]] for r in rows[:150])
+        writer.writerows([r["review"], r["sentiment"]] for r in rows[:TEXT_REVIEWS])
     home = str(root / "home")
     _first_run("text", str(root / "reviews"), home)
 
