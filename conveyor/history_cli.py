@@ -55,6 +55,15 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _emit(args, result: Dict[str, Any], text_format) -> int:
+    """--json prints the record as is; otherwise text_format renders it for a person."""
+    if args.json:
+        _print_json(result)
+    else:
+        print(text_format(result))
+    return 0
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -117,17 +126,9 @@ def cmd_lineage(args) -> int:
     store = lineage.open_store(_home(args))
     if args.from_examples:
         result = lineage.models_from_examples(store, args.from_examples)
-        if args.json:
-            _print_json(result)
-        else:
-            print(format_forward(result))
-        return 0
+        return _emit(args, result, format_forward)
     result = lineage.lineage_of_version(store, args.model, args.version)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_lineage(result))
-    return 0
+    return _emit(args, result, format_lineage)
 
 
 def format_lineage(r: Dict[str, Any]) -> str:
@@ -204,11 +205,7 @@ def format_forward(r: Dict[str, Any]) -> str:
 def cmd_diff(args) -> int:
     from conveyor import lineage
     result = lineage.diff_runs(lineage.open_store(_home(args)), args.name, args.run_a, args.run_b)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_diff(result))
-    return 0
+    return _emit(args, result, format_diff)
 
 
 def format_diff(d: Dict[str, Any]) -> str:

@@ -107,25 +107,24 @@ class Graph:
     def pipelines(self) -> List[str]:
         return sorted(c.name for c in self.contexts("pipeline"))
 
-    def artifacts(self, ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
+    @staticmethod
+    def _cached(ids: Iterable[int], cache: Dict[int, Any], fetch) -> List[Any]:
+        """Records by id in the order asked, fetching only those not read before."""
         ids = list(dict.fromkeys(ids))
-        missing = [i for i in ids if i not in self._artifacts]
+        missing = [i for i in ids if i not in cache]
         if missing:
-            for a in self.store.get_artifacts_by_id(missing):
-                self._artifacts[a.id] = a
-        return [self._artifacts[i] for i in ids if i in self._artifacts]
+            cache.update((record.id, record) for record in fetch(missing))
+        return [cache[i] for i in ids if i in cache]
+
+    def artifacts(self, ids: Iterable[int]) -> List[mlmd_pb2.Artifact]:
+        return self._cached(ids, self._artifacts, self.store.get_artifacts_by_id)
 
     def artifact(self, artifact_id: int) -> Optional[mlmd_pb2.Artifact]:
         found = self.artifacts([artifact_id])
         return found[0] if found else None
 
     def executions(self, ids: Iterable[int]) -> List[mlmd_pb2.Execution]:
-        ids = list(dict.fromkeys(ids))
-        missing = [i for i in ids if i not in self._executions]
-        if missing:
-            for e in self.store.get_executions_by_id(missing):
-                self._executions[e.id] = e
-        return [self._executions[i] for i in ids if i in self._executions]
+        return self._cached(ids, self._executions, self.store.get_executions_by_id)
 
     def type_of(self, node) -> str:
         if isinstance(node, mlmd_pb2.Artifact):

@@ -6,14 +6,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from conveyor.config import Config
+from conveyor.lineage import ACCURACY, state_name
 
-_STATE = {metadata_store_pb2.Execution.COMPLETE: "complete",
-          metadata_store_pb2.Execution.CACHED: "cached",
-          metadata_store_pb2.Execution.FAILED: "FAILED",
-          metadata_store_pb2.Execution.RUNNING: "running",
-          metadata_store_pb2.Execution.NEW: "new",
-          metadata_store_pb2.Execution.CANCELED: "canceled"}
-ACCURACY = "sparse_categorical_accuracy"
 
 
 @dataclasses.dataclass
@@ -48,7 +42,8 @@ class RunSummary:
         lines = [f"\nRun {self.run_id} of pipeline '{self.pipeline}'",
                  f"  {'component':<28} {'state':<10} {'seconds':>8}"]
         for n in self.nodes:
-            lines.append(f"  {n.node:<28} {n.state:<10} {n.seconds:8.1f}")
+            state = n.state.upper() if n.state == "failed" else n.state  # stands out in the table
+            lines.append(f"  {n.node:<28} {state:<10} {n.seconds:8.1f}")
         if self.candidate:
             lines.append(f"\n  {'metric':<28} {'candidate':>10} {'baseline':>10}")
             for key in sorted(self.candidate):
@@ -106,7 +101,7 @@ def node_runs(store, pipeline: str, run: metadata_store_pb2.Context) -> List[Nod
             if artifact is not None:
                 outputs.setdefault(types[artifact.type_id], []).append(artifact)
         seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
-        result.append(NodeRun(node, _STATE.get(execution.last_known_state, "?"), seconds, outputs))
+        result.append(NodeRun(node, state_name(execution), seconds, outputs))
     return result
 
 
@@ -171,7 +166,7 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
         summary.push_note = "not blessed by the Evaluator"
     elif summary.infra_blessed is False and summary.push_note == "not blessed":
         summary.push_note = "infra validation failed"
-    failed = [n.node for n in summary.nodes if n.state == "FAILED"]
+    failed = [n.node for n in summary.nodes if n.state == "failed"]
     if failed and not summary.push_note:
         summary.push_note = f"run stopped at {failed[0]}"
     return summary

@@ -36,6 +36,24 @@ def subset_digits(digits_dir: str, target: str, per_class: int) -> str:
     return target
 
 
+# A binary text model needs more data and steps than digits to beat the majority rate reliably
+# (150 reviews and 30 steps sometimes ended at chance and nothing was pushed).
+RUN_STEPS = {"image": ["--train-steps", "30", "--eval-steps", "5"],
+             "text": ["--train-steps", "120", "--eval-steps", "5"]}
+TEXT_REVIEWS = 500
+
+
+def pushed_first_run(kind: str, data: str, home: str) -> None:
+    """`conveyor run KIND` on small data that must end with version 1 pushed (later cases need it)."""
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home, *RUN_STEPS[kind]],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Pushed: version 1" in result.stdout, result.stdout[-3000:]
+
+
 def read_examples(examples_uri: str, split: str):
     import glob
 

@@ -1,5 +1,6 @@
 """Shared helpers for tests/test_serving_*.py: fixture SavedModels and a server subprocess."""
 import atexit
+import base64
 import functools
 import os
 import shutil
@@ -128,3 +129,8 @@ def model_entry(name: str, base_path: str, policy: str = "", labels: Optional[Di
     policy_text = f"    model_version_policy {{ {policy} }}\n" if policy else ""
     return (f'  config {{\n    name: "{name}"\n    base_path: "{base_path}"\n'
             f'    model_platform: "tensorflow"\n{policy_text}{label_text}  }}\n')
+
+
+def b64(data: bytes) -> dict:
+    """A binary value as TF Serving's REST API takes it."""
+    return {"b64": base64.b64encode(data).decode("ascii")}

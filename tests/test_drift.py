@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,14 +19,9 @@ from PIL import Image
 
 from conveyor import cli
 from serving.request_log import log_files
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, TEXT_REVIEWS, pushed_first_run, subset_digits
 from tests.serving_harness import ServerProcess
 
-STEPS = ["--train-steps", "30", "--eval-steps", "5"]
-# A binary text model needs more data and steps than digits to beat the majority rate reliably
-# (150 reviews and 30 steps sometimes ended at chance and nothing was pushed).
-TEXT_STEPS = ["--train-steps", "120", "--eval-steps", "5"]
-TEXT_REVIEWS = 500
 IMDB_CSV = os.path.join(SHARED_DATA, "imdb", "imdb_reviews_2500.csv")
 
 # Short texts in other languages: what an English sentiment model should not be served.
@@ -72,15 +65,6 @@ FOREIGN = [
 ]
 
 
-def _first_run(kind: str, data: str, home: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home,
-         *(TEXT_STEPS if kind == "text" else STEPS)],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Pushed: version 1" in result.stdout, result.stdout[-3000:]  # the cases below need a served model
-
-
 def _serve_and_send(home: str, model: str, log_dir: str, bodies, log_path: str) -> None:
     """Serves HOME with every request logged, sends the bodies, stops (flushing the log)."""
     server = ServerProcess(["--home", home, "--request_log_rate", "1.0", "--request_log_dir", log_dir], log_path)
@@ -107,13 +91,9 @@ def _logged_examples(log_dir: str, model: str):
 @pytest.fixture(scope="module")
 def image_home(tmp_path_factory, digits_dir):
     root = tmp_path_factory.mktemp("image_drift")
-    data = root / "digits"
-    for label in sorted(os.listdir(digits_dir)):
-        (data / label).mkdir(parents=True)
-        for name in sorted(os.listdir(os.path.join(digits_dir, label)))[:30]:
-            (data / label / name).write_bytes(open(os.path.join(digits_dir, label, name), "rb").read())
+    data = subset_digits(digits_dir, str(root / "digits"), per_class=30)
     home = str(root / "home")
-    _first_run("image", str(data), home)
+    pushed_first_run("image", data, home)
     return home
 
 
@@ -179,7 +159,7 @@ def test_english_vs_foreign_texts(tmp_path_factory, tmp_path, capsys):
         writer.writerow(["review", "sentiment"])
         writer.writerows([r["review"], r["sentiment"]] for r in rows[:TEXT_REVIEWS])
     home = str(root / "home")
-    _first_run("text", str(root / "reviews"), home)
+    pushed_first_run("text", str(root / "reviews"), home)
 
     english = str(tmp_path / "english")
     held_out = [r["review"] for r in rows[1000:1060]]

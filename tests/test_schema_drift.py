@@ -9,8 +9,6 @@ import csv
 import io
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -18,24 +16,10 @@ from PIL import Image
 from conveyor import lineage
 from conveyor.config import load_config
 from pipelines import local_runner
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, TEXT_REVIEWS, pushed_first_run
 
-STEPS = ["--train-steps", "30", "--eval-steps", "5"]
-# A binary text model needs more data and steps than digits to beat the majority rate reliably
-# (150 reviews and 30 steps sometimes ended at chance and nothing was pushed).
-TEXT_STEPS = ["--train-steps", "120", "--eval-steps", "5"]
-TEXT_REVIEWS = 500
 PER_CLASS = 30
 IMDB_CSV = os.path.join(SHARED_DATA, "imdb", "imdb_reviews_2500.csv")
-
-
-def _first_run(kind: str, data: str, home: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home,
-         *(TEXT_STEPS if kind == "text" else STEPS)],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Pushed: version 1" in result.stdout, result.stdout[-3000:]  # the cases below need a served model
 
 
 def _digits_subset(digits_dir: str, target: str, size: int = 8, skip_class=None, extra_class=None) -> str:
@@ -77,7 +61,7 @@ def _second_run(kind: str, home: str, data: str) -> str:
 def image_home(tmp_path_factory, digits_dir):
     root = tmp_path_factory.mktemp("image_drift")
     home = str(root / "home")
-    _first_run("image", _digits_subset(digits_dir, str(root / "digits")), home)
+    pushed_first_run("image", _digits_subset(digits_dir, str(root / "digits")), home)
     schema = os.path.join(home, "serving", "image_classifier", "1", "assets.extra", "conveyor_schema.pbtxt")
     assert os.path.isfile(schema), "the pushed model carries the schema it was trained with"
     return home
@@ -128,6 +112,6 @@ def _reviews(target: str, count: int, numbers: bool = False) -> str:
 def test_text_column_of_numbers_stops_the_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("text_drift")
     home = str(root / "home")
-    _first_run("text", _reviews(str(root / "reviews"), TEXT_REVIEWS), home)
+    pushed_first_run("text", _reviews(str(root / "reviews"), TEXT_REVIEWS), home)
     message = _second_run("text", home, _reviews(str(root / "numbers"), TEXT_REVIEWS, numbers=True))
     assert "feature 'text_alpha_ratio': Out-of-range values" in message, message

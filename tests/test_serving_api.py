@@ -1,5 +1,4 @@
 """REST and gRPC API of `conveyor serve` against a real server subprocess (no mocks)."""
-import base64
 import json
 import socket
 import threading
@@ -15,15 +14,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import client as client_lib
 from serving.demo_models import serialized_example, solid_png
-from tests.serving_harness import (ServerProcess, install, model_entry, versions_by_state,
+from tests.serving_harness import (ServerProcess, b64, install, model_entry, versions_by_state,
                                    write_config)
 
 MAX_BODY = 1_000_000
 RED, GREEN, BLUE = solid_png((250, 10, 0)), solid_png((0, 240, 20)), solid_png((5, 0, 255))
-
-
-def b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@
    signatures): each gets a 4xx with a one-line `error`, and the server then still answers
    a valid request correctly.
 """
-import base64
 import json
 import os
 import socket
@@ -23,17 +22,13 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 
 from serving.demo_models import serialized_example, solid_png
-from tests.serving_harness import REPO, ServerProcess, install, model_entry, write_config
+from tests.serving_harness import REPO, ServerProcess, b64, install, model_entry, write_config
 
 SPEC = os.path.join(REPO, "serving", "openapi.yaml")
 MAX_BODY = 16 * 1024 * 1024
 RED, BLUE = solid_png((250, 10, 0)), solid_png((5, 0, 255))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
-
-
-def b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode("ascii")}
 
 
 @pytest.fixture(scope="module")
