@@ -2,12 +2,13 @@
 on the real MNIST test set (10,000 images, 80/20 split), same runner, Beam args and train steps.
 
 Writes bench/results/pipeline.json and bench/results/pipeline.md.
-Usage: .venv/bin/python bench/pipeline.py [--train-steps 1000] [--out bench/results]
+Usage: .venv/bin/python bench/pipeline.py [--train-steps 1000] [--rounds 3] [--out bench/results]
 """
 import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -111,18 +112,37 @@ def run_text(work: str, model: str, train_steps: int, beam_args):
             "majority_baseline": summary.majority_baseline, "blessed": summary.blessed}
 
 
+def median_run(runs):
+    """The median of a list of run results: wall and cached times, per-component seconds."""
+    def med(values):
+        return round(statistics.median(values), 1)
+    components = {name: med([r["components"].get(name, 0.0) for r in runs]) for name in runs[0]["components"]}
+    return {"wall_seconds": med([r["wall_seconds"] for r in runs]),
+            "cached_rerun_seconds": med([r["cached_rerun_seconds"] for r in runs]),
+            "eval_accuracy": statistics.median(r["eval_accuracy"] for r in runs),
+            "blessed": all(r["blessed"] for r in runs), "components": components}
+
+
 def markdown(results) -> str:
     conveyor, example = results["conveyor"], results["tfx_example"]
+    rounds = results["rounds"]
     lines = [f"# Image pipeline benchmark ({results['images']} real MNIST images, 80/20, "
              f"{results['train_steps']} train steps, {results['cores']} cores)", "",
+             f"Medians of {len(rounds)} rounds; each round runs both pipelines in fresh directories, "
+             "alternating which goes first (this VM's speed drifts by tens of percent between minutes).", "",
              "| | Conveyor (cnn) | tfx MNIST example |", "|---|---|---|",
              f"| eval accuracy | {conveyor['eval_accuracy']:.4f} | {example['eval_accuracy']:.4f} |",
              f"| total wall time (s) | {conveyor['wall_seconds']} | {example['wall_seconds']} |",
              f"| cached rerun (s) | {conveyor['cached_rerun_seconds']} | {example['cached_rerun_seconds']} |",
-             f"| blessed | {conveyor['blessed']} | {example['blessed']} |", "",
-             "| component (Conveyor) | s |", "|---|---|"]
+             f"| blessed (every round) | {conveyor['blessed']} | {example['blessed']} |", "",
+             "| round | first | Conveyor wall (s) | tfx example wall (s) | Conveyor accuracy | tfx example accuracy |",
+             "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"| {i} | {r['first']} | {r['conveyor']['wall_seconds']} | {r['tfx_example']['wall_seconds']} | "
+                     f"{r['conveyor']['eval_accuracy']:.4f} | {r['tfx_example']['eval_accuracy']:.4f} |")
+    lines += ["", "| component (Conveyor, median s) | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in conveyor["components"].items()]
-    lines += ["", "| component (tfx example) | s |", "|---|---|"]
+    lines += ["", "| component (tfx example, median s) | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in example["components"].items()]
     text = results.get("text")
     if text:
@@ -140,6 +160,7 @@ def markdown(results) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="image-pipeline rounds (medians are reported)")
     parser.add_argument("--text-train-steps", type=int, default=600)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
@@ -147,10 +168,20 @@ def main() -> None:
     beam_args = Config().beam_args
     work = tempfile.mkdtemp(prefix="conveyor-bench-")
     try:
+        rounds = []
+        for i in range(args.rounds):
+            round_dir = os.path.join(work, f"round-{i}")
+            order = ("conveyor", "tfx_example") if i % 2 == 0 else ("tfx_example", "conveyor")
+            result = {"first": order[0]}
+            for which in order:
+                run = run_conveyor if which == "conveyor" else run_tfx_example
+                result[which] = run(os.path.join(round_dir, which), args.train_steps, beam_args)
+            rounds.append(result)
+            shutil.rmtree(round_dir, ignore_errors=True)
         results = {"images": 10000, "train_steps": args.train_steps, "cores": os.cpu_count(),
-                   "beam_args": beam_args,
-                   "conveyor": run_conveyor(work, args.train_steps, beam_args),
-                   "tfx_example": run_tfx_example(work, args.train_steps, beam_args),
+                   "beam_args": beam_args, "rounds": rounds,
+                   "conveyor": median_run([r["conveyor"] for r in rounds]),
+                   "tfx_example": median_run([r["tfx_example"] for r in rounds]),
                    "text_reviews": 2500, "text_train_steps": args.text_train_steps,
                    "text": {m: run_text(work, m, args.text_train_steps, beam_args) for m in TEXT_MODELS}}
     finally:

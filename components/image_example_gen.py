@@ -19,10 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 
-from components.labelled_example_gen import (LABEL, LABEL_NAME, IngestError,
+from components.labelled_example_gen import (LABEL, LABEL_NAME, PROFILE, IngestError,
                                              LabelledExamplesExecutor, Scan,
                                              latest_span_folder, options_to_custom_config)
 from data.idx import IdxError, labels_path_for, read_idx
+from modules import features as F
 
 IMAGE_KEY = "image_raw"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -137,9 +138,14 @@ class Executor(LabelledExamplesExecutor):
             if labels.ndim != 1 or len(labels) != len(images):
                 raise IngestError(f"{images_path} has {len(images)} images but {labels_path} has "
                                   f"{labels.shape[0] if labels.ndim else 0} labels")
+            # The pixels are at hand: profile them all at once instead of decoding every PNG again.
+            means = images.reshape(len(images), -1).astype(np.float32).mean(axis=1) / 255.0
+            height, width = int(images.shape[1]), int(images.shape[2])
             for i, (pixels, label) in enumerate(zip(images, labels)):
                 name = _class_name(int(label), class_names, f"{labels_path} item {i}")
-                scan.records.append({IMAGE_KEY: _png_bytes(pixels.astype(np.uint8)), LABEL_NAME: name})
+                scan.records.append({IMAGE_KEY: _png_bytes(pixels.astype(np.uint8)), LABEL_NAME: name,
+                                     PROFILE: {F.IMAGE_HEIGHT: height, F.IMAGE_WIDTH: width,
+                                               F.IMAGE_MEAN: float(means[i])}})
         return scan
 
     def _scan_tfrecords(self, files: List[str], options) -> Scan:

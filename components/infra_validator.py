@@ -9,10 +9,15 @@ server process*.
 
 The executor
   1. copies the candidate's serving model into a temporary base path as version 1;
-  2. starts `python -m serving.server` on a free loopback port (gRPC disabled);
+  2. starts Conveyor's server for it on a free loopback port (REST only, gRPC disabled):
+     by default in the executor's own process (`server="in_process"`: serving.server's
+     ModelServer, which loads the model and replays its warmup before it answers); with
+     `server="subprocess"`, as `python -m serving.server` in a fresh process, which also
+     proves the model loads in a process that imported nothing but TensorFlow and the
+     server, at the price of that process's TensorFlow import (about 8 s here);
   3. waits until GET /v1/models/<name> reports version 1 AVAILABLE, which the server only
      does after replaying assets.extra/tf_serving_warmup_requests;
-  4. sends `num_requests` real REST :predict requests (one instance each) to
+  4. sends `num_requests` real REST :predict requests over HTTP (one instance each) to
      `serving_default`, built from the eval split's raw examples (`image_raw` -> images as
      {"b64": ...}, `text` -> text as plain strings);
   5. blesses the model only if every request answered HTTP 200 with the contract's outputs
@@ -23,12 +28,13 @@ INFRA_NOT_BLESSED file plus the `blessed` int custom property), so TFX's Pusher 
 through its `infra_blessing` input. It also records p50/p99 latency, request and failure
 counts, and a `reason` when not blessed. A model the server cannot load is a verdict (not
 blessed, with the server's error and log tail), not an exception. The server is always
-stopped (SIGTERM, then SIGKILL) before the executor returns.
+stopped (in process: shut down; subprocess: SIGTERM, then SIGKILL) before the executor returns.
 """
 import base64
 import ctypes
 import glob
 import json
+import logging as pylogging
 import math
 import os
 import shutil
@@ -56,6 +62,8 @@ BLESSING_KEY = "blessing"
 NUM_REQUESTS_KEY = "num_requests"
 P99_BUDGET_MS_KEY = "p99_budget_ms"
 MODEL_NAME_KEY = "model_name"
+SERVER_KEY = "server"
+SERVER_MODES = ("in_process", "subprocess")
 
 # Same artifact contract as tfx.components.infra_validator.executor (_mark_blessed /
 # _mark_not_blessed); tfx.components.util.model_utils.is_infra_validated reads BLESSED_KEY.
@@ -65,6 +73,7 @@ NOT_BLESSED_FILENAME = "INFRA_NOT_BLESSED"
 SERVER_LOG_FILENAME = "server.log"
 
 DEFAULT_MODEL_NAME = "infra-validation-model"
+SERVER_LOGGER = "conveyor.serving"  # parent of every serving/ module's logger
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Contract of modules/trainer.py's serving_default signature.
 RAW_FEATURES = {"image_raw": "images", "text": "text"}
@@ -84,6 +93,7 @@ class InfraValidatorSpec(types.ComponentSpec):
         NUM_REQUESTS_KEY: ExecutionParameter(type=int),
         P99_BUDGET_MS_KEY: ExecutionParameter(type=float),
         MODEL_NAME_KEY: ExecutionParameter(type=str),
+        SERVER_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -161,28 +171,28 @@ def read_raw_instances(examples_uri: str, limit: int, split: str = "eval") -> Tu
 
 
 class _Server:
-    """`python -m serving.server` for one model on a free loopback REST port (no gRPC)."""
+    """Conveyor's server for one model on a free loopback REST port (no gRPC); subclasses
+    decide where it runs. The checks go over HTTP either way."""
 
     def __init__(self, model_name: str, base_path: str, log_path: str):
         self.model_name = model_name
         self.base_path = base_path
         self.log_path = log_path
-        self.proc: Optional[subprocess.Popen] = None
         self.url = ""
 
+    def server_args(self, port: int) -> List[str]:
+        return ["--model_name", self.model_name, "--model_base_path", self.base_path,
+                "--host", "127.0.0.1", "--rest_api_port", str(port), "--port", "0",
+                "--file_system_poll_wait_seconds", "30"]
+
     def start(self) -> None:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONPATH=pythonpath, TF_CPP_MIN_LOG_LEVEL="2")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serving.server", "--model_name", self.model_name,
-                 "--model_base_path", self.base_path, "--host", "127.0.0.1",
-                 "--rest_api_port", str(port), "--port", "0",
-                 "--file_system_poll_wait_seconds", "30"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def check_running(self) -> None:
+        """Raises _NotServable if the server has gone away."""
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         """The end of the server log without TensorFlow's start-up chatter."""
@@ -210,12 +220,7 @@ class _Server:
         """Returns once VERSION is AVAILABLE; raises _NotServable if it never will be."""
         deadline = time.monotonic() + timeout_s
         while True:
-            code = self.proc.poll()
-            if code is not None:
-                if "Address already in use" in self.log_tail():
-                    raise _PortTaken(f"port of {self.url} was taken: {self.log_tail()}")
-                raise _NotServable(f"server exited with code {code} before the model was "
-                                   f"available; log tail:\n{self.log_tail()}")
+            self.check_running()
             status = self._get_status()
             for entry in (status or {}).get("model_version_status", []):
                 if int(entry.get("version", -1)) != VERSION:
@@ -254,6 +259,32 @@ class _Server:
             return f"HTTP {status}", latency_ms
         return _check_predictions(raw, len(instances)), latency_ms
 
+
+
+class _SubprocessServer(_Server):
+    """`python -m serving.server` in a fresh process."""
+
+    proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=pythonpath, TF_CPP_MIN_LOG_LEVEL="2")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "serving.server"] + self.server_args(port),
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def check_running(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            if "Address already in use" in self.log_tail():
+                raise _PortTaken(f"port of {self.url} was taken: {self.log_tail()}")
+            raise _NotServable(f"server exited with code {code} before the model was "
+                               f"available; log tail:\n{self.log_tail()}")
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -264,6 +295,53 @@ class _Server:
             logging.warning("Infra validation server pid %d ignored SIGTERM; killing it", self.proc.pid)
             self.proc.kill()
             self.proc.wait()
+
+
+class _InProcessServer(_Server):
+    """serving.server's ModelServer inside this process; its log goes to `log_path`."""
+
+    server = None
+    _handler: Optional[pylogging.Handler] = None
+    _saved_level = pylogging.NOTSET
+
+    def start(self) -> None:
+        from serving.model_config import ModelConfigError
+        from serving.model_manager import ServingError
+        from serving.server import ModelServer, build_parser
+
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        logger = pylogging.getLogger(SERVER_LOGGER)
+        if self._handler is None:
+            self._handler = pylogging.FileHandler(self.log_path)
+            self._handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self._saved_level = logger.level
+            logger.addHandler(self._handler)
+            logger.setLevel(pylogging.INFO)
+        try:
+            # Loads the model and replays its warmup requests before returning.
+            self.server = ModelServer(build_parser().parse_args(self.server_args(port)))
+        except OSError as e:
+            if "Address already in use" in str(e):
+                raise _PortTaken(f"port of {self.url} was taken: {e}") from e
+            raise _NotServable(f"server could not start: {e}") from e
+        except (ModelConfigError, ServingError) as e:
+            raise _NotServable(f"server failed to load the model: {e}") from e
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._handler is not None:
+            logger = pylogging.getLogger(SERVER_LOGGER)
+            logger.removeHandler(self._handler)
+            logger.setLevel(self._saved_level)
+            self._handler.close()
+            self._handler = None
+
+
+SERVERS = {"in_process": _InProcessServer, "subprocess": _SubprocessServer}
 
 
 def _check_predictions(raw: bytes, expected_rows: int) -> Optional[str]:
@@ -302,8 +380,11 @@ class Executor(base_executor.BaseExecutor):
         num_requests = int(exec_properties.get(NUM_REQUESTS_KEY) or 0)
         budget_ms = float(exec_properties.get(P99_BUDGET_MS_KEY))
         model_name = exec_properties.get(MODEL_NAME_KEY) or DEFAULT_MODEL_NAME
+        mode = exec_properties.get(SERVER_KEY) or "in_process"
         if num_requests < 1:
             raise ValueError(f"{NUM_REQUESTS_KEY} must be at least 1, got {num_requests}")
+        if mode not in SERVERS:
+            raise ValueError(f"{SERVER_KEY} must be one of {SERVER_MODES}, got {mode!r}")
 
         input_name, instances = read_raw_instances(examples.uri, num_requests)
         model_path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
@@ -311,17 +392,17 @@ class Executor(base_executor.BaseExecutor):
         blessing.set_float_custom_property(P99_BUDGET_MS_KEY, budget_ms)
 
         workdir = tempfile.mkdtemp(prefix="conveyor-infra-validation-")
-        server = _Server(model_name, os.path.join(workdir, "models", model_name),
-                         os.path.join(workdir, SERVER_LOG_FILENAME))
+        server = SERVERS[mode](model_name, os.path.join(workdir, "models", model_name),
+                               os.path.join(workdir, SERVER_LOG_FILENAME))
         latencies: List[float] = []
         failures: List[str] = []
         try:
             io_utils.copy_dir(model_path, os.path.join(server.base_path, str(VERSION)))
-            logging.info("Infra validation: serving %s as %s version %d (log: %s)",
-                         model_path, model_name, VERSION, server.log_path)
+            logging.info("Infra validation: serving %s as %s version %d, %s (log: %s)",
+                         model_path, model_name, VERSION, mode.replace("_", " "), server.log_path)
             for attempt in range(1, PORT_ATTEMPTS + 1):
-                server.start()
                 try:
+                    server.start()
                     server.wait_available(self.load_timeout_s)
                     break
                 except _PortTaken:
@@ -396,7 +477,8 @@ class ConveyorInfraValidator(base_component.BaseComponent):
 
     TFX's InfraValidator needs Docker or Kubernetes to launch TF Serving; Conveyor has
     neither, but ships serving/server.py with the same REST API and warmup replay. This
-    component loads the candidate there, sends `num_requests` real :predict requests built
+    component loads the candidate there (`server`: in this process, or a fresh subprocess),
+    sends `num_requests` real :predict requests built
     from the eval split, and blesses it only if all succeed within `p99_budget_ms` (p99).
     Feed `outputs['blessing']` to the Pusher's `infra_blessing` input.
     """
@@ -406,11 +488,14 @@ class ConveyorInfraValidator(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel,
                  num_requests: int = 50, p99_budget_ms: float = 500.0,
-                 model_name: str = DEFAULT_MODEL_NAME):
+                 model_name: str = DEFAULT_MODEL_NAME, server: str = "in_process"):
+        if server not in SERVER_MODES:
+            raise ValueError(f"server must be one of {SERVER_MODES}, got {server!r}")
         if isinstance(p99_budget_ms, int):
             p99_budget_ms = float(p99_budget_ms)
         spec = InfraValidatorSpec(
             model=model, examples=examples,
             blessing=types.Channel(type=standard_artifacts.InfraBlessing),
-            num_requests=num_requests, p99_budget_ms=p99_budget_ms, model_name=model_name)
+            num_requests=num_requests, p99_budget_ms=p99_budget_ms, model_name=model_name,
+            server=server)
         super().__init__(spec=spec)

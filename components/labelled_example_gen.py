@@ -35,6 +35,7 @@ from modules import features as F
 
 LABEL = "label"
 LABEL_NAME = "label_name"
+PROFILE = "profile"  # optional record key: profile features a scan computed in bulk
 LABEL_NAMES_FILE = "label_names.json"
 SKIPPED_FILE = "skipped.json"
 
@@ -95,8 +96,8 @@ def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[st
                 label_index: Dict[str, int], kind: str) -> tf.train.Example:
     features = load(record)
     # Profile features (modules/features.py) make drift visible to TFDV; serving's request
-    # log computes them with the same function.
-    features.update(F.profile(kind, features[F.RAW_INPUT[kind]]))
+    # log computes them with the same function (a scan may have computed them already).
+    features.update(record.get(PROFILE) or F.profile(kind, features[F.RAW_INPUT[kind]]))
     features[LABEL] = label_index[record[LABEL_NAME]]
     features[LABEL_NAME] = record[LABEL_NAME]
     return to_example(features)
@@ -126,7 +127,9 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
         def records_to_examples(pipeline, exec_properties, split_pattern):
             del exec_properties
             return (pipeline
+                    # Declared type: Beam would otherwise infer one by walking every record.
                     | "Records" >> beam.Create(scans[split_pattern].records, reshuffle=False)
+                    .with_output_types(Dict[str, Any])
                     | "ToExample" >> beam.Map(_to_example, load, label_index, kind))
 
         return records_to_examples

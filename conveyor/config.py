@@ -51,6 +51,9 @@ class Config:
     batch_size: int = 64
     learning_rate: float = 0.001
     early_stopping_patience: int = 2
+    # Splits whose transformed (input, label) pairs fit in this many MB are transformed once
+    # and kept in memory for all epochs; larger ones are transformed batch by batch (0: never cache).
+    trainer_cache_mb: int = 2048
     # Start from the latest blessed model's weights when its architecture matches (else from scratch).
     warm_start: bool = False
 
@@ -62,6 +65,9 @@ class Config:
     # Infra validation
     infra_requests: int = 50
     infra_p99_budget_ms: float = 500.0
+    # in_process: the server runs inside the validating process (no second TensorFlow start-up);
+    # subprocess: a fresh `python -m serving.server` process, isolated from the pipeline's imports.
+    infra_server: str = "in_process"
 
     # Drift between training and serving data (conveyor serve --config / conveyor drift)
     request_log_rate: float = 0.0       # share of served requests logged to HOME/request_logs
@@ -113,6 +119,7 @@ class Config:
         _check_choice("kind", self.kind, KINDS)
         models = IMAGE_MODELS if self.kind == "image" else TEXT_MODELS
         _check_choice("model", self.model, models)
+        _check_choice("infra_server", self.infra_server, ("in_process", "subprocess"))
         positive = ("image_size", "channels", "vocab_size", "max_tokens", "train_steps",
                     "eval_steps", "epochs", "batch_size", "infra_requests")
         for key in positive:
@@ -127,6 +134,8 @@ class Config:
         for key in ("request_log_rate", "drift_threshold"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"config key '{key}': expected 0..1, got {getattr(self, key)}")
+        if self.trainer_cache_mb < 0:
+            raise ConfigError(f"config key 'trainer_cache_mb': expected >= 0, got {self.trainer_cache_mb}")
         if self.regression_tolerance < 0:
             raise ConfigError(f"config key 'regression_tolerance': expected >= 0, got {self.regression_tolerance}")
         if self.learning_rate <= 0:

@@ -227,10 +227,23 @@ def _exec_properties(execution: mlmd_pb2.Execution) -> Dict[str, Any]:
     return out
 
 
-def module_fingerprint(module_path: Optional[str]) -> Optional[str]:
-    """TFX packages a module_file into a wheel whose local version is the sha256 of the user code."""
-    match = re.search(r"\+([0-9a-f]{16,})-", module_path or "")
-    return match.group(1) if match else None
+MODULES_FINGERPRINT_KEY = "modules_sha256"  # pipelines.pipeline writes it (no TFX import here)
+
+
+def user_code(exec_properties: Dict[str, Any], fn_key: str) -> Dict[str, Optional[str]]:
+    """Which user function a Transform/Trainer execution ran and the sha256 of its code.
+
+    Conveyor's pipelines name the function (`preprocessing_fn` / `run_fn`) and record the
+    code's sha256 in custom_config (pipelines.pipeline.MODULES_FINGERPRINT_KEY); pipelines
+    built with a module_file have TFX's wheel path, whose local version is that sha256.
+    """
+    custom = exec_properties.get("custom_config")
+    fingerprint = custom.get(MODULES_FINGERPRINT_KEY) if isinstance(custom, dict) else None
+    wheel = exec_properties.get("module_path")
+    if not fingerprint:
+        match = re.search(r"\+([0-9a-f]{16,})-", wheel or "")
+        fingerprint = match.group(1) if match else None
+    return {"module_path": exec_properties.get(fn_key) or wheel, "module_fingerprint": fingerprint}
 
 
 # ---------------------------------------------------------------------------------------
@@ -612,14 +625,15 @@ def _trainer_summary(graph: Graph, model: mlmd_pb2.Artifact) -> Dict[str, Any]:
         return out
     ep = _exec_properties(trainer)
     hyper = ep.get("custom_config") or {}
+    if isinstance(hyper, dict):  # the code's fingerprint is reported as module_fingerprint
+        hyper = {k: v for k, v in hyper.items() if k != MODULES_FINGERPRINT_KEY}
     out.update({"node": graph.node_of(trainer), "state": state_name(trainer),
                 "model_type": hyper.get("model") if isinstance(hyper, dict) else None,
                 "hyperparameters": hyper,
                 "train_steps": (ep.get("train_args") or {}).get("num_steps"),
                 "eval_steps": (ep.get("eval_args") or {}).get("num_steps"),
                 "module_file": ep.get("module_file"),
-                "module_path": ep.get("module_path"),
-                "module_fingerprint": module_fingerprint(ep.get("module_path"))})
+                **user_code(ep, "run_fn")})
     return out
 
 
@@ -660,8 +674,7 @@ def lineage_of_model(graph: Graph, model: mlmd_pb2.Artifact, blessing: Optional[
         transform = graph.producer(transform_graph)
         tp = _exec_properties(transform) if transform else {}
         out["transform_graph"] = dict(_artifact_ref(graph, transform_graph),
-                                      module_path=tp.get("module_path"),
-                                      module_fingerprint=module_fingerprint(tp.get("module_path")))
+                                      **user_code(tp, "preprocessing_fn"))
     statistics = anomalies = None
     if schema is not None:
         out["schema"] = dict(_artifact_ref(graph, schema), **{k: v for k, v in schema_summary(schema).items()

@@ -19,23 +19,6 @@ def kfp_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def _use_installed_modules(pipeline) -> None:
-    """Points Transform/Trainer at functions of the installed package, not at module files.
-
-    A module_file is a path on this machine; TFX would also wheel-package it into the pipeline
-    root at compile time (touching gs:// from the compiling machine). The image has the repo
-    installed, so `modules.preprocessing.preprocessing_fn` / `modules.trainer.run_fn` resolve.
-    """
-    for component in pipeline.components:
-        props = component.exec_properties
-        if component.id == "Transform" and props.get("module_file"):
-            props["module_file"] = None
-            props["preprocessing_fn"] = "modules.preprocessing.preprocessing_fn"
-        elif component.id == "Trainer" and props.get("module_file"):
-            props["module_file"] = None
-            props["run_fn"] = "modules.trainer.run_fn"
-
-
 def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
                      pipeline_root: str = DEFAULT_PIPELINE_ROOT,
                      beam_args: Optional[Sequence[str]] = None) -> str:
@@ -53,8 +36,8 @@ def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
     if beam_args is not None:
         config.beam_args = list(beam_args)
     root = f"{pipeline_root.rstrip('/')}/{config.name}"
-    pipeline = create_pipeline(config, pipeline_root=root)
-    _use_installed_modules(pipeline)
+    # The image has the repo installed: no local setup.py for Beam workers.
+    pipeline = create_pipeline(config, pipeline_root=root, worker_setup_file=None)
     # KFP/Vertex names are [a-z0-9][a-z0-9-]*; the model keeps its name (serving dir, signatures).
     pipeline.pipeline_info.pipeline_name = kfp_name(config.name)
     runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image)

@@ -2,8 +2,8 @@
 then export a SavedModel whose signatures take what clients have (image bytes / raw text).
 
 The Trainer reads the *raw* examples (Transform does not materialise transformed copies):
-each batch goes through the same TFT graph that serving uses, so there is one code path
-for train and serve, and the class names travel from ExampleGen's artifact
+they go through the same TFT graph that serving uses (once, into memory, when the split
+fits `trainer_cache_mb`), so there is one code path for train and serve, and the class names travel from ExampleGen's artifact
 (label_names.json next to the splits) into the model.
 """
 import json
@@ -35,18 +35,58 @@ def read_label_names(file_pattern: str) -> List[str]:
         return json.load(f)
 
 
-def _dataset(file_patterns, data_accessor, tf_transform_output, batch_size: int, feature: str,
-             shuffle: bool) -> tf.data.Dataset:
-    raw = data_accessor.tf_dataset_factory(
-        file_patterns, TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None),
-        tf_transform_output.raw_metadata.schema)
+def _count_records(file_pattern: str) -> int:
+    files = tf.io.gfile.glob(file_pattern)
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def _example_bytes(tf_transform_output: tft.TFTransformOutput, feature: str) -> int:
+    """Bytes one transformed (feature, label) pair takes in memory."""
+    spec = tf_transform_output.transformed_feature_spec()
+    size = 0
+    for name in (feature, F.LABEL):
+        elements = 1
+        for dim in getattr(spec[name], "shape", []) or []:
+            elements *= int(dim)
+        size += elements * spec[name].dtype.size
+    return size
+
+
+def _dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: int, feature: str,
+             shuffle: bool, cache_limit_bytes: int) -> tf.data.Dataset:
+    """Endless batches of (transformed feature, label) from the raw examples of a split.
+
+    When the split's transformed (feature, label) pairs fit in `cache_limit_bytes`, every
+    raw example goes through the Transform graph once and the epochs replay that in-memory
+    copy (decoding a PNG costs more than a CNN step on it); otherwise every batch is
+    transformed as it is read.
+    """
     tft_layer = tf_transform_output.transform_features_layer()
 
+    # The layer calls an already traced graph; autograph-converting the Keras code around it
+    # would only cost seconds per dataset.
+    @tf.autograph.experimental.do_not_convert
     def transform(raw_features):
         transformed = tft_layer(raw_features)
         return transformed[feature], transformed[F.LABEL]
 
-    return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    schema = tf_transform_output.raw_metadata.schema
+    count = _count_records(file_pattern)
+    cached = count * _example_bytes(tf_transform_output, feature) <= cache_limit_bytes
+    if not cached:
+        absl.logging.info("%s: %d examples exceed the %d MB cache; transforming every batch",
+                          file_pattern, count, cache_limit_bytes >> 20)
+        raw = data_accessor.tf_dataset_factory(
+            [file_pattern], TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None),
+            schema)
+        return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    raw = data_accessor.tf_dataset_factory(
+        [file_pattern], TensorFlowDatasetOptions(batch_size=256, shuffle=False, num_epochs=1), schema)
+    pairs = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+    if shuffle:
+        pairs = pairs.shuffle(min(count, 10000), reshuffle_each_iteration=True)
+    return pairs.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 class ServingModule(tf.Module):
@@ -80,9 +120,10 @@ class ServingModule(tf.Module):
         return self._predict(tf.io.parse_example(examples, self._example_spec))
 
     def signatures(self, kind: str):
-        raw = tf.function(self.serve_raw).get_concrete_function(
+        # No Python control flow depends on tensors here: autograph would only slow the trace.
+        raw = tf.function(self.serve_raw, autograph=False).get_concrete_function(
             tf.TensorSpec([None], tf.string, name=F.SERVING_INPUT[kind]))
-        examples = tf.function(self.serve_examples).get_concrete_function(
+        examples = tf.function(self.serve_examples, autograph=False).get_concrete_function(
             tf.TensorSpec([None], tf.string, name="examples"))
         return {"serving_default": raw, EXAMPLES_SIGNATURE: examples}
 
@@ -141,14 +182,22 @@ def _read_bytes(path: str) -> bytes:
 def save_training_schema(fn_args: FnArgs, label_names: List[str], kind: str) -> str:
     """Writes the raw-data schema this model trained with, tightened from the training split's
     TFDV statistics, into the export (assets.extra/conveyor_schema.pbtxt): the next run's gate
-    validates new data against it (components/example_validator.py)."""
+    validates new data against it (components/example_validator.py).
+
+    The statistics of the few profile features are computed in memory with TFDV's own
+    generators (a Beam pipeline would add seconds of start-up for a handful of numbers).
+    """
     import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
+    from tfx_bsl.coders import example_coder
+
     from components.example_validator import BASELINE_SCHEMA_FILE, tighten_schema
     schema = tfdv.load_schema_text(fn_args.schema_path)
-    # Only the small profile features: the statistics of image bytes / texts are not needed.
+    files = tf.io.gfile.glob(fn_args.train_files[0])
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
+    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
     options = tfdv.StatsOptions(feature_allowlist=list(F.PROFILE_FEATURES[kind]))
-    statistics = tfdv.generate_statistics_from_tfrecord(
-        data_location=fn_args.train_files[0], stats_options=options)
+    statistics = stats_impl.generate_statistics_in_memory(batch, options)
     path = os.path.join(fn_args.serving_model_dir, BASELINE_SCHEMA_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     tfdv.write_schema_text(tighten_schema(schema, statistics.datasets[0], label_names), path)
@@ -161,8 +210,11 @@ def run_fn(fn_args: FnArgs) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     feature = models.input_feature(config)
     batch = config["batch_size"]
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output, batch, feature, True)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, batch, feature, False)
+    cache_limit = int(config["trainer_cache_mb"]) << 20
+    train = _dataset(fn_args.train_files[0], fn_args.data_accessor, tf_transform_output, batch, feature,
+                     True, cache_limit)
+    evaluation = _dataset(fn_args.eval_files[0], fn_args.data_accessor, tf_transform_output, batch, feature,
+                          False, cache_limit)
 
     model = models.build(config, len(label_names))
     model.summary(print_fn=absl.logging.info)

@@ -1,5 +1,7 @@
 """Builds the Conveyor TFX pipeline from a Config. Runners (local, Airflow, Kubeflow) only
 choose how to execute what this returns."""
+import glob
+import hashlib
 import os
 from typing import List, Optional
 
@@ -14,17 +16,33 @@ from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
 from conveyor.config import Config, split_span_path
+# custom_config key holding modules_fingerprint(): TFX's cache key covers exec properties, so
+# edited user code re-runs Transform and Trainer instead of reusing their outputs.
+from conveyor.lineage import MODULES_FINGERPRINT_KEY
+from pipelines.beam import SETUP_FILE, with_worker_setup_file
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = os.path.join(PROJECT_ROOT, "modules")
 SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
+PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
+RUN_FN = "modules.trainer.run_fn"
+
+
+def modules_fingerprint() -> str:
+    """sha256 of the user code in modules/ (file names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(MODULES, "*.py"))):
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read() + b"\0")
+    return digest.hexdigest()
 
 
 def module_config(config: Config) -> dict:
     """The settings preprocessing_fn and run_fn read (TFX passes them as custom_config)."""
     keys = ("kind", "name", "model", "image_size", "channels", "vocab_size", "oov_buckets", "max_tokens",
-            "epochs", "batch_size", "learning_rate", "early_stopping_patience")
-    return {k: getattr(config, k) for k in keys}
+            "epochs", "batch_size", "learning_rate", "early_stopping_patience", "trainer_cache_mb")
+    return dict({k: getattr(config, k) for k in keys}, **{MODULES_FINGERPRINT_KEY: modules_fingerprint()})
 
 
 def curated_schema(config: Config) -> Optional[str]:
@@ -53,9 +71,18 @@ def example_gen(config: Config):
 
 
 def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
-                    metadata_connection_config=None) -> pipeline.Pipeline:
+                    metadata_connection_config=None,
+                    worker_setup_file: Optional[str] = SETUP_FILE) -> pipeline.Pipeline:
     """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
-    -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher."""
+    -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher.
+
+    Transform and Trainer import the user code from the installed `modules` package (the
+    same code Beam workers get from setup.py) rather than from module files, which TFX would
+    wheel-package at every compile and pip-install into a temporary directory at every
+    execution (about 2 s each, three times in Transform). `worker_setup_file` is what Beam
+    workers install; None for pipelines compiled to run elsewhere (Kubeflow images have the
+    package installed already).
+    """
     from components.pusher import ServingPusher
 
     examples = example_gen(config)
@@ -77,11 +104,14 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                                       baseline_model=baseline.outputs["model"])
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
-        module_file=os.path.join(MODULES, "preprocessing.py"),
-        custom_config=module_config(config), materialize=False)
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=module_config(config), materialize=False,
+        # Pre-transform statistics would repeat StatisticsGen's; nothing reads post-transform
+        # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
+        disable_statistics=True)
     transform.add_upstream_node(validator)
     trainer = tfx.components.Trainer(
-        module_file=os.path.join(MODULES, "trainer.py"),
+        run_fn=RUN_FN,
         examples=examples.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema.outputs["schema"],
@@ -97,7 +127,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     infra = ConveyorInfraValidator(
         model=trainer.outputs["model"], examples=examples.outputs["examples"],
         num_requests=config.infra_requests, p99_budget_ms=config.infra_p99_budget_ms,
-        model_name=config.name)
+        model_name=config.name, server=config.infra_server)
     pusher = ServingPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
@@ -113,5 +143,5 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config
         or metadata.sqlite_metadata_connection_config(config.metadata_path),
-        beam_pipeline_args=list(config.beam_args),
+        beam_pipeline_args=with_worker_setup_file(config.beam_args, worker_setup_file),
     )

@@ -114,5 +114,20 @@ def test_the_pipeline_gets_the_configured_beam_args(tmp_path, digits_dir):
     from pipelines.pipeline import create_pipeline
     config = _config(tmp_path, f"data: {digits_dir}\nbeam_preset: flink\n"
                                "beam_settings: {job_endpoint: 'flink:8099'}\n")
-    assert create_pipeline(config).beam_pipeline_args == [
-        "--runner=PortableRunner", "--job_endpoint=flink:8099", "--environment_type=LOOPBACK"]
+    flink = ["--runner=PortableRunner", "--job_endpoint=flink:8099", "--environment_type=LOOPBACK"]
+    # Workers install this repo's setup.py (which requires tfx) ...
+    assert create_pipeline(config).beam_pipeline_args == flink + [f"--setup_file={beam.SETUP_FILE}"]
+    # ... except where the pipeline runs from an image that has it installed (Kubeflow).
+    assert create_pipeline(config, worker_setup_file=None).beam_pipeline_args == flink
+
+
+def test_worker_setup_file_spares_tfx_its_sdist_build():
+    from tfx.utils import dependency_utils
+    args = beam.with_worker_setup_file(["--direct_num_workers=1"])
+    assert args == ["--direct_num_workers=1", f"--setup_file={beam.SETUP_FILE}"]
+    # TFX builds and ships an sdist of itself only when no dependency flag is given.
+    assert dependency_utils.make_beam_dependency_flags(args) == args
+    # A flag that already says what workers install is kept as the only one.
+    for given in (["--setup_file=/other/setup.py"], ["--extra_package=/x.tar.gz"],
+                  ["--sdk_container_image=img"], ["--requirements_file=r.txt"]):
+        assert beam.with_worker_setup_file(given) == given

@@ -12,6 +12,7 @@ from PIL import Image
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.labelled_example_gen import IngestError
 from data.idx import write_idx
+from modules.features import IMAGE_HEIGHT, IMAGE_MEAN, IMAGE_WIDTH, profile_image
 from tests.conftest import SHARED_DATA, read_examples, run_example_gen
 
 
@@ -80,6 +81,14 @@ def test_idx_files_with_class_names(tmp_path):
               r.features.feature["label_name"].bytes_list.value[0].decode() for r in records}
     for image, label in zip(images, labels):
         assert pixels[image.reshape(28, 28, 1).tobytes()] == ["cat", "dog", "bird"][label]
+    # The IDX scan profiles pixel arrays in bulk; serving's request log profiles PNG bytes one
+    # by one (features.profile_image). Drift compares the two, so they must agree.
+    for r in records:
+        f = r.features.feature
+        expected = profile_image(f["image_raw"].bytes_list.value[0])
+        assert f[IMAGE_HEIGHT].int64_list.value == [expected[IMAGE_HEIGHT]] == [28]
+        assert f[IMAGE_WIDTH].int64_list.value == [expected[IMAGE_WIDTH]] == [28]
+        assert f[IMAGE_MEAN].float_list.value[0] == pytest.approx(expected[IMAGE_MEAN], abs=1e-6)
 
 
 def test_real_mnist_idx_file_reads(tmp_path):

@@ -1,4 +1,5 @@
-"""ConveyorInfraValidator's executor run for real: a `serving.server` subprocess per case."""
+"""ConveyorInfraValidator's executor run for real: Conveyor's server in this process or in a
+`serving.server` subprocess, answering real HTTP requests on loopback."""
 import os
 import shutil
 
@@ -67,14 +68,31 @@ def _server_children():
     return found
 
 
-def _run(tmp_path, model, examples, num_requests=8, p99_budget_ms=5000.0, model_name="image"):
+def _listening_ports():
+    """Local TCP ports in LISTEN state (from /proc/net/tcp)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        ports.update(int(r.split()[1].rsplit(":", 1)[1], 16) for r in rows if r.split()[3] == "0A")
+    return ports
+
+
+def _run(tmp_path, model, examples, num_requests=8, p99_budget_ms=5000.0, model_name="image",
+         server="in_process"):
     blessing = standard_artifacts.InfraBlessing()
     blessing.uri = str(tmp_path / "blessing")
     os.makedirs(blessing.uri)
+    listening = _listening_ports()
     iv.Executor().Do({"model": [model], "examples": [examples]}, {"blessing": [blessing]},
                      {"num_requests": num_requests, "p99_budget_ms": p99_budget_ms,
-                      "model_name": model_name})
+                      "model_name": model_name, "server": server})
+    # The server is gone either way: no child process, no port left listening.
     assert _server_children() == []
+    assert _listening_ports() <= listening
     return blessing
 
 
@@ -88,8 +106,9 @@ def _assert_not_blessed(blessing, *fragments):
         assert fragment in reason, reason
 
 
-def test_good_image_model_is_blessed_with_latencies(tmp_path, store):
-    blessing = _run(tmp_path, _model(store["image_model"]), store["image_examples"])
+@pytest.mark.parametrize("server", iv.SERVER_MODES)
+def test_good_image_model_is_blessed_with_latencies(tmp_path, store, server):
+    blessing = _run(tmp_path, _model(store["image_model"]), store["image_examples"], server=server)
     assert blessing.get_int_custom_property("blessed") == 1
     assert model_utils.is_infra_validated(blessing)  # what the Pusher's CheckBlessing reads
     assert os.path.exists(os.path.join(blessing.uri, "INFRA_BLESSED"))
@@ -113,13 +132,14 @@ def test_impossible_budget_on_text_model_is_not_blessed(tmp_path, store):
     assert blessing.get_float_custom_property("p99_latency_ms") > 0.001
 
 
-def test_model_with_corrupt_warmup_is_not_blessed_with_reason(tmp_path, store):
+@pytest.mark.parametrize("server", iv.SERVER_MODES)
+def test_model_with_corrupt_warmup_is_not_blessed_with_reason(tmp_path, store, server):
     """The SavedModel itself is fine; the server refuses it because warmup replay fails."""
     uri = str(tmp_path / "model")
     shutil.copytree(store["image_model"], uri)
     with open(os.path.join(uri, "Format-Serving", warmup.WARMUP_FILE), "wb") as f:
         f.write(b"\x00this is not a tfrecord of PredictionLogs" * 3)
-    blessing = _run(tmp_path, _model(uri), store["image_examples"])
+    blessing = _run(tmp_path, _model(uri), store["image_examples"], server=server)
     _assert_not_blessed(blessing, "failed to load", "log tail")
     assert blessing.get_int_custom_property("num_requests") == 0
     assert "p99_latency_ms" not in blessing.mlmd_artifact.custom_properties
@@ -132,7 +152,10 @@ def test_component_wiring():
         num_requests=20, p99_budget_ms=250, model_name="image_classifier")
     assert component.outputs["blessing"].type is standard_artifacts.InfraBlessing
     assert component.exec_properties == {"num_requests": 20, "p99_budget_ms": 250.0,
-                                         "model_name": "image_classifier"}
+                                         "model_name": "image_classifier", "server": "in_process"}
+    with pytest.raises(ValueError, match="in_process"):
+        iv.ConveyorInfraValidator(model=Channel(type=standard_artifacts.Model),
+                                  examples=Channel(type=standard_artifacts.Examples), server="docker")
     assert component.executor_spec.executor_class is iv.Executor
     assert "Docker" in iv.ConveyorInfraValidator.__doc__
 

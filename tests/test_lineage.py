@@ -20,7 +20,9 @@ from conveyor import lineage
 from conveyor.cli import main
 from conveyor.config import load_config
 from data.digits import materialize_digits
+from conveyor.lineage import MODULES_FINGERPRINT_KEY
 from pipelines import local_runner
+from pipelines.pipeline import RUN_FN, modules_fingerprint
 
 CLASSES = ("0", "1", "7")
 PER_CLASS = 40
@@ -163,10 +165,12 @@ def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
 
     trainer = _run_execution(store, first, "Trainer")
     assert result["model"]["execution_id"] == trainer.id
-    assert result["model"]["hyperparameters"] == json.loads(trainer.custom_properties["custom_config"].string_value)
+    custom_config = json.loads(trainer.custom_properties["custom_config"].string_value)
+    fingerprint = custom_config.pop(MODULES_FINGERPRINT_KEY)
+    assert result["model"]["hyperparameters"] == custom_config
     assert result["model"]["model_type"] == "cnn" and result["model"]["train_steps"] == 30
-    assert result["model"]["module_path"] == trainer.custom_properties["module_path"].string_value
-    assert result["model"]["module_fingerprint"] and result["model"]["module_fingerprint"] in result["model"]["module_path"]
+    assert result["model"]["module_path"] == trainer.custom_properties["run_fn"].string_value == RUN_FN
+    assert result["model"]["module_fingerprint"] == fingerprint == modules_fingerprint()
     trainer_inputs = _inputs_by_key(store, trainer)
     assert result["transform_graph"]["artifact_id"] == trainer_inputs["transform_graph"]
     assert result["schema"]["artifact_id"] == trainer_inputs["schema"]
