@@ -8,6 +8,7 @@ Layouts (matched by the input pattern under `input_base`):
 Every image is decoded once while scanning, so a corrupt file stops ingestion with its
 path (or, with skip_bad_images, is skipped and recorded on the artifact).
 """
+import functools
 import glob
 import io
 import os
@@ -28,6 +29,7 @@ from modules import features as F
 IMAGE_KEY = "image_raw"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+IDX_FILE, IDX_ITEM = "idx_file", "idx_item"  # scan record keys of an IDX image
 
 
 def detect_input_pattern(data_dir: str) -> str:
@@ -60,6 +62,12 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=4)
+def _idx_images(path: str) -> np.ndarray:
+    """An IDX image file, read once per worker process (records name the file and the item)."""
+    return read_idx(path)
 
 
 def _class_name(label: int, class_names: List[str], source: str) -> str:
@@ -141,9 +149,10 @@ class Executor(LabelledExamplesExecutor):
             # The pixels are at hand: profile them all at once instead of decoding every PNG again.
             means = images.reshape(len(images), -1).astype(np.float32).mean(axis=1) / 255.0
             height, width = int(images.shape[1]), int(images.shape[2])
-            for i, (pixels, label) in enumerate(zip(images, labels)):
+            for i, label in enumerate(labels):
                 name = _class_name(int(label), class_names, f"{labels_path} item {i}")
-                scan.records.append({IMAGE_KEY: _png_bytes(pixels.astype(np.uint8)), LABEL_NAME: name,
+                # Only where the image is: Beam pickles and compresses every record it is given.
+                scan.records.append({IDX_FILE: images_path, IDX_ITEM: i, LABEL_NAME: name,
                                      PROFILE: {F.IMAGE_HEIGHT: height, F.IMAGE_WIDTH: width,
                                                F.IMAGE_MEAN: float(means[i])}})
         return scan
@@ -185,6 +194,9 @@ class Executor(LabelledExamplesExecutor):
     def load(record: Dict[str, Any]) -> Dict[str, Any]:
         if IMAGE_KEY in record:
             return {IMAGE_KEY: record[IMAGE_KEY]}
+        if IDX_FILE in record:
+            pixels = _idx_images(record[IDX_FILE])[record[IDX_ITEM]]
+            return {IMAGE_KEY: _png_bytes(pixels.astype(np.uint8))}
         with open(record["path"], "rb") as f:
             return {IMAGE_KEY: f.read()}
 
