@@ -3,8 +3,8 @@ then export a SavedModel whose signatures take what clients have (image bytes / 
 
 The Trainer reads the *raw* examples (Transform does not materialise transformed copies):
 they go through the same TFT graph that serving uses (once, into memory, when the split
-fits `trainer_cache_mb`), so there is one code path for train and serve, and the class names travel from ExampleGen's artifact
-(label_names.json next to the splits) into the model.
+fits `trainer_cache_mb`), so there is one code path for train and serve, and the class
+names travel from ExampleGen's artifact (label_names.json next to the splits) into the model.
 """
 import json
 import math
@@ -62,8 +62,8 @@ def _dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: 
 
     When the split's transformed (feature, label) pairs fit in `cache_limit_bytes`, every
     raw example goes through the Transform graph once and the epochs replay that in-memory
-    copy (decoding a PNG costs more than a CNN step on it); otherwise every batch is
-    transformed as it is read.
+    copy (otherwise every epoch decodes the same images / tokenizes the same texts again);
+    larger splits are transformed batch by batch as they are read.
     """
     tft_layer = tf_transform_output.transform_features_layer()
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from PIL import Image
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
 from modules import models
 from modules.preprocessing import preprocessing_fn
@@ -68,3 +68,52 @@ def test_cnn_learns_a_separable_problem():
     history = model.fit(x, y, epochs=8, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert history.history["accuracy"][-1] > 0.9
+
+
+def test_trainer_dataset_cached_and_streamed_agree(tmp_path):
+    """run_fn's input: the in-memory cache and batch-by-batch transform yield the same pairs."""
+    import os
+
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    from tfx.components.util import tfxio_utils
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.types import standard_artifacts
+
+    from modules import trainer
+
+    spec = {"image_raw": tf.io.FixedLenFeature([1], tf.string), "label": tf.io.FixedLenFeature([1], tf.int64)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    rows = [{"image_raw": [_png(np.full((8, 8), 25 * i))], "label": [i % 3]} for i in range(10)]
+    transform_dir = str(tmp_path / "transform")
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
+        transform_fn = ((pipeline | beam.Create(rows), metadata)
+                        | tft_beam.AnalyzeDataset(lambda inputs: preprocessing_fn(inputs, CONFIG)))
+        _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+    # TFX's Transform also writes the raw metadata next to the graph; run_fn reads its schema.
+    metadata_io.write_metadata(metadata, os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    split = tmp_path / "examples" / "Split-eval"
+    split.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(split / "data.gz"), tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for row in rows:
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=row["image_raw"])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=row["label"]))})).SerializeToString())
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = '["eval"]'
+    accessor = DataAccessor(tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
+                            record_batch_factory=None, data_view_decode_fn=None)
+    output = tft.TFTransformOutput(transform_dir)
+    pattern = os.path.join(str(split), "*")
+
+    def one_pass(cache_limit_bytes):
+        dataset, count = trainer._dataset(pattern, accessor, output, 5, "image", False, cache_limit_bytes)
+        pairs = [(image.numpy().tobytes(), int(label)) for images, labels in dataset.take(2)
+                 for image, label in zip(images, labels)]
+        return count, sorted(pairs)
+
+    cached, streamed = one_pass(1 << 20), one_pass(0)  # 10 pairs of 12*12*4 + 8 bytes: fit / never
+    assert cached[0] == streamed[0] == 10
+    assert cached == streamed
+    assert sorted(label for _, label in cached[1]) == sorted(i % 3 for i in range(10))

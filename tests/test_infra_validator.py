@@ -69,15 +69,24 @@ def _server_children():
 
 
 def _listening_ports():
-    """Local TCP ports in LISTEN state (from /proc/net/tcp)."""
+    """TCP ports this process listens on: /proc/net/tcp rows in LISTEN state whose socket
+    inode is one of this process's open files (other test workers share the table)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
-                rows = f.read().splitlines()[1:]
+                rows = [r.split() for r in f.read().splitlines()[1:]]
         except OSError:
             continue
-        ports.update(int(r.split()[1].rsplit(":", 1)[1], 16) for r in rows if r.split()[3] == "0A")
+        ports.update(int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[3] == "0A" and r[9] in inodes)
     return ports
 
 
