@@ -49,11 +49,18 @@ class DataValidationError(RuntimeError):
 # The schema a model is trained with (written by modules/trainer.py)
 
 
-def _num_stats(dataset: statistics_pb2.DatasetFeatureStatistics, name: str):
+def _feature_stats(dataset: statistics_pb2.DatasetFeatureStatistics,
+                   name: str) -> Optional[statistics_pb2.FeatureNameStatistics]:
+    """A top-level feature's statistics, whether the proto names it by path or by name."""
     for feature in dataset.features:
         if (feature.path.step[-1] if feature.path.step else feature.name) == name:
-            return feature.num_stats if feature.HasField("num_stats") else None
+            return feature
     return None
+
+
+def _num_stats(dataset: statistics_pb2.DatasetFeatureStatistics, name: str):
+    feature = _feature_stats(dataset, name)
+    return feature.num_stats if feature is not None and feature.HasField("num_stats") else None
 
 
 def tighten_schema(schema: schema_pb2.Schema, statistics: statistics_pb2.DatasetFeatureStatistics,
@@ -119,12 +126,12 @@ def schema_classes(schema: schema_pb2.Schema) -> List[str]:
 def observed_classes(dataset: statistics_pb2.DatasetFeatureStatistics) -> Set[str]:
     """label_name values of a split, from the rank histogram StatisticsGen keeps (up to
     1,000 distinct values by default; top_values as a fallback)."""
-    for feature in dataset.features:
-        if (feature.path.step[-1] if feature.path.step else feature.name) == F.LABEL_NAME:
-            string_stats = feature.string_stats
-            return ({b.label for b in string_stats.rank_histogram.buckets if b.sample_count > 0}
-                    or {v.value for v in string_stats.top_values if v.frequency > 0})
-    return set()
+    feature = _feature_stats(dataset, F.LABEL_NAME)
+    if feature is None:
+        return set()
+    string_stats = feature.string_stats
+    return ({b.label for b in string_stats.rank_histogram.buckets if b.sample_count > 0}
+            or {v.value for v in string_stats.top_values if v.frequency > 0})
 
 
 def class_anomaly(expected: List[str], found: Set[str]) -> Optional[str]:

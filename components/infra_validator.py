@@ -62,8 +62,7 @@ BLESSING_KEY = "blessing"
 NUM_REQUESTS_KEY = "num_requests"
 P99_BUDGET_MS_KEY = "p99_budget_ms"
 MODEL_NAME_KEY = "model_name"
-SERVER_KEY = "server"
-SERVER_MODES = ("in_process", "subprocess")
+SERVER_KEY = "server"  # a key of SERVERS
 
 # Same artifact contract as tfx.components.infra_validator.executor (_mark_blessed /
 # _mark_not_blessed); tfx.components.util.model_utils.is_infra_validated reads BLESSED_KEY.
@@ -342,6 +341,7 @@ class _InProcessServer(_Server):
 
 
 SERVERS = {"in_process": _InProcessServer, "subprocess": _SubprocessServer}
+SERVER_MODES = tuple(SERVERS)
 
 
 def _check_predictions(raw: bytes, expected_rows: int) -> Optional[str]:

@@ -77,22 +77,6 @@ def _options_from_exec_properties(exec_properties: Dict[str, Any]) -> Dict[str, 
     return {}
 
 
-def _feature(value) -> tf.train.Feature:
-    if isinstance(value, int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-    if isinstance(value, float):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def to_example(features: Dict[str, Any]) -> tf.train.Example:
-    """A tf.Example of plain values (int -> int64, float -> float, str/bytes -> bytes)."""
-    return tf.train.Example(features=tf.train.Features(
-        feature={k: _feature(v) for k, v in features.items()}))
-
-
 def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[str, Any]],
                 label_index: Dict[str, int], kind: str) -> tf.train.Example:
     features = load(record)
@@ -101,7 +85,7 @@ def _to_example(record: Dict[str, Any], load: Callable[[Dict[str, Any]], Dict[st
     features.update(record.get(PROFILE) or F.profile(kind, features[F.RAW_INPUT[kind]]))
     features[LABEL] = label_index[record[LABEL_NAME]]
     features[LABEL_NAME] = record[LABEL_NAME]
-    return to_example(features)
+    return F.to_example(features)
 
 
 class _Chunk:

@@ -85,7 +85,7 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
     if kind not in ("image", "text") or not stats_ref:
         raise DriftError(f"MLMD has no training statistics / kind for version {version} of {model}")
     if threshold is None:
-        threshold = load_config(kind, config_path).drift_threshold if config_path else load_config(kind).drift_threshold
+        threshold = load_config(kind, config_path).drift_threshold
 
     graph = L.Graph(store)
     statistics = L._tfx_artifact(graph, graph.artifact(stats_ref["artifact_id"]))

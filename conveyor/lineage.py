@@ -234,8 +234,9 @@ def user_code(exec_properties: Dict[str, Any], fn_key: str) -> Dict[str, Optiona
     """Which user function a Transform/Trainer execution ran and the sha256 of its code.
 
     Conveyor's pipelines name the function (`preprocessing_fn` / `run_fn`) and record the
-    code's sha256 in custom_config (pipelines.pipeline.MODULES_FINGERPRINT_KEY); pipelines
-    built with a module_file have TFX's wheel path, whose local version is that sha256.
+    code's sha256 in custom_config under MODULES_FINGERPRINT_KEY (pipelines.pipeline's
+    module_config); pipelines built with a module_file have TFX's wheel path, whose local
+    version is that sha256.
     """
     custom = exec_properties.get("custom_config")
     fingerprint = custom.get(MODULES_FINGERPRINT_KEY) if isinstance(custom, dict) else None

@@ -66,3 +66,20 @@ def profile_text(text) -> dict:
 def profile(kind: str, raw) -> dict:
     """The profile features of one raw value (image bytes or text) of a pipeline kind."""
     return profile_image(raw) if kind == "image" else profile_text(raw)
+
+
+def to_example(values: dict):
+    """A tf.Example of plain values (int -> int64, float -> float, str/bytes -> bytes): the
+    ExampleGens' records and the server's request log are built the same way."""
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        if isinstance(value, float):
+            return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in values.items()}))

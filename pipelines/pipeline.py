@@ -85,6 +85,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     """
     from components.pusher import ServingPusher
 
+    settings = module_config(config)  # what Transform and Trainer read, with the code's sha256
     examples = example_gen(config)
     statistics = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
     schema_file = curated_schema(config)
@@ -105,7 +106,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config=module_config(config), materialize=False,
+        custom_config=settings, materialize=False,
         # Pre-transform statistics would repeat StatisticsGen's; nothing reads post-transform
         # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
         disable_statistics=True)
@@ -119,7 +120,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         base_model=baseline.outputs["model"] if config.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=dict(module_config(config), warm_start=config.warm_start))
+        custom_config=dict(settings, warm_start=config.warm_start))
     evaluator = BaselineEvaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],

@@ -67,15 +67,7 @@ def raw_values(inputs: Dict[str, Any]) -> List[Tuple[str, bytes]]:
 
 def to_example(kind: str, raw: bytes) -> tf.train.Example:
     """The training-schema tf.Example of one raw value (profile via the ExampleGens' function)."""
-    example = tf.train.Example()
-    feature = example.features.feature
-    feature[F.RAW_INPUT[kind]].bytes_list.value.append(raw)
-    for key, value in F.profile(kind, raw).items():
-        if isinstance(value, int):
-            feature[key].int64_list.value.append(value)
-        else:
-            feature[key].float_list.value.append(value)
-    return example
+    return F.to_example({F.RAW_INPUT[kind]: raw, **F.profile(kind, raw)})
 
 
 class RequestLogger:
