@@ -217,9 +217,10 @@ def save_training_schema(fn_args: FnArgs, label_names: List[str], kind: str) -> 
 class ThroughputLogger(keras.callbacks.Callback):
     """Logs each epoch's training throughput (examples/s), which TensorBoard then plots.
 
-    Being a batch-level callback, it also keeps Keras 3 from handing batch-end callbacks to a
-    thread pool: on 2 cores that pool stalled fit() by about 17 s in 3 of 6 benchmark runs of
-    the MNIST CNN (bench/pipeline.py); with this callback, 0 of 5.
+    Measured but not explained: before this callback existed, fit() of the MNIST CNN
+    (bench/pipeline.py, 2 cores) spent about 17 s outside its epochs in 3 of 6 runs; with it,
+    in none of 8. Keras's asynchronous callback dispatch is off for the TensorFlow backend
+    (backend.IS_THREAD_SAFE is False), so that is not the cause.
     """
 
     def __init__(self, batch_size: int):

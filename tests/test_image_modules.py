@@ -117,3 +117,14 @@ def test_trainer_dataset_cached_and_streamed_agree(tmp_path):
     assert cached[0] == streamed[0] == 10
     assert cached == streamed
     assert sorted(label for _, label in cached[1]) == sorted(i % 3 for i in range(10))
+
+
+def test_throughput_logger_records_examples_per_second():
+    from modules.trainer import ThroughputLogger
+
+    model = models.build(dict(CONFIG, model="mlp"), num_classes=3)
+    x = np.random.RandomState(0).rand(12, 12, 12, 1).astype(np.float32)
+    y = np.arange(12) % 3
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[ThroughputLogger(4)])
+    rates = history.history["examples_per_second"]
+    assert len(rates) == 2 and all(r > 0 for r in rates)
