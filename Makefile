@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.conveyor-installed
 
-.PHONY: setup demo test lock bench clean
+.PHONY: setup demo test test-fast lock bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The unit tier only: pure functions, no TFX run, no server (one process).
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 lock:
 	bash scripts/setup.sh --lock

@@ -36,7 +36,7 @@ def _component_seconds(metadata_path: str, name: str):
 
 
 def run_conveyor(work: str, train_steps: int, beam_args):
-    from conveyor.config import load_config
+    from pipelines.config import load_config
     from pipelines.pipeline import create_pipeline
     config = load_config("image", overrides={"home": os.path.join(work, "conveyor"), "name": "mnist_conveyor",
                                              "train_steps": train_steps, "eval_steps": 50, "model": "cnn",
@@ -97,7 +97,7 @@ def run_tfx_example(work: str, train_steps: int, beam_args):
 
 def run_text(work: str, model: str, train_steps: int, beam_args):
     """The text pipeline on the 2,500 real IMDB reviews (80/20 hash split)."""
-    from conveyor.config import load_config
+    from pipelines.config import load_config
     from pipelines.pipeline import create_pipeline
     config = load_config("text", overrides={"home": os.path.join(work, "text"), "name": f"imdb_{model}",
                                             "model": model, "train_steps": train_steps, "eval_steps": 20,
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--text-train-steps", type=int, default=600)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args()
-    from conveyor.config import Config
+    from pipelines.config import Config
     beam_args = Config().beam_args
     work = tempfile.mkdtemp(prefix="conveyor-bench-")
     try:

@@ -29,7 +29,7 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from serving import demo_models  # noqa: E402
+from serving import testing as demo_models  # noqa: E402
 from serving.model_manager import versions_on_disk  # noqa: E402
 
 

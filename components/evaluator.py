@@ -18,6 +18,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from modules import features as F
+from serving import contract
 
 ACCURACY = "sparse_categorical_accuracy"
 # Strictly better than always answering the majority class.
@@ -25,6 +26,9 @@ MAJORITY_MARGIN = 1e-6
 
 
 def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
+    """Share of the commonest label in a split of an Examples artifact (0..1).
+
+    Raises ValueError when the split has no examples."""
     pattern = os.path.join(examples_uri, f"Split-{split}", "*")
     counts = collections.Counter()
     for path in glob.glob(pattern):
@@ -38,9 +42,12 @@ def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
 
 
 def eval_config(accuracy_floor: float, regression_tolerance: float) -> tfma.EvalConfig:
+    """TFMA EvalConfig: ExampleCount and accuracy overall and per label_name; blessing needs
+    overall accuracy >= accuracy_floor (0..1) and no drop below the baseline's minus
+    regression_tolerance (the majority-rate check is added by the executor)."""
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_examples", label_key=F.LABEL,
-                                    prediction_key="probabilities")],
+        model_specs=[tfma.ModelSpec(signature_name=contract.EXAMPLES_SIGNATURE, label_key=F.LABEL,
+                                    prediction_key=contract.PROBABILITIES)],
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[F.LABEL_NAME])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),

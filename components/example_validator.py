@@ -10,9 +10,8 @@ gate therefore also checks the statistics against the schema of the *latest bles
 model* (optional input `baseline_model`, wired from the pipeline's latest-blessed
 Resolver): the Trainer saves the raw-data schema it trained with, tightened by
 `tighten_schema` from its training statistics, in the exported model as
-`assets.extra/conveyor_schema.pbtxt` (BASELINE_SCHEMA_FILE). Without a blessed model (the
-first run) or without that file (a model exported before it existed), the gate behaves
-as before. Anomalies against both schemas are written to the split's SchemaDiff.pb (so
+`assets.extra/conveyor_schema.pbtxt` (modules/training_schema.py). Without a blessed model
+(the first run) or without that file, only this run's schema is checked. Anomalies against both schemas are written to the split's SchemaDiff.pb (so
 `conveyor lineage` and the report show them) and listed in the DataValidationError.
 """
 import os
@@ -33,73 +32,12 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils, path_utils, writer_utils
 
+from components.errors import DataValidationError
 from modules import features as F
+from modules.training_schema import BASELINE_SCHEMA_FILE, feature_stats
 
 BASELINE_MODEL_KEY = "baseline_model"
-# Inside an exported model directory; the Pusher and the infra validator copy the whole dir.
-BASELINE_SCHEMA_FILE = os.path.join("assets.extra", "conveyor_schema.pbtxt")
 BLESSED = "blessed model's schema"
-
-
-class DataValidationError(RuntimeError):
-    """The data does not match the schema; the message lists each anomaly."""
-
-
-# ---------------------------------------------------------------------------------------
-# The schema a model is trained with (written by modules/trainer.py)
-
-
-def _feature_stats(dataset: statistics_pb2.DatasetFeatureStatistics,
-                   name: str) -> Optional[statistics_pb2.FeatureNameStatistics]:
-    """A top-level feature's statistics, whether the proto names it by path or by name."""
-    for feature in dataset.features:
-        if (feature.path.step[-1] if feature.path.step else feature.name) == name:
-            return feature
-    return None
-
-
-def _num_stats(dataset: statistics_pb2.DatasetFeatureStatistics, name: str):
-    feature = _feature_stats(dataset, name)
-    return feature.num_stats if feature is not None and feature.HasField("num_stats") else None
-
-
-def tighten_schema(schema: schema_pb2.Schema, statistics: statistics_pb2.DatasetFeatureStatistics,
-                   label_names: List[str]) -> schema_pb2.Schema:
-    """The inferred schema made strict where drift must stop a later run.
-
-    SchemaGen leaves numeric features unbounded and derives the label domain from whatever
-    the data held. Here, from the training statistics:
-      * image_height / image_width: int_domain [min, max] seen in training (min = max for
-        the fixed-size inputs of an image data set), so images of another size are an
-        out-of-range anomaly;
-      * text_alpha_ratio: float_domain [half the training minimum, 1], so a text column
-        of numbers (ratio ~0) is out of range while prose with some digits is not;
-      * label_name: a string domain of exactly the model's classes, so a new class is an
-        "unexpected string values" anomaly (a *missing* class is checked by the gate, see
-        class_anomaly).
-    Returns a new Schema; the input is not changed.
-    """
-    out = schema_pb2.Schema()
-    out.CopyFrom(schema)
-    by_name = {f.name: f for f in out.feature}
-    for name in (F.IMAGE_HEIGHT, F.IMAGE_WIDTH):
-        stats = _num_stats(statistics, name)
-        if name in by_name and stats is not None:
-            by_name[name].int_domain.min = int(stats.min)
-            by_name[name].int_domain.max = int(stats.max)
-    stats = _num_stats(statistics, F.TEXT_ALPHA_RATIO)
-    if F.TEXT_ALPHA_RATIO in by_name and stats is not None:
-        by_name[F.TEXT_ALPHA_RATIO].float_domain.min = float(stats.min) / 2.0
-        by_name[F.TEXT_ALPHA_RATIO].float_domain.max = 1.0
-    if F.LABEL_NAME in by_name and label_names:
-        for i in reversed(range(len(out.string_domain))):
-            if out.string_domain[i].name == F.LABEL_NAME:
-                del out.string_domain[i]
-        out.string_domain.add(name=F.LABEL_NAME, value=list(label_names))
-        feature = by_name[F.LABEL_NAME]
-        feature.ClearField("string_domain")
-        feature.domain = F.LABEL_NAME
-    return out
 
 
 def read_baseline_schema(model: types.Artifact) -> Optional[schema_pb2.Schema]:
@@ -126,7 +64,7 @@ def schema_classes(schema: schema_pb2.Schema) -> List[str]:
 def observed_classes(dataset: statistics_pb2.DatasetFeatureStatistics) -> Set[str]:
     """label_name values of a split, from the rank histogram StatisticsGen keeps (up to
     1,000 distinct values by default; top_values as a fallback)."""
-    feature = _feature_stats(dataset, F.LABEL_NAME)
+    feature = feature_stats(dataset, F.LABEL_NAME)
     if feature is None:
         return set()
     string_stats = feature.string_stats

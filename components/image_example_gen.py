@@ -20,13 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 
-from components.labelled_example_gen import (LABEL, LABEL_NAME, PROFILE, IngestError,
-                                             LabelledExamplesExecutor, Scan,
-                                             latest_span_folder, options_to_custom_config)
+from components.errors import IngestError
+from components.labelled_example_gen import (LABEL, LABEL_NAME, PROFILE, LabelledExamplesExecutor, Scan,
+                                             hash_split_output, options_to_custom_config)
+from components.spans import latest_span_folder
 from data.idx import IdxError, labels_path_for, read_idx
 from modules import features as F
 
-IMAGE_KEY = "image_raw"
+IMAGE_KEY = F.IMAGE_RAW
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
 IDX_FILE, IDX_ITEM = "idx_file", "idx_item"  # scan record keys of an IDX image
@@ -207,16 +208,22 @@ class ImageExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: str, input_pattern: str = "*", eval_percent: int = 20,
-                 skip_bad_images: bool = False, class_names=None, input_config=None):
+                 skip_bad_images: bool = False, class_names=None):
+        """Args:
+          input_base: folder the pattern is relative to.
+          input_pattern: glob of the inputs (class folders `*/*`, IDX files, TFRecords); may
+            contain TFX span specs such as span-{SPAN} (see components/spans.py).
+          eval_percent: share of examples (1..99) hashed into the eval split.
+          skip_bad_images: skip unreadable images (recorded on the artifact) instead of failing.
+          class_names: names of integer labels (IDX, TFRecord inputs).
+        """
         from tfx.proto import example_gen_pb2
         span_folder = latest_span_folder(input_base, input_pattern)
         if span_folder:  # e.g. incoming/span-{SPAN} -> incoming/span-{SPAN}/*/* for class folders
             input_pattern = f"{input_pattern.rstrip('/')}/{detect_input_pattern(span_folder)}"
-        input_config = input_config or example_gen_pb2.Input(splits=[
+        input_config = example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=input_pattern)])
-        output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
-            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent)]))
+        output_config = hash_split_output(eval_percent)
         options = {"skip_bad_images": skip_bad_images}
         if class_names:
             options["class_names"] = list(class_names)

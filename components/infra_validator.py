@@ -56,6 +56,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from modules import features
+from serving import contract
+
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"
 BLESSING_KEY = "blessing"
@@ -74,9 +77,9 @@ SERVER_LOG_FILENAME = "server.log"
 DEFAULT_MODEL_NAME = "infra-validation-model"
 SERVER_LOGGER = "conveyor.serving"  # parent of every serving/ module's logger
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Contract of modules/trainer.py's serving_default signature.
-RAW_FEATURES = {"image_raw": "images", "text": "text"}
-EXPECTED_OUTPUTS = ("probabilities", "class_ids", "class_names")
+# Training feature -> serving_default input of the served-model contract.
+RAW_FEATURES = {features.RAW_INPUT[kind]: contract.SERVING_INPUT[kind] for kind in features.RAW_INPUT}
+EXPECTED_OUTPUTS = contract.OUTPUTS
 VERSION = 1
 PORT_ATTEMPTS = 3
 LOG_TAIL_CHARS = 2000
@@ -304,9 +307,9 @@ class _InProcessServer(_Server):
     _saved_level = pylogging.NOTSET
 
     def start(self) -> None:
+        from serving.errors import ServingError
         from serving.model_config import ModelConfigError
-        from serving.model_manager import ServingError
-        from serving.server import ModelServer, build_parser
+        from serving.server import ModelServer, ServerOptions
 
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -319,7 +322,9 @@ class _InProcessServer(_Server):
             logger.setLevel(pylogging.INFO)
         try:
             # Loads the model and replays its warmup requests before returning.
-            self.server = ModelServer(build_parser().parse_args(self.server_args(port)))
+            self.server = ModelServer(ServerOptions(
+                model_name=self.model_name, model_base_path=self.base_path, host="127.0.0.1",
+                rest_api_port=port, port=0, file_system_poll_wait_seconds=30))
         except OSError as e:
             if "Address already in use" in str(e):
                 raise _PortTaken(f"port of {self.url} was taken: {e}") from e

@@ -25,24 +25,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import apache_beam as beam
 import tensorflow as tf
 from google.protobuf import json_format, struct_pb2
-from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components.errors import IngestError  # noqa: F401  (ExampleGens raise it)
 from modules import features as F
 
-LABEL = "label"
-LABEL_NAME = "label_name"
+LABEL = F.LABEL
+LABEL_NAME = F.LABEL_NAME
 PROFILE = "profile"  # optional record key: profile features a scan computed in bulk
 CHUNK_RECORDS = 1000
 LABEL_NAMES_FILE = "label_names.json"
 SKIPPED_FILE = "skipped.json"
-
-
-class IngestError(ValueError):
-    """Input data that cannot be ingested; the message names the file/row and what was expected."""
 
 
 @dataclasses.dataclass
@@ -54,6 +50,13 @@ class Scan:
     """
     records: List[Dict[str, Any]]
     skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def hash_split_output(eval_percent: int) -> example_gen_pb2.Output:
+    """train/eval split by TFX's stable hash of each example: eval_percent % go to eval."""
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
+        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent)]))
 
 
 def options_to_custom_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
@@ -179,36 +182,3 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
 def _write_json(path: str, value) -> None:
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(value, indent=1))
-
-
-def label_names_of(examples_uri: str) -> List[str]:
-    with tf.io.gfile.GFile(os.path.join(examples_uri, LABEL_NAMES_FILE)) as f:
-        return json.load(f)
-
-
-def default_input_config(pattern: str) -> example_gen_pb2.Input:
-    return example_gen_utils.make_default_input_config(pattern)
-
-
-def latest_span_folder(input_base: str, pattern: Optional[str]) -> Optional[str]:
-    """The latest span's folder when the pattern's last part names span folders.
-
-    A pattern like `incoming/span-{SPAN}` names folders, not files, so the kind's layout
-    detection (class folders, IDX, tables, review folders) has to look inside one to complete
-    the glob. The span is resolved by TFX's own FileBasedInputProcessor, exactly as the
-    ExampleGen driver resolves it at run time. None when the pattern has no span spec in its
-    last part, or that part names files.
-    """
-    from conveyor.config import has_span_spec
-    from tfx.components.example_gen.input_processor import FileBasedInputProcessor
-
-    if not pattern or not has_span_spec(os.path.basename(pattern.rstrip("/"))):
-        return None
-    processor = FileBasedInputProcessor(
-        input_base, [example_gen_pb2.Input.Split(name="single_split", pattern=pattern)], None)
-    try:
-        span, version = processor.resolve_span_and_version()
-    except ValueError as e:
-        raise IngestError(f"{os.path.join(input_base, pattern)}: no span matches ({e})") from e
-    path = os.path.join(input_base, processor.get_pattern_for_span_version(pattern, span, version))
-    return path if os.path.isdir(path) else None

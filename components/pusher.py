@@ -23,20 +23,14 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from serving.model_config import register_model
+from serving.model_manager import versions_on_disk
 
 PUSH_RECORD = os.path.join("assets.extra", "conveyor_push.json")
-TMP_PREFIX = ".tmp-"  # never all digits, so servers and version_dirs() ignore it
+TMP_PREFIX = ".tmp-"  # never all digits, so servers and versions_on_disk() ignore it
 # Fault-injection tests only (tests/test_faults.py): seconds to sleep after the new version
 # is complete in its temp dir and before the rename, giving the test a deterministic
 # moment to SIGKILL the run in the middle of a push. Unset in normal use.
 PAUSE_ENV = "CONVEYOR_TEST_PAUSE_BEFORE_PUBLISH_SECONDS"
-
-
-def version_dirs(base: str):
-    """Integer version directories under a model base path, ascending."""
-    if not os.path.isdir(base):
-        return []
-    return sorted(int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d)))
 
 
 def _pushed_source(version_dir: str) -> Optional[str]:
@@ -78,7 +72,7 @@ class Executor(tfx_executor.Executor):
         with open(os.path.join(base, ".push.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             remove_stale_temp_dirs(base)
-            versions = version_dirs(base)
+            versions = versions_on_disk(base)
             if versions and _pushed_source(os.path.join(base, str(versions[-1]))) == model.uri:
                 logging.info("Model %s is already served as version %d; not pushing it again.",
                              model.uri, versions[-1])

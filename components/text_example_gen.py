@@ -24,10 +24,13 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.labelled_example_gen import (LABEL_NAME, IngestError, LabelledExamplesExecutor,
-                                             Scan, latest_span_folder, options_to_custom_config)
+from components.errors import IngestError
+from components.labelled_example_gen import (LABEL_NAME, LabelledExamplesExecutor, Scan,
+                                             hash_split_output, options_to_custom_config)
+from components.spans import latest_span_folder
+from modules import features as F
 
-TEXT_KEY = "text"
+TEXT_KEY = F.TEXT
 TEXT_COLUMNS = ("text", "review", "sentence")
 LABEL_COLUMNS = ("label", "sentiment", "class")
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": ","}
@@ -257,9 +260,7 @@ class TextExampleGen(FileBasedExampleGen):
         input_config = example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in layout.splits])
         if len(layout.splits) == 1:
-            output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_percent),
-                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_percent)]))
+            output_config = hash_split_output(eval_percent)
         else:
             output_config = example_gen_pb2.Output()  # keep the input splits
         options: Dict[str, Any] = {"skip_bad_rows": skip_bad_rows}

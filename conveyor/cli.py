@@ -2,21 +2,12 @@
 import argparse
 import os
 import sys
-
-# TensorFlow's C++ start-up chatter (CUDA probes, CPU flags) is noise for a CLI user.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import List, Optional
 
-from conveyor.config import IMAGE_MODELS, TEXT_MODELS, ConfigError, load_config, split_span_path
-
-
-def default_data(kind: str, home: str) -> str:
-    """Offline default data: sklearn's digits as PNG folders, or tfx's 100 bundled IMDB reviews."""
-    if kind == "image":
-        from data.digits import materialize_digits
-        return materialize_digits(os.path.join(os.path.abspath(home), "data", "digits"))
-    from data.imdb import bundled_reviews_dir
-    return bundled_reviews_dir(home)
+from components.spans import split_span_path
+from data.defaults import default_data
+from modules.settings import IMAGE_MODELS, TEXT_MODELS
+from pipelines.config import ConfigError, load_config
 
 
 def _run_parser(sub) -> None:
@@ -41,7 +32,7 @@ def _run_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipelines.local_runner import ConveyorError, run
+    from conveyor.runner import ConveyorError, run
     overrides = {"home": args.home, "model": args.model, "name": args.name,
                  "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
                  "input_pattern": args.input_pattern, "skip_bad_images": args.skip_bad_images,
@@ -83,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # serve/predict keep TF Serving's own flag names, so their parsers own the arguments.
     if argv and argv[0] == "serve":
-        from serving.server import main as serve_main
+        from conveyor.serve import main as serve_main
         return serve_main(argv[1:])
     if argv and argv[0] == "predict":
         from serving.client import main as predict_main

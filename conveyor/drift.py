@@ -23,7 +23,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from conveyor import lineage as L
-from conveyor.config import ConfigError, load_config
+from pipelines.config import ConfigError, load_config
 
 DRIFT_DIR = "drift"
 SERVING = "SERVING"
@@ -40,7 +40,7 @@ def drift_path(home: str, model: str, version: str) -> str:
 
 def _load_schema(served_dir: Optional[str], schema_uri: Optional[str]):
     import tensorflow_data_validation as tfdv
-    from components.example_validator import BASELINE_SCHEMA_FILE
+    from modules.training_schema import BASELINE_SCHEMA_FILE
     for path in ([os.path.join(served_dir, BASELINE_SCHEMA_FILE)] if served_dir else []) + \
             ([os.path.join(schema_uri, "schema.pbtxt")] if schema_uri else []):
         if os.path.isfile(path):
@@ -71,7 +71,7 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
     import tensorflow_data_validation as tfdv
     from tfx.components.statistics_gen import stats_artifact_utils
 
-    from serving.request_log import LOG_DIR_NAME, log_files
+    from conveyor.request_log import LOG_DIR_NAME, log_files
 
     home = os.path.abspath(home)
     store = L.open_store(home)

@@ -19,8 +19,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
+from modules.features import LABEL_NAME
+from modules.settings import MODULES_FINGERPRINT_KEY
+
 ACCURACY = "sparse_categorical_accuracy"
-LABEL_NAME = "label_name"
+
 NOT_RUN = "not run"
 _STATE = {mlmd_pb2.Execution.COMPLETE: "complete",
           mlmd_pb2.Execution.CACHED: "cached",
@@ -227,7 +230,6 @@ def _exec_properties(execution: mlmd_pb2.Execution) -> Dict[str, Any]:
     return out
 
 
-MODULES_FINGERPRINT_KEY = "modules_sha256"  # pipelines.pipeline writes it (no TFX import here)
 
 
 def user_code(exec_properties: Dict[str, Any], fn_key: str) -> Dict[str, Optional[str]]:

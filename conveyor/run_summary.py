@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from conveyor.config import Config
+from pipelines.config import Config
 from conveyor.lineage import ACCURACY, state_name
 
 
@@ -172,6 +172,7 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
     return summary
 
 
-def summarize(config: Config, started: float) -> RunSummary:
-    del started  # the newest run context is the run that just happened (runs hold a HOME lock)
+def summarize(config: Config) -> RunSummary:
+    """The summary of the newest run of config's pipeline (the run that just happened: runs
+    hold the HOME lock)."""
     return read_summary(config.metadata_path, config.name)

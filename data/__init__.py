@@ -1,0 +1,1 @@
+"""data/: sample data, downloaders and file formats. Imports nothing outside data/."""

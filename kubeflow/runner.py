@@ -8,7 +8,7 @@ installed `modules` package instead of a file path on the compiling machine.
 import os
 from typing import Dict, List, Optional, Sequence
 
-from conveyor.config import Config, load_config
+from pipelines.config import Config, load_config
 
 DEFAULT_IMAGE = "conveyor:latest"
 # The bucket KFP's bundled MinIO uses; pass gs://... for Vertex, s3://... for S3.

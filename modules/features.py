@@ -8,8 +8,6 @@ TOKENS = "tokens"            # transformed: int64 [max_tokens] vocabulary ids, 0
 MULTI_HOT = "multi_hot"      # transformed: float32 [vocab + oov] bag of words
 
 RAW_INPUT = {"image": IMAGE_RAW, "text": TEXT}
-# Names of the serving_default input per kind, as clients send them.
-SERVING_INPUT = {"image": "images", "text": "text"}
 
 # Profile features: small numbers derived from the raw feature and added to every tf.Example
 # by the ExampleGens (and to logged serving requests by serving/request_log.py, through the

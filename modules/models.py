@@ -1,9 +1,15 @@
 """Model builders from the course material. Each takes the transformed feature and returns a
-compiled Keras model whose output is class probabilities (softmax, or sigmoid for binary text)."""
+compiled Keras model whose output is class probabilities (softmax, or sigmoid for binary text).
+
+Every builder returns a compiled keras.Model (Adam at `learning_rate`; sparse categorical
+cross-entropy, or binary cross-entropy for the one-unit sigmoid head of two-class text models)
+whose input is named after the transformed feature it reads (modules/features.py).
+"""
 import keras
 from keras import layers
 
 from modules import features as F
+from modules.settings import ModuleSettings
 
 
 def _compile(model: keras.Model, binary: bool, learning_rate: float) -> keras.Model:
@@ -20,6 +26,8 @@ def _head(num_classes: int):
 
 
 def mlp(image_shape, num_classes: int, learning_rate: float) -> keras.Model:
+    """Flatten -> Dense 128 relu -> softmax. Input float32 [N, *image_shape] in [0, 1];
+    output float32 [N, num_classes]."""
     inputs = keras.Input(shape=image_shape, name=F.IMAGE)
     x = layers.Flatten()(inputs)
     x = layers.Dense(128, activation="relu")(x)
@@ -28,6 +36,8 @@ def mlp(image_shape, num_classes: int, learning_rate: float) -> keras.Model:
 
 
 def cnn(image_shape, num_classes: int, learning_rate: float) -> keras.Model:
+    """Conv 32 -> pool -> Conv 64 -> pool -> dropout 0.5 -> softmax. Input float32
+    [N, size, size, channels] in [0, 1]; output float32 [N, num_classes]."""
     inputs = keras.Input(shape=image_shape, name=F.IMAGE)
     x = layers.Conv2D(32, 3, activation="relu")(inputs)
     x = layers.MaxPooling2D()(x)
@@ -40,6 +50,8 @@ def cnn(image_shape, num_classes: int, learning_rate: float) -> keras.Model:
 
 
 def multihot(width: int, num_classes: int, learning_rate: float) -> keras.Model:
+    """Dense 16-16 on a bag of words. Input float32 [N, width] of 0/1; output float32
+    [N, 1] (sigmoid, two classes) or [N, num_classes] (softmax)."""
     inputs = keras.Input(shape=(width,), name=F.MULTI_HOT)
     x = layers.Dense(16, activation="relu")(inputs)
     x = layers.Dense(16, activation="relu")(x)
@@ -48,6 +60,8 @@ def multihot(width: int, num_classes: int, learning_rate: float) -> keras.Model:
 
 
 def embedding(vocab_ids: int, max_tokens: int, num_classes: int, learning_rate: float) -> keras.Model:
+    """Embedding 16 (id 0 masked) -> average pooling -> Dense 16. Input int64 [N, max_tokens]
+    token ids < vocab_ids; output as `multihot`."""
     inputs = keras.Input(shape=(max_tokens,), name=F.TOKENS, dtype="int64")
     x = layers.Embedding(vocab_ids, 16, mask_zero=True)(inputs)
     x = layers.GlobalAveragePooling1D()(x)
@@ -57,6 +71,8 @@ def embedding(vocab_ids: int, max_tokens: int, num_classes: int, learning_rate: 
 
 
 def conv1d(vocab_ids: int, max_tokens: int, num_classes: int, learning_rate: float) -> keras.Model:
+    """Embedding 32 -> Conv1D 32x7 -> max pooling -> dropout 0.5. Input int64 [N, max_tokens];
+    output as `multihot`."""
     inputs = keras.Input(shape=(max_tokens,), name=F.TOKENS, dtype="int64")
     x = layers.Embedding(vocab_ids, 32)(inputs)
     x = layers.Conv1D(32, 7, activation="relu")(x)
@@ -66,19 +82,22 @@ def conv1d(vocab_ids: int, max_tokens: int, num_classes: int, learning_rate: flo
                     num_classes == 2, learning_rate)
 
 
-def build(config: dict, num_classes: int) -> keras.Model:
-    """The model named by config['model'], with its input named after the transformed feature."""
-    lr = config["learning_rate"]
-    name = config["model"]
+def build(settings: ModuleSettings, num_classes: int) -> keras.Model:
+    """The compiled model named by settings.model, its input named after input_feature().
+
+    Raises KeyError for a model name that is not in modules.settings.MODELS (Config refuses
+    those at load time)."""
+    lr = settings.learning_rate
+    name = settings.model
     if name in ("mlp", "cnn"):
-        shape = (config["image_size"], config["image_size"], config["channels"])
+        shape = (settings.image_size, settings.image_size, settings.channels)
         return (mlp if name == "mlp" else cnn)(shape, num_classes, lr)
-    vocab_ids = config["vocab_size"] + config["oov_buckets"] + 1  # + padding id 0
     if name == "multihot":
-        return multihot(vocab_ids - 1, num_classes, lr)
+        return multihot(settings.vocab_ids - 1, num_classes, lr)  # no padding column
     builder = {"embedding": embedding, "conv1d": conv1d}[name]
-    return builder(vocab_ids, config["max_tokens"], num_classes, lr)
+    return builder(settings.vocab_ids, settings.max_tokens, num_classes, lr)
 
 
-def input_feature(config: dict) -> str:
-    return {"mlp": F.IMAGE, "cnn": F.IMAGE, "multihot": F.MULTI_HOT}.get(config["model"], F.TOKENS)
+def input_feature(settings: ModuleSettings) -> str:
+    """The transformed feature (modules/features.py) the model named by settings.model reads."""
+    return {"mlp": F.IMAGE, "cnn": F.IMAGE, "multihot": F.MULTI_HOT}.get(settings.model, F.TOKENS)

@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as F
+from modules.settings import ModuleSettings
 
 
 def dense_1d(x: tf.Tensor) -> tf.Tensor:
@@ -41,21 +42,38 @@ def tokenize(text: tf.Tensor, max_tokens: int) -> tf.SparseTensor:
 
 
 def preprocessing_fn(inputs, custom_config):
+    """TFT preprocessing_fn (Transform imports it by name from the installed package).
+
+    Args:
+      inputs: raw features by name as TFT batches them: `image_raw` (string, encoded image
+        bytes) or `text` (string), optional `label` (int64); dense [N, 1] or sparse.
+      custom_config: ModuleSettings.to_custom_config() (kind, image_size, channels,
+        vocab_size, oov_buckets, max_tokens, ...).
+    Returns:
+      image: {"image": float32 [N, image_size, image_size, channels] in [0, 1]};
+      text: {"tokens": int64 [N, max_tokens] vocabulary ids (0 = padding, 1..vocab_size the
+        vocabulary by frequency, then OOV buckets), "multi_hot": float32 [N, vocab_size +
+        oov_buckets] 0/1};
+      plus "label": int64 [N] when the input has labels (not at serving time).
+    Raises:
+      ModuleSettingsError: custom_config is not a ModuleSettings dict.
+    """
+    settings = ModuleSettings.from_custom_config(custom_config)
     outputs = {}
     if F.LABEL in inputs:
         outputs[F.LABEL] = dense_1d(inputs[F.LABEL])
-    if custom_config["kind"] == "image":
+    if settings.kind == "image":
         outputs[F.IMAGE] = decode_images(dense_1d(inputs[F.IMAGE_RAW]),
-                                         custom_config["image_size"], custom_config["channels"])
+                                         settings.image_size, settings.channels)
         return outputs
-    tokens = tokenize(dense_1d(inputs[F.TEXT]), custom_config["max_tokens"])
+    tokens = tokenize(dense_1d(inputs[F.TEXT]), settings.max_tokens)
     ids = tft.compute_and_apply_vocabulary(
-        tokens, top_k=custom_config["vocab_size"], num_oov_buckets=custom_config["oov_buckets"],
+        tokens, top_k=settings.vocab_size, num_oov_buckets=settings.oov_buckets,
         vocab_filename="tokens")
     # Id 0 is padding, so shift vocabulary and OOV ids up by one.
     ids = tf.SparseTensor(ids.indices, ids.values + 1, ids.dense_shape)
     outputs[F.TOKENS] = tf.sparse.to_dense(ids, default_value=0)
-    width = custom_config["vocab_size"] + custom_config["oov_buckets"] + 1
+    width = settings.vocab_ids
     # Bag of words via bincount: one_hot's [batch, max_tokens, width] intermediate is
     # ~0.5 GB per batch of 64 at the default sizes (and 8 GB at TFT's batches of 1000).
     present = tf.math.bincount(outputs[F.TOKENS], minlength=width, maxlength=width,

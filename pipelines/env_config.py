@@ -8,12 +8,12 @@ the environment:
 """
 import os
 
-from conveyor.config import Config, load_config
+from data.defaults import default_data
+from pipelines.config import Config, load_config
 
 
 def config_from_env(kind: str) -> Config:
-    from conveyor.cli import default_data
-
+    """The Config of `kind` from the environment variables above; raises ConfigError."""
     path = os.environ.get(f"CONVEYOR_{kind.upper()}_CONFIG") or os.environ.get("CONVEYOR_CONFIG")
     config = load_config(kind, path or None, {"home": os.environ.get("CONVEYOR_HOME") or None})
     # Absolute: the file is executed from another working directory than the config's author's.

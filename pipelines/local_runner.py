@@ -1,7 +1,8 @@
-"""Runs the pipeline with TFX's LocalDagRunner and reports progress and a summary.
+"""Runs the pipeline with TFX's LocalDagRunner under the HOME lock and reports progress.
 
 TFX logs a lot; the full log goes to HOME/logs/, the console gets one line per component
-start/finish (with duration) and the summary table read back from MLMD at the end.
+start/finish (with duration). What happens after the run (the summary table and report of
+`conveyor run`) is the caller's `on_finish`: this layer does not read MLMD back.
 """
 import contextlib
 import fcntl
@@ -10,12 +11,12 @@ import os
 import re
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from absl import logging as absl_logging
 
-from conveyor.config import Config
-from conveyor import run_summary
+from components.errors import ComponentError
+from pipelines.config import Config
 
 _NODE_EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
 
@@ -92,28 +93,33 @@ def _logging_to(log_path: str, stream):
 
 def _user_error(error: BaseException) -> Optional[BaseException]:
     """The first error in the chain that was raised for the user (ingest, validation, config)."""
-    from components.example_validator import DataValidationError
-    from components.labelled_example_gen import IngestError
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (IngestError, DataValidationError, ConveyorError)):
+        if isinstance(error, (ComponentError, ConveyorError)):
             return error
         error = error.__cause__ or error.__context__
     return None
 
 
-def _write_report(config: Config, stream) -> None:
-    """The HTML report is a convenience: failing to write it must not change the run's outcome."""
-    from conveyor.report import write_run_report
-    try:
-        stream.write(f"  report {write_run_report(config)}\n")
-    except Exception as e:  # noqa: BLE001 - reported, not raised
-        stream.write(f"  report not written: {type(e).__name__}: {e}\n")
+T = TypeVar("T")
 
 
-def run(config: Config, stream=sys.stdout) -> run_summary.RunSummary:
-    """Runs the pipeline once; raises ConveyorError with a readable message when it fails."""
+def run(config: Config, stream=sys.stdout,
+        on_finish: Optional[Callable[[Config, float], T]] = None) -> Optional[T]:
+    """Runs the pipeline once on the LocalDagRunner.
+
+    Args:
+      config: the validated Config; `config.data` must be set.
+      stream: where progress lines go.
+      on_finish: called as on_finish(config, started unix time) after the DAG ran or failed,
+        still under the HOME lock (e.g. to read the run back from MLMD).
+    Returns:
+      what on_finish returned (None without one).
+    Raises:
+      ConveyorError: HOME is in use, or the run failed; the message names the user error
+        (file, row, anomaly) when there is one, else the exception and the log file.
+    """
     home = config.home_dir
     log_dir = os.path.join(home, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -133,11 +139,9 @@ def run(config: Config, stream=sys.stdout) -> run_summary.RunSummary:
                 LocalDagRunner().run(create_pipeline(config))
             except Exception as e:  # the summary below says which component failed
                 failure = e
-        summary = run_summary.summarize(config, started)
-    stream.write(summary.table() + "\n")
-    _write_report(config, stream)
+        result = on_finish(config, started) if on_finish else None
     if failure is not None:
         reason = _user_error(failure)
         message = str(reason) if reason else f"{type(failure).__name__}: {failure} (details in {log_path})"
         raise ConveyorError(message)
-    return summary
+    return result

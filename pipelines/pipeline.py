@@ -1,7 +1,6 @@
 """Builds the Conveyor TFX pipeline from a Config. Runners (local, Airflow, Kubeflow) only
 choose how to execute what this returns."""
-import glob
-import hashlib
+import dataclasses
 import os
 from typing import List, Optional
 
@@ -15,34 +14,13 @@ from components.evaluator import BaselineEvaluator, eval_config
 from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
-from conveyor.config import Config, split_span_path
-# custom_config key holding modules_fingerprint(): TFX's cache key covers exec properties, so
-# edited user code re-runs Transform and Trainer instead of reusing their outputs.
-from conveyor.lineage import MODULES_FINGERPRINT_KEY
-from pipelines.beam import SETUP_FILE, with_worker_setup_file
+from components.spans import split_span_path
+from pipelines.beam import PROJECT_ROOT, SETUP_FILE, with_worker_setup_file
+from pipelines.config import Config
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = os.path.join(PROJECT_ROOT, "modules")
 SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
-
-
-def modules_fingerprint() -> str:
-    """sha256 of the user code in modules/ (file names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(MODULES, "*.py"))):
-        digest.update(os.path.basename(path).encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(f.read() + b"\0")
-    return digest.hexdigest()
-
-
-def module_config(config: Config) -> dict:
-    """The settings preprocessing_fn and run_fn read (TFX passes them as custom_config)."""
-    keys = ("kind", "name", "model", "image_size", "channels", "vocab_size", "oov_buckets", "max_tokens",
-            "epochs", "batch_size", "learning_rate", "early_stopping_patience", "trainer_cache_mb")
-    return dict({k: getattr(config, k) for k in keys}, **{MODULES_FINGERPRINT_KEY: modules_fingerprint()})
 
 
 def curated_schema(config: Config) -> Optional[str]:
@@ -55,6 +33,7 @@ def curated_schema(config: Config) -> Optional[str]:
 
 
 def example_gen(config: Config):
+    """The ExampleGen of the config's kind; a {SPAN} in --data moves into its input pattern."""
     # A {SPAN} in --data moves into the pattern: TFX's driver then ingests the latest span.
     input_base, input_pattern = split_span_path(config.data, config.input_pattern)
     if config.kind == "image":
@@ -85,7 +64,9 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     """
     from components.pusher import ServingPusher
 
-    settings = module_config(config)  # what Transform and Trainer read, with the code's sha256
+    # What Transform and Trainer read, with the user code's sha256. Transform's copy never
+    # warm-starts, so toggling warm_start does not re-run Transform.
+    settings = dataclasses.replace(config.module_settings(), warm_start=False)
     examples = example_gen(config)
     statistics = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
     schema_file = curated_schema(config)
@@ -106,7 +87,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     transform = tfx.components.Transform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config=settings, materialize=False,
+        custom_config=settings.to_custom_config(), materialize=False,
         # Pre-transform statistics would repeat StatisticsGen's; nothing reads post-transform
         # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
         disable_statistics=True)
@@ -120,7 +101,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         base_model=baseline.outputs["model"] if config.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=dict(settings, warm_start=config.warm_start))
+        custom_config=dataclasses.replace(settings, warm_start=config.warm_start).to_custom_config())
     evaluator = BaselineEvaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],

@@ -11,7 +11,7 @@ run happens below. Both read the environment (see pipelines/env_config.py): CONV
 import os
 import sys
 
-from conveyor.config import ConfigError
+from pipelines.config import ConfigError
 from pipelines.env_config import config_from_env
 from pipelines.pipeline import create_pipeline
 

@@ -10,7 +10,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from serving.metrics import Metrics
-from serving.model_manager import DEFAULT_SIGNATURE, ServingError
+from serving.contract import DEFAULT_SIGNATURE
+from serving.errors import ServingError
 from serving.predictor import Predictor
 
 log = logging.getLogger("conveyor.serving.grpc")

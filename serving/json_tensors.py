@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.model_manager import ServingError
+from serving.errors import ServingError
 
 ROW, COLUMNAR = "row", "columnar"
 

@@ -29,13 +29,6 @@ def read_models_config(path: str) -> model_server_config_pb2.ModelServerConfig:
     return config
 
 
-def model_entries(path: str) -> List[model_server_config_pb2.ModelConfig]:
-    """The ModelConfig entries of a models.config, or [] when the file does not exist."""
-    if not os.path.exists(path):
-        return []
-    return list(read_models_config(path).model_config_list.config)
-
-
 def write_models_config(path: str, models: Dict[str, str],
                         keep: Optional[model_server_config_pb2.ModelServerConfig] = None) -> None:
     """Writes models.config listing `models` ({name: base_path}), atomically.

@@ -30,20 +30,12 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import warmup
+from serving.contract import DEFAULT_SIGNATURE
+from serving.errors import ServingError
 
 log = logging.getLogger("conveyor.serving")
 
-DEFAULT_SIGNATURE = "serving_default"
 _State = get_model_status_pb2.ModelVersionStatus.State
-
-
-class ServingError(Exception):
-    """A request failed with a canonical (gRPC) status code, as TF Serving reports it."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Servable:

@@ -11,7 +11,9 @@ import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from serving.batching import Batcher
-from serving.model_manager import DEFAULT_SIGNATURE, ModelManager, Servable, ServingError
+from serving.contract import DEFAULT_SIGNATURE
+from serving.errors import ServingError
+from serving.model_manager import ModelManager, Servable
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -19,10 +21,20 @@ SIGNATURE_DEF_FIELD = "signature_def"
 
 
 class Predictor:
-    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, request_log=None):
+    """Resolves a ModelSpec to a loaded Servable and runs signatures on numpy inputs.
+
+    Args:
+      manager: the ModelManager holding the loaded versions.
+      batcher: merges concurrent requests when given (--enable_batching).
+      on_predict: called as on_predict(model, version, inputs) after each successful predict;
+        it must be cheap and must not raise (serving.server.PredictHook).
+    Thread safe: the front ends call it from many threads.
+    """
+
+    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, on_predict=None):
         self.manager = manager
         self.batcher = batcher
-        self.request_log = request_log  # serving.request_log.RequestLogger or None
+        self.on_predict = on_predict
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:
@@ -50,8 +62,8 @@ class Predictor:
                 outputs = servable.run(signature_name, inputs)
         except ServingError as e:
             raise ServingError(e.code, _one_line(e)) from e
-        if self.request_log is not None:  # samples and enqueues only; never raises
-            self.request_log.log(servable.name, servable.version, inputs)
+        if self.on_predict is not None:
+            self.on_predict(servable.name, servable.version, inputs)
         if wanted:
             outputs = {k: v for k, v in outputs.items() if k in wanted}
         return outputs

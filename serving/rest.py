@@ -19,7 +19,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from serving import json_tensors
 from serving.metrics import PROMETHEUS_PATH, Metrics
-from serving.model_manager import DEFAULT_SIGNATURE, ServingError
+from serving.contract import DEFAULT_SIGNATURE
+from serving.errors import HTTP_STATUS, ServingError
 from serving.predictor import SIGNATURE_DEF_FIELD, Predictor
 
 log = logging.getLogger("conveyor.serving.rest")
@@ -31,26 +32,6 @@ _STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 
-# TF Serving's ToHTTPStatusCode (http_server.cc).
-_HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
 
 _MAX_ERROR_CHARS = 1000
 
@@ -97,7 +78,7 @@ class RestApi:
             message = e.message
             if len(message) > _MAX_ERROR_CHARS:
                 message = message[:_MAX_ERROR_CHARS - 205] + " ... " + message[-200:]
-            return _HTTP_STATUS.get(e.code, 500), {"error": message}
+            return HTTP_STATUS.get(e.code, 500), {"error": message}
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         if method == "POST":

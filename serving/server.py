@@ -4,12 +4,13 @@ Flags are named after tensorflow_model_server's, so the same command lines and
 manifests work against either server.
 """
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -18,9 +19,9 @@ from serving.batching import Batcher
 from serving.grpc_service import make_grpc_server
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
-from serving.model_manager import ModelManager, ServingError
+from serving.errors import ServingError
+from serving.model_manager import ModelManager
 from serving.predictor import Predictor
-from serving import request_log
 from serving.rest import RestApi, make_http_server
 
 log = logging.getLogger("conveyor.serving")
@@ -69,60 +70,99 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch")
     batch.add_argument("--batch_timeout_micros", type=int, default=2000,
                        help="how long a batch waits to fill up")
-    rlog = p.add_argument_group("request logging (for conveyor drift)")
-    rlog.add_argument("--request_log_rate", type=float, default=None,
-                      help="share of requests logged as tf.Examples, 0..1 (default: request_log_rate "
-                           "of --config, else 0 = off)")
-    rlog.add_argument("--request_log_dir", metavar="DIR",
-                      help="where request logs go (default HOME/request_logs with --home)")
-    rlog.add_argument("--config", metavar="FILE", help="Conveyor config file (YAML/JSON) to read "
-                                                       "request_log_rate from")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
-def config_path(args: argparse.Namespace) -> Optional[str]:
-    if args.home:
-        return os.path.join(args.home, "serving", MODELS_CONFIG)
-    return args.model_config_file
+@dataclasses.dataclass
+class ServerOptions:
+    """What the server runs with; `main()` fills it from the command line (flags are parsed
+    nowhere else), other callers (the infra validator, tests, bench) build it directly.
+
+    Exactly one model source: `home` (serves HOME/serving/models.config), `model_config_file`
+    (a ModelServerConfig text proto) or `model_base_path` (one model named `model_name`).
+    Ports of 0 disable that API; a port of 0 is never "pick a free port".
+    """
+    home: Optional[str] = None
+    model_config_file: Optional[str] = None
+    model_name: str = "default"
+    model_base_path: Optional[str] = None
+    port: int = 8500                      # gRPC
+    rest_api_port: int = 8501
+    host: str = "127.0.0.1"
+    rest_api_max_body_bytes: int = 64 * 1024 * 1024
+    grpc_max_threads: int = 16
+    file_system_poll_wait_seconds: float = 1.0
+    model_config_file_poll_wait_seconds: float = 0.0   # 0: read the config file once
+    enable_batching: bool = False
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 2000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ServerOptions":
+        """The options of a parsed `build_parser()` command line."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    @property
+    def config_path(self) -> Optional[str]:
+        """The models.config file the server reads, or None with --model_base_path."""
+        if self.home:
+            return os.path.join(self.home, "serving", MODELS_CONFIG)
+        return self.model_config_file
 
 
-def load_model_configs(args: argparse.Namespace) -> List[model_server_config_pb2.ModelConfig]:
-    if args.model_base_path:
+def load_model_configs(options: ServerOptions) -> List[model_server_config_pb2.ModelConfig]:
+    """The ModelConfigs to serve. Raises ModelConfigError for an unreadable or unsupported file."""
+    if options.model_base_path:
         config = model_server_config_pb2.ModelConfig(
-            name=args.model_name, base_path=os.path.abspath(args.model_base_path),
+            name=options.model_name, base_path=os.path.abspath(options.model_base_path),
             model_platform="tensorflow")
         return [config]
-    config = read_models_config(config_path(args))
+    config = read_models_config(options.config_path)
     if config.WhichOneof("config") != "model_config_list":
-        raise ModelConfigError(f"{config_path(args)}: only model_config_list is supported")
+        raise ModelConfigError(f"{options.config_path}: only model_config_list is supported")
     return list(config.model_config_list.config)
 
 
-class ModelServer:
-    """The running server: model manager plus REST and gRPC front ends (used by tests and bench)."""
+# on_predict(model name, version, {input name: numpy batch}) is called after every successful
+# Predict; it must be cheap and must not raise (e.g. conveyor's sampled request logger).
+PredictHook = Callable[[str, int, Dict[str, Any]], None]
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        source = config_path(args) if not args.model_base_path else None
-        self.configs = load_model_configs(args)
+
+class ModelServer:
+    """The running server: model manager plus REST and gRPC front ends.
+
+    Args:
+      options: what to serve and where (see ServerOptions).
+      on_predict: optional PredictHook called after each successful Predict.
+    Raises:
+      ModelConfigError: the model config file cannot be read.
+      OSError: a port cannot be bound.
+    Loading happens in the constructor; `start()` opens the ports, `stop()` closes them.
+    """
+
+    def __init__(self, options: ServerOptions, on_predict: Optional[PredictHook] = None):
+        self.options = options
+        source = options.config_path if not options.model_base_path else None
+        self.configs = load_model_configs(options)
         self.manager = ModelManager(
-            self.configs, args.file_system_poll_wait_seconds,
-            config_loader=(lambda: load_model_configs(args)) if source else None,
-            config_poll_wait_seconds=args.model_config_file_poll_wait_seconds)
-        batcher = Batcher(args.max_batch_size, args.batch_timeout_micros) if args.enable_batching else None
+            self.configs, options.file_system_poll_wait_seconds,
+            config_loader=(lambda: load_model_configs(options)) if source else None,
+            config_poll_wait_seconds=options.model_config_file_poll_wait_seconds)
+        batcher = (Batcher(options.max_batch_size, options.batch_timeout_micros)
+                   if options.enable_batching else None)
         self.metrics = Metrics()
-        self.request_log = request_log.from_args(getattr(args, "request_log_rate", None),
-                                                 getattr(args, "request_log_dir", None), args.home)
-        predictor = Predictor(self.manager, batcher, self.request_log)
+        predictor = Predictor(self.manager, batcher, on_predict)
         self.http = None
         self.grpc = None
-        if args.rest_api_port:
-            self.http = make_http_server(args.host, args.rest_api_port,
-                                         RestApi(predictor, self.metrics), args.rest_api_max_body_bytes)
-        if args.port:
-            self.grpc = make_grpc_server(args.host, args.port, predictor, self.metrics,
-                                         args.rest_api_max_body_bytes, args.grpc_max_threads)
+        if options.rest_api_port:
+            self.http = make_http_server(options.host, options.rest_api_port,
+                                         RestApi(predictor, self.metrics), options.rest_api_max_body_bytes)
+        if options.port:
+            self.grpc = make_grpc_server(options.host, options.port, predictor, self.metrics,
+                                         options.rest_api_max_body_bytes, options.grpc_max_threads)
 
     def startup_report(self) -> List[Tuple[int, str]]:
         """(log level, line) per model: what is served, and each version directory skipped.
@@ -154,11 +194,11 @@ class ModelServer:
         self.manager.start()
         if self.grpc:
             self.grpc.start()
-            log.info("Running gRPC ModelServer at %s:%d ...", self.args.host, self.args.port)
+            log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.options.port)
         if self.http:
             threading.Thread(target=self.http.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s:%d ... (metrics at %s)",
-                     self.args.host, self.args.rest_api_port, PROMETHEUS_PATH)
+                     self.options.host, self.options.rest_api_port, PROMETHEUS_PATH)
 
     def stop(self) -> None:
         if self.http:
@@ -167,11 +207,10 @@ class ModelServer:
         if self.grpc:
             self.grpc.stop(grace=2).wait()
         self.manager.stop()
-        if self.request_log:
-            self.request_log.close()  # writes what is still queued
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = None) -> int:
+    """Parses TF Serving's flags, serves until SIGINT/SIGTERM; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     sources = [bool(args.home), bool(args.model_config_file), bool(args.model_base_path)]
@@ -179,16 +218,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give exactly one of --home, --model_config_file or --model_base_path")
     if not args.port and not args.rest_api_port:
         parser.error("both APIs disabled: set --port and/or --rest_api_port")
-    try:
-        args.request_log_rate = request_log.configured_rate(args.request_log_rate, args.config)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.request_log_rate and not (args.request_log_dir or args.home):
-        parser.error("--request_log_rate needs --request_log_dir (or --home)")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        server = ModelServer(args)
+        server = ModelServer(ServerOptions.from_args(args), on_predict)
     except (ModelConfigError, ServingError, OSError) as e:
         log.error("%s", e)
         return 1

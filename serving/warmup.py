@@ -11,14 +11,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+from serving.contract import DEFAULT_SIGNATURE, WARMUP_FILE
 # TF Serving refuses warmup files with more records than this.
 MAX_WARMUP_RECORDS = 1000
 
 
 def write_warmup_requests(saved_model_dir: str,
                           requests: Sequence[Dict[str, Union[np.ndarray, list]]],
-                          signature_name: str = "serving_default",
+                          signature_name: str = DEFAULT_SIGNATURE,
                           model_name: str = "model") -> str:
     """Writes one PredictLog per request dict ({input name: batch}); returns the file path.
 

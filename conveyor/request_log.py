@@ -1,0 +1,195 @@
+"""Request logging: a sample of served requests, as tf.Examples in the training schema.
+
+`conveyor drift` compares TFDV statistics of these logs with the served model's training
+statistics, so a logged request must look like a training example: the raw feature
+(`image_raw` bytes / `text`) plus the profile features computed by the very function the
+ExampleGens use (modules.features.profile). Labels are unknown at serving time; the
+schema's SERVING environment leaves them out.
+
+Layout: <dir>/<model>/<version>/requests-<unix ms>-<pid>-<n>.tfrecord (uncompressed
+TFRecord). Each file is written under a hidden temp name and renamed when complete, so a
+reader never sees half a file.
+
+Why our own logger: TF Serving's request logging writes PredictionLog protos to a
+configured sink and is not available without the TF Serving binary; PredictionLogs would
+also need converting before TFDV can read them. Logging never fails or slows a request:
+the request thread only samples and enqueues (dropping when the queue is full); a
+background thread computes profiles and writes files, and logs its own errors.
+"""
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from modules import features
+from serving import contract
+
+log = logging.getLogger("conveyor.serving.request_log")
+
+LOG_DIR_NAME = "request_logs"
+FILE_PREFIX = "requests-"
+FILE_SUFFIX = ".tfrecord"
+# Which raw feature a serving_default input carries: {"images": ("image", "image_raw"), ...}
+_RAW_BY_INPUT = {contract.SERVING_INPUT[kind]: (kind, features.RAW_INPUT[kind])
+                 for kind in features.RAW_INPUT}
+
+
+def log_files(directory: str) -> List[str]:
+    """Complete request-log files under a <dir>/<model>/<version> folder, oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if f.startswith(FILE_PREFIX) and f.endswith(FILE_SUFFIX))
+
+
+def raw_values(inputs: Dict[str, Any]) -> List[Tuple[str, bytes]]:
+    """(kind, raw value) per instance of a request to serving_default or serving_examples."""
+    out: List[Tuple[str, bytes]] = []
+    for name, value in inputs.items():
+        values = np.asarray(value, dtype=object).reshape(-1)
+        if name in _RAW_BY_INPUT:
+            kind = _RAW_BY_INPUT[name][0]
+            out.extend((kind, v.encode("utf-8") if isinstance(v, str) else bytes(v)) for v in values)
+        elif name == contract.EXAMPLES_INPUT:
+            for serialized in values:
+                feature = tf.train.Example.FromString(bytes(serialized)).features.feature
+                for kind, raw in features.RAW_INPUT.items():
+                    if feature[raw].bytes_list.value:
+                        out.append((kind, feature[raw].bytes_list.value[0]))
+                        break
+    return out
+
+
+def to_example(kind: str, raw: bytes) -> tf.train.Example:
+    """The training-schema tf.Example of one raw value (profile via the ExampleGens' function)."""
+    return features.to_example({features.RAW_INPUT[kind]: raw, **features.profile(kind, raw)})
+
+
+class RequestLogger:
+    """Samples requests at `rate` and writes them in batches from a background thread."""
+
+    def __init__(self, directory: str, rate: float, batch_size: int = 256,
+                 flush_seconds: float = 2.0, max_queue: int = 10000):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--request_log_rate: expected 0..1, got {rate}")
+        self.directory = directory
+        self.rate = rate
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.dropped = 0
+        self.written = 0
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
+        self._files = 0
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+
+    def log(self, model: str, version: int, inputs: Dict[str, Any]) -> None:
+        """Called after a successful request; cheap, never raises."""
+        try:
+            if self.rate <= 0 or random.random() >= self.rate:
+                return
+            self._queue.put_nowait((model, int(version), inputs))
+        except queue.Full:
+            self.dropped += 1
+        except Exception:  # noqa: BLE001 - logging must not fail a request
+            log.exception("request log: could not enqueue a request")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Writes what is queued and stops the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # background thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        pending: Dict[Tuple[str, int], List[bytes]] = {}
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                self._flush(pending)
+                return
+            if item:
+                model, version, inputs = item
+                try:
+                    for kind, raw in raw_values(inputs):
+                        try:
+                            pending.setdefault((model, version), []).append(
+                                to_example(kind, raw).SerializeToString())
+                        except Exception as e:  # noqa: BLE001 - e.g. bytes that are no image
+                            log.warning("request log: skipped an instance of %s/%d: %s", model, version, e)
+                except Exception:  # noqa: BLE001
+                    log.exception("request log: could not read a request of %s/%d", model, version)
+            full = any(len(v) >= self.batch_size for v in pending.values())
+            if full or time.monotonic() - last_flush >= self.flush_seconds:
+                self._flush(pending)
+                last_flush = time.monotonic()
+
+    def _flush(self, pending: Dict[Tuple[str, int], List[bytes]]) -> None:
+        for (model, version), records in list(pending.items()):
+            if not records:
+                continue
+            try:
+                self._write(model, version, records)
+                self.written += len(records)
+            except Exception:  # noqa: BLE001 - a full disk must not take the server down
+                log.exception("request log: could not write %d request(s) of %s/%d",
+                              len(records), model, version)
+        pending.clear()
+
+    def _write(self, model: str, version: int, records: List[bytes]) -> str:
+        folder = os.path.join(self.directory, model, str(version))
+        os.makedirs(folder, exist_ok=True)
+        self._files += 1
+        name = f"{FILE_PREFIX}{int(time.time() * 1000)}-{os.getpid()}-{self._files}{FILE_SUFFIX}"
+        tmp = os.path.join(folder, f".{name}.tmp")
+        try:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in records:
+                    writer.write(record)
+            os.replace(tmp, os.path.join(folder, name))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return os.path.join(folder, name)
+
+
+def from_args(rate: Optional[float], directory: Optional[str], home: Optional[str]) -> Optional[RequestLogger]:
+    """The server's logger for --request_log_rate/--request_log_dir, or None when off."""
+    if not rate:
+        return None
+    if not directory:
+        if not home:
+            raise ValueError("--request_log_rate needs --request_log_dir (or --home)")
+        directory = os.path.join(home, LOG_DIR_NAME)
+    log.info("Logging %.0f%% of requests to %s", rate * 100, directory)
+    return RequestLogger(os.path.abspath(directory), rate)
+
+
+def configured_rate(flag: Optional[float], config_path: Optional[str]) -> float:
+    """--request_log_rate, else `request_log_rate` of a Conveyor config file, else 0 (off).
+    Raises ValueError (ConfigError) with the reason for a bad value or file."""
+    rate = flag
+    if rate is None and config_path:
+        import yaml
+
+        from pipelines.config import ConfigError, load_config
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                kind = (yaml.safe_load(f) or {}).get("kind", "image")
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            raise ConfigError(f"--config {config_path}: cannot read it ({e})") from e
+        rate = load_config(kind, config_path).request_log_rate
+    rate = float(rate or 0.0)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--request_log_rate: expected a share 0..1, got {rate}")
+    return rate

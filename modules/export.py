@@ -1,0 +1,71 @@
+"""The exported SavedModel: the Transform graph + the Keras model + the class names, with the
+signatures of the served-model contract (serving/contract.py), so clients send what they have
+(image bytes / raw text) and TFMA sends serialized tf.Examples."""
+from typing import Dict, List
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules import features as F
+from modules import models
+from modules.settings import ModuleSettings
+from serving import contract
+
+
+class ServingModule(tf.Module):
+    """What gets exported: the Transform graph + the Keras model + the class names."""
+
+    def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                 label_names: List[str], kind: str, feature: str):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.label_names = tf.constant(label_names)
+        self._feature = feature
+        self._raw_input = F.RAW_INPUT[kind]
+        # Only the raw feature: examples without label or profile features (serving
+        # requests, other producers) must parse; Transform needs nothing else.
+        self._example_spec = {self._raw_input: tf_transform_output.raw_feature_spec()[self._raw_input]}
+
+    def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        transformed = self.tft_layer(raw_features)
+        probabilities = self.model(transformed[self._feature], training=False)
+        if probabilities.shape[-1] == 1:  # sigmoid head: P(class 1) -> [P(0), P(1)]
+            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=1)
+        class_ids = tf.argmax(probabilities, axis=1)
+        return {contract.PROBABILITIES: probabilities, contract.CLASS_IDS: class_ids,
+                contract.CLASS_NAMES: tf.gather(self.label_names, class_ids)}
+
+    def serve_raw(self, values: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self._predict({self._raw_input: tf.reshape(values, [-1, 1])})
+
+    def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self._predict(tf.io.parse_example(examples, self._example_spec))
+
+    def signatures(self, kind: str):
+        # No Python control flow depends on tensors here: autograph would only slow the trace.
+        raw = tf.function(self.serve_raw, autograph=False).get_concrete_function(
+            tf.TensorSpec([None], tf.string, name=contract.SERVING_INPUT[kind]))
+        examples = tf.function(self.serve_examples, autograph=False).get_concrete_function(
+            tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT))
+        return {contract.DEFAULT_SIGNATURE: raw, contract.EXAMPLES_SIGNATURE: examples}
+
+
+def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label_names: List[str],
+           settings: ModuleSettings, path: str) -> None:
+    """Saves the SavedModel of the served-model contract to `path` (a new directory)."""
+    kind = settings.kind
+    module = ServingModule(model, tf_transform_output, label_names, kind, models.input_feature(settings))
+    tf.saved_model.save(module, path, signatures=module.signatures(kind))
+
+
+def warmup_inputs(file_patterns, kind: str, count: int = 5) -> List[bytes]:
+    """A few raw eval inputs (image bytes / texts) for TF Serving's warmup file."""
+    raw_key = F.RAW_INPUT[kind]
+    files = tf.io.gfile.glob(file_patterns[0])
+    values = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
+        example = tf.train.Example.FromString(record.numpy())
+        values.append(example.features.feature[raw_key].bytes_list.value[0])
+    return values

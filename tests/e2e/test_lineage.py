@@ -1,0 +1,367 @@
+"""`conveyor runs | lineage | diff | report` against real pipeline runs, checked against MLMD's own records.
+
+Two tiny image runs share one HOME: a blessed model on 3 digit classes x 40 images (pushed
+as version 1) and a rejected one on the same images with shuffled labels.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from conveyor import lineage
+from conveyor.cli import main
+from pipelines.config import load_config
+from data.digits import materialize_digits
+from modules.settings import MODULES_FINGERPRINT_KEY
+from conveyor import runner as local_runner
+from modules.settings import modules_fingerprint
+from pipelines.pipeline import RUN_FN
+
+CLASSES = ("0", "1", "7")
+PER_CLASS = 40
+NAME = "image_classifier"
+STATE = {pb.Execution.COMPLETE: "complete", pb.Execution.CACHED: "cached", pb.Execution.FAILED: "failed"}
+
+
+def _subset(source: str, target: str) -> str:
+    for c in CLASSES:
+        os.makedirs(os.path.join(target, c))
+        for f in sorted(os.listdir(os.path.join(source, c)))[:PER_CLASS]:
+            shutil.copy(os.path.join(source, c, f), os.path.join(target, c, f))
+    return target
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory, digits_dir):
+    root = tmp_path_factory.mktemp("lineage")
+    good = _subset(digits_dir, str(root / "good"))
+    shuffled = _subset(materialize_digits(str(root / "shuffled_full"), shuffle_labels_seed=1), str(root / "bad"))
+    home = str(root / "home")
+    summaries = []
+    for data in (good, shuffled):
+        config = load_config("image", overrides={"home": home, "train_steps": 30, "eval_steps": 2})
+        config.data = data
+        summaries.append(local_runner.run(config, stream=io.StringIO()))
+    assert summaries[0].blessed is True and summaries[0].pushed_version == "1", summaries[0].table()
+    assert summaries[1].blessed is False, summaries[1].table()
+    return {"home": home, "good": good, "bad": shuffled, "config": config}
+
+
+@pytest.fixture()
+def store(history):
+    return lineage.open_store(history["home"])
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_json(capsys, *argv):
+    code, out, err = cli(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+# direct MLMD queries the tests compare against ---------------------------------------------
+
+def _run_contexts(store):
+    return sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
+
+
+def _node(store, execution):
+    node_type = store.get_context_type("node").id
+    return next(c.name.split(".", 1)[1] for c in store.get_contexts_by_execution(execution.id)
+                if c.type_id == node_type)
+
+
+def _outputs(store, execution, type_name):
+    type_id = store.get_artifact_type(type_name).id
+    ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id]) if e.type == pb.Event.OUTPUT]
+    return [a for a in store.get_artifacts_by_id(ids) if a.type_id == type_id]
+
+
+def _inputs_by_key(store, execution):
+    events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type == pb.Event.INPUT]
+    return {e.path.steps[0].key: e.artifact_id for e in events}
+
+
+def _run_execution(store, run, node):
+    return next(e for e in store.get_executions_by_context(run.id) if _node(store, e) == node)
+
+
+# runs --------------------------------------------------------------------------------------
+
+def test_runs_json_matches_mlmd(capsys, history, store):
+    rows = cli_json(capsys, "runs", "--home", history["home"])
+    runs = _run_contexts(store)
+    assert [r["run_id"] for r in rows] == [c.name for c in runs]
+    for row, run in zip(rows, runs):
+        executions = store.get_executions_by_context(run.id)
+        assert row["pipeline"] == NAME
+        assert {n["node"]: (n["state"], n["execution_id"]) for n in row["nodes"]} == {
+            _node(store, e): (STATE[e.last_known_state], e.id) for e in executions}
+        start = min(e.create_time_since_epoch for e in executions)
+        end = max(e.last_update_time_since_epoch for e in executions)
+        assert row["start_ms"] == start and row["duration_seconds"] == pytest.approx((end - start) / 1000)
+        blessing = _outputs(store, next(e for e in executions if _node(store, e) == "BaselineEvaluator"),
+                            "ModelBlessing")[0]
+        assert row["blessed"] == (blessing.custom_properties["blessed"].int_value == 1)
+        pushed = _outputs(store, next(e for e in executions if _node(store, e) == "ServingPusher"), "PushedModel")[0]
+        expected = (pushed.custom_properties["pushed_version"].string_value
+                    if pushed.custom_properties["pushed"].int_value == 1 else None)
+        assert row["pushed_version"] == expected
+    assert [(r["blessed"], r["pushed_version"]) for r in rows] == [(True, "1"), (False, None)]
+    assert rows[1]["push_note"] == "not blessed"
+
+
+def test_runs_table_and_filters(capsys, history):
+    code, out, _ = cli(capsys, "runs", "--home", history["home"])
+    assert code == 0
+    assert "pipeline image_classifier" in out and "Trainer" in out and "- (not blessed)" in out
+    assert len(re.findall(r"^\s+[12] \d{4}-\d\d-\d\dT", out, re.M)) == 2
+    assert [r["pipeline"] for r in cli_json(capsys, "runs", "--home", history["home"], "--name", NAME)] == [NAME] * 2
+    code, _, err = cli(capsys, "runs", "--home", history["home"], "--name", "nothing_here")
+    assert code == 1 and "no pipeline 'nothing_here' in the metadata store; pipelines: image_classifier" in err
+    code, _, err = cli(capsys, "runs", "--home", os.path.join(history["home"], "missing"))
+    assert code == 1 and "no metadata store at" in err
+
+
+def test_runs_through_the_installed_entry_point(history):
+    exe = os.path.join(os.path.dirname(sys.executable), "conveyor")
+    result = subprocess.run([exe if os.path.exists(exe) else sys.executable, *([] if os.path.exists(exe) else
+                             ["-m", "conveyor.cli"]), "runs", "--home", history["home"], "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(json.loads(result.stdout)) == 2
+
+
+# lineage -----------------------------------------------------------------------------------
+
+def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
+    result = cli_json(capsys, "lineage", "--model", NAME, "--home", history["home"])
+    first = _run_contexts(store)[0]
+    pusher = _run_execution(store, first, "ServingPusher")
+    pushed = _outputs(store, pusher, "PushedModel")[0]
+    inputs = _inputs_by_key(store, pusher)
+    assert result["version"] == "1" and result["pushed_versions"] == ["1"]
+    assert result["pushed"]["artifact_id"] == pushed.id
+    assert result["pushed"]["destination"] == pushed.custom_properties["pushed_destination"].string_value
+    # The Pusher's own record in the served version names the same model artifact.
+    with open(os.path.join(result["pushed"]["destination"], "assets.extra", "conveyor_push.json")) as f:
+        record = json.load(f)
+    assert result["model"]["artifact_id"] == inputs["model"] == record["model_id"]
+    assert result["model"]["uri"] == record["model_uri"]
+    assert result["blessing"]["artifact_id"] == inputs["model_blessing"]
+    assert result["blessing"]["blessed"] is True
+
+    trainer = _run_execution(store, first, "Trainer")
+    assert result["model"]["execution_id"] == trainer.id
+    custom_config = json.loads(trainer.custom_properties["custom_config"].string_value)
+    fingerprint = custom_config.pop(MODULES_FINGERPRINT_KEY)
+    assert result["model"]["hyperparameters"] == custom_config
+    assert result["model"]["model_type"] == "cnn" and result["model"]["train_steps"] == 30
+    assert result["model"]["module_path"] == trainer.custom_properties["run_fn"].string_value == RUN_FN
+    assert result["model"]["module_fingerprint"] == fingerprint == modules_fingerprint()
+    trainer_inputs = _inputs_by_key(store, trainer)
+    assert result["transform_graph"]["artifact_id"] == trainer_inputs["transform_graph"]
+    assert result["schema"]["artifact_id"] == trainer_inputs["schema"]
+    assert set(result["schema"]["features"]) == {"image_raw", "label", "label_name",
+                                                 "image_height", "image_width", "image_mean"}
+
+    evaluator = _run_execution(store, first, "BaselineEvaluator")
+    evaluation = _outputs(store, evaluator, "ModelEvaluation")[0]
+    assert result["evaluation"]["artifact_id"] == evaluation.id
+    assert result["evaluation"]["baseline_model"] is None  # the first blessed model had nothing to beat
+    accuracy = result["evaluation"]["candidate"][lineage.ACCURACY]
+    assert accuracy > result["blessing"]["majority_baseline"] and accuracy >= result["blessing"]["accuracy_floor"]
+    assert set(result["evaluation"]["per_label"]) == set(CLASSES)
+
+    stats = _outputs(store, _run_execution(store, first, "StatisticsGen"), "ExampleStatistics")[0]
+    assert result["statistics"]["artifact_id"] == stats.id
+    assert result["anomalies"]["count"] == 0
+    examples = _outputs(store, _run_execution(store, first, "ImageExampleGen"), "Examples")[0]
+    ex = result["examples"]
+    assert ex["artifact_id"] == trainer_inputs["examples"] == examples.id
+    assert ex["uri"] == examples.uri and ex["input_base"] == history["good"]
+    assert ex["span"] == examples.custom_properties["span"].int_value
+    assert ex["input_fingerprint"] == examples.custom_properties["input_fingerprint"].string_value
+    assert ex["example_count"] == examples.custom_properties["example_count"].int_value == len(CLASSES) * PER_CLASS
+    assert sum(ex["split_counts"].values()) == ex["example_count"] and set(ex["split_counts"]) == {"train", "eval"}
+    assert ex["label_names"] == list(CLASSES)
+
+    code, out, _ = cli(capsys, "lineage", "--model", NAME, "--version", "1", "--home", history["home"])
+    assert code == 0 and f"model {NAME} version 1" in out and "BLESSED" in out and history["good"] in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", NAME, "--version", "7"], f"no pushed version 7 of model {NAME}; pushed versions: 1"),
+    (["--model", "no_such_model"], f"no model 'no_such_model' in the metadata store; models: {NAME}"),
+    (["--from-examples", "/no/such/examples"], "no Examples artifact with URI /no/such/examples"),
+    ([], "give --model NAME [--version V] or --from-examples URI"),
+])
+def test_lineage_errors_are_readable(capsys, history, argv, message):
+    code, out, err = cli(capsys, "lineage", *argv, "--home", history["home"])
+    assert code in (1, 2) and message in err and not out
+
+
+def test_lineage_forward_from_examples(capsys, history, store):
+    runs = _run_contexts(store)
+    for run, served in zip(runs, (True, False)):
+        examples = _outputs(store, _run_execution(store, run, "ImageExampleGen"), "Examples")[0]
+        result = cli_json(capsys, "lineage", "--from-examples", examples.uri, "--home", history["home"])
+        trainer = _run_execution(store, run, "Trainer")
+        model = _outputs(store, trainer, "Model")[0]
+        assert result["examples"]["artifact_id"] == examples.id
+        assert [m["artifact_id"] for m in result["models"]] == [model.id]
+        assert result["models"][0]["served"] is served
+        assert result["models"][0]["pushed_versions"] == (["1"] if served else [])
+        assert result["models"][0]["blessed"] is served
+    # The input folder finds the same examples as the artifact URI.
+    by_folder = cli_json(capsys, "lineage", "--from-examples", history["bad"], "--home", history["home"])
+    assert by_folder["examples"]["input_base"] == history["bad"] and by_folder["models"][0]["served"] is False
+
+
+# diff --------------------------------------------------------------------------------------
+
+def _label_counts(stats_uri: str, split: str):
+    import tensorflow_data_validation as tfdv
+    stats = tfdv.load_stats_binary(os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb"))
+    dataset = stats.datasets[0]
+    feature = next(f for f in dataset.features if f.path.step[-1] == "label_name")
+    return dataset.num_examples, {b.label: int(b.sample_count) for b in feature.string_stats.rank_histogram.buckets}
+
+
+def test_diff_matches_mlmd(capsys, history, store):
+    runs = _run_contexts(store)
+    result = cli_json(capsys, "diff", runs[0].name, "-1", "--home", history["home"])
+    assert (result["run_a"], result["run_b"]) == (runs[0].name, runs[1].name)
+    changes = {(c["node"], c["key"]): (c["a"], c["b"]) for c in result["config"]}
+    assert changes[("ImageExampleGen", "input_base")] == (history["good"], history["bad"])
+    assert not any(node == "Trainer" for node, _ in changes)  # same hyperparameters both times
+    for split, counts in result["data"].items():
+        (na, la), (nb, lb) = [_label_counts(_outputs(store, _run_execution(store, r, "StatisticsGen"),
+                                                     "ExampleStatistics")[0].uri, split) for r in runs]
+        assert counts["num_examples"] == {"a": na, "b": nb}
+        assert counts["labels"] == {k: {"a": la.get(k), "b": lb.get(k)} for k in set(la) | set(lb)
+                                    if la.get(k) != lb.get(k)}
+    assert result["data"]["train"]["labels"]  # shuffling moved images between labels
+    assert result["schema"]["added"] == result["schema"]["removed"] == [] == result["schema"]["changed"]
+    accuracy = result["metrics"][lineage.ACCURACY]
+    assert accuracy["a"] > accuracy["b"] and accuracy["delta"] == pytest.approx(accuracy["b"] - accuracy["a"])
+    assert result["blessed"] == {"a": True, "b": False}
+    assert result["pushed_version"] == {"a": "1", "b": None}
+
+    code, out, _ = cli(capsys, "diff", "1", "2", "--home", history["home"])
+    assert code == 0 and "ImageExampleGen.input_base" in out and "blessed: yes -> no" in out
+    code, _, err = cli(capsys, "diff", "1", "nope", "--home", history["home"])
+    assert code == 1 and "'nope' is not a run of pipeline 'image_classifier'; runs: 1=" in err
+
+
+# report ------------------------------------------------------------------------------------
+
+def _chromium(*args, timeout=90):
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        return subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             *args], capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_report_is_self_contained(capsys, history, store):
+    out = os.path.join(history["home"], "out", "report.html")
+    code, stdout, err = cli(capsys, "report", "--run", "2", "--home", history["home"], "--out", out)
+    assert code == 0, err
+    assert stdout.strip() == out
+    text = open(out, encoding="utf-8").read()
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert re.findall(r"https?://[^\s\"'<>]+", text) == ["http://www.w3.org/2000/svg"] * text.count("<svg")
+    assert text.count("<svg") == 2 and "<style>" in text
+
+
+@pytest.mark.skipif(not shutil.which("chromium"),
+                    reason="chromium is not installed (apt-get install -y chromium) - "
+                           "the rendered-report check needs a headless browser")
+def test_report_renders_in_headless_chromium(capsys, history, store, tmp_path):
+    out = str(tmp_path / "report.html")
+    assert cli(capsys, "report", "--home", history["home"], "--out", out)[0] == 0  # latest run: the rejected one
+    runs = _run_contexts(store)
+    details = lineage.run_details(lineage.Graph(store), NAME, runs[-1])
+    dom = _chromium("--dump-dom", "file://" + out)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html_text = dom.stdout
+    assert runs[-1].name in html_text and "NOT BLESSED" in html_text
+    for node in details["nodes"]:
+        assert f'data-node="{node["node"]}" data-state="{node["state"]}"' in html_text
+    evaluation = details["evaluation"]
+    assert f'{evaluation["candidate"][lineage.ACCURACY]:.4f}' in html_text
+    assert f'{evaluation["baseline"][lineage.ACCURACY]:.4f}' in html_text
+    for split, s in details["statistics"]["splits"].items():
+        assert f"split {split}" in html_text
+        for count in s["labels"].values():
+            assert f"{count} <span" in html_text
+    assert "No anomalies in any split." in html_text
+    assert "This run pushed nothing (not blessed); the model served now is version 1." in html_text
+    assert history["good"] in html_text  # lineage of the served version reaches its input folder
+    shot = tmp_path / "report.png"
+    result = _chromium("--window-size=1100,1600", f"--screenshot={shot}", "file://" + out)
+    assert result.returncode == 0 and shot.stat().st_size > 10000, result.stderr[-2000:]
+
+
+def test_write_run_report_names_file_after_run(history, store):
+    from conveyor.report import write_run_report
+    path = write_run_report(history["config"])
+    latest = _run_contexts(store)[-1].name
+    assert path == os.path.join(history["config"].home_dir, "reports",
+                                f"{NAME}-{re.sub(r'[^A-Za-z0-9._-]+', '-', latest)}.html")
+    assert latest in open(path, encoding="utf-8").read()
+
+
+# states without a real pipeline: cached, failed, not run -------------------------------------
+
+def test_runs_states_on_any_connection_config():
+    """The queries take a MetadataStore, so an in-memory (or MySQL) ConnectionConfig works as well."""
+    config = pb.ConnectionConfig()
+    config.fake_database.SetInParent()
+    store = metadata_store.MetadataStore(config)
+    types = {n: store.put_context_type(pb.ContextType(name=n)) for n in ("pipeline", "pipeline_run", "node")}
+    exec_type = store.put_execution_type(pb.ExecutionType(name="Component"))
+    pipeline_id = store.put_contexts([pb.Context(type_id=types["pipeline"], name="p")])[0]
+    nodes = dict(zip(("A", "B", "C"), store.put_contexts(
+        [pb.Context(type_id=types["node"], name=f"p.{n}") for n in ("A", "B", "C")])))
+    runs = store.put_contexts([pb.Context(type_id=types["pipeline_run"], name=r) for r in ("r1", "r2")])
+    plan = {runs[0]: [("A", pb.Execution.COMPLETE), ("B", pb.Execution.COMPLETE), ("C", pb.Execution.COMPLETE)],
+            runs[1]: [("A", pb.Execution.CACHED), ("B", pb.Execution.FAILED)]}
+    for run_id, steps in plan.items():
+        for node, state in steps:
+            [eid] = store.put_executions([pb.Execution(type_id=exec_type, last_known_state=state)])
+            store.put_attributions_and_associations(
+                [], [pb.Association(context_id=c, execution_id=eid) for c in (pipeline_id, run_id, nodes[node])])
+    rows = lineage.list_runs(store)
+    assert [r["run_id"] for r in rows] == ["r1", "r2"]
+    assert [n["state"] for n in rows[0]["nodes"]] == ["complete"] * 3
+    assert {n["node"]: n["state"] for n in rows[1]["nodes"]} == {"A": "cached", "B": "failed", "C": "not run"}
+    assert rows[1]["push_note"] == "run failed at B" and rows[1]["blessed"] is None
+    from conveyor.history_cli import format_runs
+    assert re.search(r"r2 .* cached +failed +not run", format_runs(rows))
+    graph = lineage.Graph(store)
+    assert lineage.resolve_run(graph, "p", "-1").name == "r2" and lineage.resolve_run(graph, "p", "r1").name == "r1"
+    with pytest.raises(lineage.LineageError, match="'r9' is not a run of pipeline 'p'; runs: 1=r1, 2=r2"):
+        lineage.resolve_run(graph, "p", "r9")
+    with pytest.raises(lineage.LineageError, match="no model 'q' in the metadata store; models: p"):
+        lineage.lineage_of_version(store, "q")
+    with pytest.raises(lineage.LineageError, match="model 'p' has no pushed versions yet"):
+        lineage.lineage_of_version(store, "p")

@@ -1,0 +1,1 @@
+"""Test support: plain helper modules (fixtures live in conftest.py files)."""
