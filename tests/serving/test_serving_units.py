@@ -77,7 +77,7 @@ def test_models_config_is_polled_for_new_models(tmp_path):
     install("text_v1", base, 1)
     config = str(tmp_path / "models.config")
     write_config(config, "model_config_list {\n" + model_entry("a", base) + "}\n")
-    args = server_lib.build_parser().parse_args(["--model_config_file", config])
+    args = server_lib.ServerOptions(model_config_file=config)
     manager = ModelManager(server_lib.load_model_configs(args), poll_wait_seconds=0.1,
                            config_loader=lambda: server_lib.load_model_configs(args),
                            config_poll_wait_seconds=0.1)
