@@ -32,6 +32,8 @@ def _run_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    """`conveyor run`: 0 when the run completed (blessed or not), 1 when it failed or a gate
+    stopped it. Raises ConfigError for a bad config or --data (main() turns it into exit 2)."""
     from conveyor.runner import ConveyorError, run
     overrides = {"home": args.home, "model": args.model, "name": args.name,
                  "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
@@ -55,6 +57,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_download(args) -> int:
+    """`conveyor download`: fetches a public dataset; 0 on success, 1 with one line on failure."""
     from data.downloads import CLASS_NAMES, DownloadError, download_idx_dataset
     from data.imdb import download_aclimdb
     try:
@@ -71,6 +74,7 @@ def cmd_download(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The `conveyor` command; returns the exit status (0 ok, 1 failed run, 2 bad command line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # serve/predict keep TF Serving's own flag names, so their parsers own the arguments.
     if argv and argv[0] == "serve":

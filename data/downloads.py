@@ -29,6 +29,9 @@ class DownloadError(RuntimeError):
 
 
 def fetch(url: str, path: str, timeout: float = 60.0) -> str:
+    """Downloads `url` into a hidden temp file beside `path` and returns the temp file's path
+    (the caller checks it and renames it to `path`). `timeout` in seconds per socket operation.
+    Raises OSError / urllib.error.URLError on network failures (the temp file is removed)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same suffix as the final name, so readers that look at the extension (.gz) work on it.

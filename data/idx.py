@@ -13,6 +13,16 @@ class IdxError(ValueError):
 
 
 def read_idx(path: str) -> np.ndarray:
+    """The array stored in an IDX file (the MNIST format: yann.lecun.com/exdb/mnist), gzipped
+    or not.
+
+    Returns:
+      an array of the file's shape and dtype, e.g. uint8 [N, 28, 28] for MNIST images,
+      uint8 [N] for labels.
+    Raises:
+      IdxError: the file cannot be read, has a bad magic number or type, or its size does not
+        match its header; the message names the file.
+    """
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:

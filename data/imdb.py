@@ -26,6 +26,7 @@ class UnsafeArchiveError(ValueError):
 
 
 def bundled_reviews_path() -> str:
+    """Path of the 100 labelled IMDB reviews shipped in the tfx package (CSV-like text file)."""
     import tfx
     return os.path.join(os.path.dirname(tfx.__file__), "examples", "imdb", "data",
                         "imdb_small_with_labels.txt")

@@ -16,6 +16,7 @@ DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/conveyor"
 
 
 def kfp_name(name: str) -> str:
+    """A KFP/Vertex pipeline name ([a-z0-9-]) for a model name."""
     return name.lower().replace("_", "-")
 
 

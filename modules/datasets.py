@@ -28,6 +28,7 @@ def read_label_names(file_pattern: str) -> List[str]:
 
 
 def count_records(file_pattern: str) -> int:
+    """Number of records in the GZIP TFRecord files matching `file_pattern`."""
     files = tf.io.gfile.glob(file_pattern)
     return int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
         tf.constant(0, tf.int64), lambda n, _: n + 1))

@@ -38,12 +38,15 @@ class ServingModule(tf.Module):
                 contract.CLASS_NAMES: tf.gather(self.label_names, class_ids)}
 
     def serve_raw(self, values: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """serving_default: string [N] image bytes or texts -> the contract's outputs."""
         return self._predict({self._raw_input: tf.reshape(values, [-1, 1])})
 
     def serve_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """serving_examples: serialized tf.Examples [N] -> the contract's outputs."""
         return self._predict(tf.io.parse_example(examples, self._example_spec))
 
     def signatures(self, kind: str):
+        """{signature name: concrete function} of the served-model contract for `kind`."""
         # No Python control flow depends on tensors here: autograph would only slow the trace.
         raw = tf.function(self.serve_raw, autograph=False).get_concrete_function(
             tf.TensorSpec([None], tf.string, name=contract.SERVING_INPUT[kind]))

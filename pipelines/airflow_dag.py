@@ -18,6 +18,8 @@ from pipelines.env_config import config_from_env
 
 
 def build_dag(kind: str):
+    """The Airflow DAG of the `kind` pipeline ("image" or "text"), configured from the
+    environment (pipelines/env_config.py): one task per TFX component. Raises ConfigError."""
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from pipelines.pipeline import create_pipeline
