@@ -28,7 +28,8 @@ from data.defaults import default_data
 from modules.settings import MODELS, ModuleSettings, modules_fingerprint
 from pipelines.beam import BeamPresetError, preset_from_settings
 
-KINDS = ("image", "text")
+Kind = Literal["image", "text"]
+KINDS = typing.get_args(Kind)
 DEFAULT_MODELS = {"image": "cnn", "text": "multihot"}
 
 
@@ -188,10 +189,6 @@ GROUPS: Dict[str, type] = {"ingest": IngestConfig, "training": TrainingConfig,
 _GROUP_OF = {key: group for group, cls in GROUPS.items() for key in cls.model_fields}
 
 
-def _valid_name(name: str) -> bool:
-    return name.replace("_", "").replace("-", "").isalnum()
-
-
 class Config(_Settings):
     """The validated, immutable settings of one pipeline.
 
@@ -216,7 +213,7 @@ class Config(_Settings):
         wrong type or outside its bounds; the message names the key and what was expected.
       AttributeError: on assigning an attribute (use `replace`).
     """
-    kind: Literal["image", "text"] = "image"
+    kind: Kind = "image"
     name: str = Field("", validate_default=True)
     home: str = "conveyor_home"
     model: str = Field("", validate_default=True)
@@ -235,7 +232,7 @@ class Config(_Settings):
     @classmethod
     def _name_or_default(cls, name: str, info: ValidationInfo) -> str:
         name = name or f"{info.data.get('kind', 'image')}_classifier"
-        if not _valid_name(name):
+        if not name.replace("_", "").replace("-", "").isalnum():
             raise PydanticCustomError("config_rule", "use letters, digits, '_' or '-'")
         return name
 
