@@ -30,6 +30,7 @@ setup(
         "tensorflow-serving-api==2.16.1",
         "pillow",
         "pyyaml",
+        "pydantic>=2,<3",
         "scikit-learn",
     ],
     entry_points={"console_scripts": ["conveyor=conveyor.cli:main"]},

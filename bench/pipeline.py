@@ -40,10 +40,9 @@ def run_conveyor(work: str, train_steps: int, beam_args):
     from pipelines.pipeline import create_pipeline
     config = load_config("image", overrides={"home": os.path.join(work, "conveyor"), "name": "mnist_conveyor",
                                              "train_steps": train_steps, "eval_steps": 50, "model": "cnn",
-                                             "epochs": 5, "batch_size": 64, "accuracy_floor": 0.9})
-    config.data = os.path.abspath(MNIST)
-    config.input_pattern = "*"
-    config.beam_args = beam_args
+                                             "epochs": 5, "batch_size": 64, "accuracy_floor": 0.9,
+                                             "data": os.path.abspath(MNIST), "input_pattern": "*",
+                                             "beam_args": beam_args})
     wall = _timed_run(create_pipeline(config))
     summary, seconds = _component_seconds(config.metadata_path, config.name)
     cached = _timed_run(create_pipeline(config))
@@ -101,10 +100,10 @@ def run_text(work: str, model: str, train_steps: int, beam_args):
     from pipelines.pipeline import create_pipeline
     config = load_config("text", overrides={"home": os.path.join(work, "text"), "name": f"imdb_{model}",
                                             "model": model, "train_steps": train_steps, "eval_steps": 20,
-                                            "epochs": 10, "batch_size": 32})
-    config.data = os.path.dirname(os.path.abspath(IMDB_CSV))
-    config.input_pattern = os.path.basename(IMDB_CSV)
-    config.beam_args = beam_args
+                                            "epochs": 10, "batch_size": 32,
+                                            "data": os.path.dirname(os.path.abspath(IMDB_CSV)),
+                                            "input_pattern": os.path.basename(IMDB_CSV),
+                                            "beam_args": beam_args})
     wall = _timed_run(create_pipeline(config))
     summary, seconds = _component_seconds(config.metadata_path, config.name)
     return {"wall_seconds": round(wall, 1), "components": seconds,

@@ -5,7 +5,6 @@ import sys
 from typing import List, Optional
 
 from components.spans import split_span_path
-from data.defaults import default_data
 from modules.settings import IMAGE_MODELS, TEXT_MODELS
 from pipelines.config import ConfigError, load_config
 
@@ -41,13 +40,10 @@ def cmd_run(args) -> int:
                  "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start}
     config = load_config(args.kind, args.config, overrides)
     data = args.data or config.data
-    if data:
-        # With a {SPAN} spec, the folder above the span folders must exist (spans may come later).
-        if not os.path.exists(split_span_path(data)[0]):
-            raise ConfigError(f"--data {data}: no such file or directory")
-        config.data = os.path.abspath(data)
-    else:
-        config.data = default_data(config.kind, config.home)
+    # With a {SPAN} spec, the folder above the span folders must exist (spans may come later).
+    if data and not os.path.exists(split_span_path(data)[0]):
+        raise ConfigError(f"--data {data}: no such file or directory")
+    config = config.with_local_data(data)
     try:
         run(config)
     except ConveyorError as e:

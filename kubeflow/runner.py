@@ -29,13 +29,11 @@ def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
     from pipelines.pipeline import create_pipeline
 
     # The data lives on the cluster (config `data`); never look at it from here.
-    if config.data is None:
-        config.data = f"{pipeline_root.rstrip('/')}/data/{config.kind}"
-    if not config.input_pattern:
-        # Image: class folders; text: CSV tables. Set input_pattern in the config for other layouts.
-        config.input_pattern = "*/*" if config.kind == "image" else "*.csv"
-    if beam_args is not None:
-        config.beam_args = list(beam_args)
+    # Image: class folders; text: CSV tables. Set input_pattern in the config for other layouts.
+    config = config.replace(
+        data=config.data or f"{pipeline_root.rstrip('/')}/data/{config.kind}",
+        input_pattern=config.input_pattern or ("*/*" if config.kind == "image" else "*.csv"),
+        beam_args=config.beam_args if beam_args is None else list(beam_args))
     root = f"{pipeline_root.rstrip('/')}/{config.name}"
     # The image has the repo installed: no local setup.py for Beam workers.
     pipeline = create_pipeline(config, pipeline_root=root, worker_setup_file=None)

@@ -2,85 +2,178 @@
 
 Every component reads its settings from here (the pipeline factory hands the relevant parts
 to TFX as exec properties / custom_config), so image and text runs share one schema.
+
+The settings are grouped by concern (`ingest`, `training`, `evaluation`, `serving`,
+`orchestration`); a file may name a setting flat (`train_steps: 100`) or under its group
+(`training: {train_steps: 100}`), and code reads it flat (`config.train_steps`) or grouped
+(`config.training.train_steps`). Checks come from the field types (pydantic, strict: YAML's
+"3" is not 3 and `true` is not 1) and from the constraints declared on the fields; every
+error is one line naming the source, the key, the value and what was expected.
 """
-import dataclasses
+import contextlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+import typing
+from typing import (Annotated, Any, Callable, Dict, Iterator, List, Literal, Mapping, Optional,
+                    Sequence, Tuple)
 
+import annotated_types
 import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      ValidationInfo, field_validator)
+from pydantic_core import PydanticCustomError
 
 from components.spans import has_span_spec, split_span_path  # noqa: F401  (re-exported for users)
-from modules.settings import IMAGE_MODELS, TEXT_MODELS, ModuleSettings, modules_fingerprint
+from data.defaults import default_data
+from modules.settings import MODELS, ModuleSettings, modules_fingerprint
 from pipelines.beam import BeamPresetError, preset_from_settings
 
-KINDS = ("image", "text")
+Kind = Literal["image", "text"]
+KINDS = typing.get_args(Kind)
+DEFAULT_MODELS = {"image": "cnn", "text": "multihot"}
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message says which key/file and what was expected."""
 
 
-@dataclasses.dataclass
-class Config:
-    kind: str = "image"
-    name: str = ""                      # model name; defaults to image_classifier / text_classifier
-    home: str = "conveyor_home"
-    data: Optional[str] = None          # None = the offline default data set of the kind
-    input_pattern: Optional[str] = None  # glob under `data`, may contain {SPAN}; None = detect
-    model: str = ""                     # defaults to cnn / multihot
-    class_names: Optional[List[str]] = None  # names for integer labels (IDX, TFRecord inputs)
+def _rule(expected: str, ok: Callable[[Any], bool]) -> AfterValidator:
+    """A value check whose failure reads "config key 'K': <expected>, got V"."""
+    def check(value):
+        if not ok(value):
+            raise PydanticCustomError("config_rule", expected)
+        return value
+    return AfterValidator(check)
 
-    # ExampleGen
-    eval_percent: int = 20              # share of examples hashed into the eval split
+
+Positive = Annotated[int, Field(gt=0)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Settings(BaseModel):
+    """Strict types, no unknown keys, read-only once validated."""
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use Config.replace({name}=...) "
+                             "for a validated copy")
+
+
+class IngestConfig(_Settings):
+    """What ExampleGen reads and how it splits it (config key `ingest`).
+
+    Attributes:
+      data: input folder or file; may contain {SPAN}. None = the offline default data of the kind.
+      input_pattern: glob under `data`, may contain {SPAN}; None = detected from the files.
+      class_names: names for integer labels (IDX, TFRecord inputs); None = the labels as found.
+      eval_percent: share of examples hashed into the eval split, in percent (1..99).
+      skip_bad_images: skip unreadable images (recorded on the artifact) instead of stopping.
+      skip_bad_rows: skip malformed text rows (recorded on the artifact) instead of stopping.
+      text_column: text column of CSV/TSV inputs; None = the first of text|review|sentence.
+      label_column: label column of CSV/TSV inputs; None = the first of label|sentiment|class.
+    """
+    data: Optional[str] = None
+    input_pattern: Optional[str] = None
+    class_names: Optional[List[str]] = None
+    eval_percent: Annotated[int, Field(ge=1, le=99)] = 20
     skip_bad_images: bool = False
     skip_bad_rows: bool = False
-    text_column: Optional[str] = None   # default: first of text|review|sentence
-    label_column: Optional[str] = None  # default: first of label|sentiment|class
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
 
-    # Transform
-    image_size: int = 28
-    channels: int = 1
-    vocab_size: int = 10000
+
+class TrainingConfig(_Settings):
+    """Transform and Trainer settings (config key `training`); they reach the user code as
+    modules.settings.ModuleSettings.
+
+    Attributes:
+      image_size: images are decoded and resized to image_size x image_size pixels (> 0).
+      channels: 1 (grey) or 3 (RGB).
+      vocab_size: text vocabulary size in tokens, OOV buckets excluded (> 0).
+      oov_buckets: hash buckets for tokens outside the vocabulary.
+      max_tokens: texts are padded/truncated to this many tokens (> 0).
+      train_steps: training batches in total, spread over `epochs` (> 0).
+      eval_steps: eval batches per evaluation (> 0).
+      epochs: Keras epochs; EarlyStopping watches eval loss (> 0).
+      batch_size: examples per batch (> 0).
+      learning_rate: Adam learning rate (> 0).
+      early_stopping_patience: epochs without eval-loss improvement before training stops.
+      trainer_cache_mb: splits whose transformed (input, label) pairs fit in this many MB are
+        transformed once and kept in memory for all epochs; larger ones are transformed batch
+        by batch (0: never cache; >= 0).
+      warm_start: start from the latest blessed model's weights when its architecture
+        matches (else from scratch).
+    """
+    image_size: Positive = 28
+    channels: Annotated[int, _rule("expected 1 (grey) or 3 (RGB)", lambda v: v in (1, 3))] = 1
+    vocab_size: Positive = 10000
     oov_buckets: int = 1
-    max_tokens: int = 200
-
-    # Trainer
-    train_steps: int = 2000
-    eval_steps: int = 50
-    epochs: int = 5
-    batch_size: int = 64
-    learning_rate: float = 0.001
+    max_tokens: Positive = 200
+    train_steps: Positive = 2000
+    eval_steps: Positive = 50
+    epochs: Positive = 5
+    batch_size: Positive = 64
+    learning_rate: Annotated[float, Field(gt=0)] = 0.001
     early_stopping_patience: int = 2
-    # Splits whose transformed (input, label) pairs fit in this many MB are transformed once
-    # and kept in memory for all epochs; larger ones are transformed batch by batch (0: never cache).
-    trainer_cache_mb: int = 2048
-    # Start from the latest blessed model's weights when its architecture matches (else from scratch).
+    trainer_cache_mb: Annotated[int, Field(ge=0)] = 2048
     warm_start: bool = False
 
-    # Evaluator: blessing = accuracy >= floor AND > majority-class baseline AND
-    # no regression beyond `regression_tolerance` against the latest blessed model.
-    accuracy_floor: float = 0.5
-    regression_tolerance: float = 0.01
 
-    # Infra validation
-    infra_requests: int = 50
+class EvaluationConfig(_Settings):
+    """Blessing and infra validation (config key `evaluation`). A model is blessed when
+    accuracy >= accuracy_floor AND > the majority-class baseline AND it does not regress by
+    more than regression_tolerance against the latest blessed model; the infra blessing needs
+    every request to succeed within the latency budget.
+
+    Attributes:
+      accuracy_floor: minimum eval accuracy, a fraction (0..1).
+      regression_tolerance: allowed accuracy drop against the latest blessed model, a
+        fraction (>= 0).
+      infra_requests: REST requests sent to the candidate model (> 0).
+      infra_p99_budget_ms: p99 latency budget of those requests, in milliseconds.
+      infra_server: "in_process" (the server runs inside the validating process, no second
+        TensorFlow start-up) or "subprocess" (a fresh `python -m serving.server` process,
+        isolated from the pipeline's imports).
+    """
+    accuracy_floor: Share = 0.5
+    regression_tolerance: Annotated[float, Field(ge=0)] = 0.01
+    infra_requests: Positive = 50
     infra_p99_budget_ms: float = 500.0
-    # in_process: the server runs inside the validating process (no second TensorFlow start-up);
-    # subprocess: a fresh `python -m serving.server` process, isolated from the pipeline's imports.
-    infra_server: str = "in_process"
+    infra_server: Literal["in_process", "subprocess"] = "in_process"
 
-    # Drift between training and serving data (conveyor serve --config / conveyor drift)
-    request_log_rate: float = 0.0       # share of served requests logged to HOME/request_logs
-    drift_threshold: float = 0.2        # Jensen-Shannon divergence per profile feature
 
-    # Orchestration
-    # Default Beam: in-memory DirectRunner, one worker -- on the demo's small data the
-    # multi-processing DirectRunner is several times slower (worker start-up; README "Beam").
-    beam_args: List[str] = dataclasses.field(default_factory=lambda: [
+class ServingConfig(_Settings):
+    """Drift between training and serving data (config key `serving`; read by
+    `conveyor serve --config` and `conveyor drift`).
+
+    Attributes:
+      request_log_rate: share of served requests logged to HOME/request_logs (0..1).
+      drift_threshold: Jensen-Shannon divergence per profile feature above which a feature
+        has drifted (0..1).
+    """
+    request_log_rate: Share = 0.0
+    drift_threshold: Share = 0.2
+
+
+class OrchestrationConfig(_Settings):
+    """How and when the DAG runs (config key `orchestration`).
+
+    Attributes:
+      beam_args: Beam pipeline flags. The default is the in-memory DirectRunner with one
+        worker: on the demo's small data the multi-processing DirectRunner is several times
+        slower (worker start-up; README "Beam").
+      beam_preset: a pipelines/beam.py preset (direct = multi-processing with workers =
+        cores; flink | spark | dataflow); with `beam_settings` it replaces the default
+        beam_args, and beam_args given as well are appended. "" = no preset.
+      beam_settings: the preset's settings (e.g. job_endpoint, workers); None = none.
+      enable_cache: let TFX reuse outputs of unchanged component runs.
+      schedule: Airflow schedule of the generated DAG (cron or @preset).
+      start_date: Airflow start date, YYYY-MM-DD.
+      retries: Airflow retries per task.
+      catchup: let Airflow run the schedule intervals missed since start_date.
+    """
+    beam_args: List[str] = Field(default_factory=lambda: [
         "--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    # A pipelines/beam.py preset (direct = multi-processing, workers = cores; flink | spark |
-    # dataflow) with its settings replaces that default; beam_args given as well are appended.
     beam_preset: str = ""
     beam_settings: Optional[Dict[str, Any]] = None
     enable_cache: bool = True
@@ -89,61 +182,123 @@ class Config:
     retries: int = 1
     catchup: bool = False
 
-    def __post_init__(self):
-        if not self.name:
-            self.name = f"{self.kind}_classifier"
-        if not self.model:
-            self.model = "cnn" if self.kind == "image" else "multihot"
+
+GROUPS: Dict[str, type] = {"ingest": IngestConfig, "training": TrainingConfig,
+                           "evaluation": EvaluationConfig, "serving": ServingConfig,
+                           "orchestration": OrchestrationConfig}
+_GROUP_OF = {key: group for group, cls in GROUPS.items() for key in cls.model_fields}
+
+
+class Config(_Settings):
+    """The validated, immutable settings of one pipeline.
+
+    Build it with `load_config` (file and flags) or `Config(**values)`; change it with
+    `replace`, which validates the copy. Every group setting is also readable flat:
+    `config.train_steps` is `config.training.train_steps`.
+
+    Args (keyword; each setting flat or under its group, as in a config file):
+      kind: "image" or "text".
+      name: model name, letters, digits, '_' or '-'; "" = "<kind>_classifier". Names the
+        pipeline, the serving folder and the model in models.config.
+      home: Conveyor HOME folder (metadata.sqlite, pipelines/, serving/), relative to the
+        working directory unless absolute.
+      model: architecture, one of modules.settings.MODELS[kind]; "" = cnn (image) /
+        multihot (text).
+      ingest, training, evaluation, serving, orchestration: the groups, as mappings; see
+        IngestConfig, TrainingConfig, EvaluationConfig, ServingConfig, OrchestrationConfig.
+      **settings: any group setting given flat (e.g. train_steps=100).
+
+    Raises:
+      ConfigError: unknown key, a setting given both flat and in its group, a value of the
+        wrong type or outside its bounds; the message names the key and what was expected.
+      AttributeError: on assigning an attribute (use `replace`).
+    """
+    kind: Kind = "image"
+    name: str = Field("", validate_default=True)
+    home: str = "conveyor_home"
+    model: str = Field("", validate_default=True)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    def __init__(self, **values: Any) -> None:
+        nested = _nest(values, "Config")
+        with _config_errors(nested, lambda key: "Config"):
+            super().__init__(**nested)
+
+    @field_validator("name")
+    @classmethod
+    def _name_or_default(cls, name: str, info: ValidationInfo) -> str:
+        name = name or f"{info.data.get('kind', 'image')}_classifier"
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise PydanticCustomError("config_rule", "use letters, digits, '_' or '-'")
+        return name
+
+    @field_validator("model")
+    @classmethod
+    def _model_of_kind(cls, model: str, info: ValidationInfo) -> str:
+        if "kind" not in info.data:  # the kind is wrong; that is the error reported
+            return model
+        models = MODELS[info.data["kind"]]
+        model = model or DEFAULT_MODELS[info.data["kind"]]
+        if model not in models:
+            raise PydanticCustomError("config_rule", f"expected one of {', '.join(models)}")
+        return model
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with `changes` applied.
+
+        Args:
+          **changes: settings flat (data=...) or as whole groups (training={...}); a group
+            given as a mapping updates only the keys it names.
+        Returns:
+          a new Config; this one is unchanged.
+        Raises:
+          ConfigError: as for Config(...).
+        """
+        return _validated(*_merge([(self.model_dump(), "Config"), (changes, "Config.replace")]))
+
+    def with_local_data(self, data: Optional[str] = None) -> "Config":
+        """A copy whose `data` and `home` are absolute paths on this machine.
+
+        Args:
+          data: input path overriding the config's `data`; may contain {SPAN}.
+        Returns:
+          a new Config: data = abspath(data or config.data), or, when both are unset, the
+          offline default data of the kind under HOME (data.defaults.default_data, which
+          writes it on first use); home = abspath(home).
+        """
+        data = data or self.data
+        return self.replace(data=os.path.abspath(data) if data else default_data(self.kind, self.home),
+                            home=self.home_dir)
 
     # Paths derived from `home`; one place so CLI, runners and tests agree.
     @property
     def home_dir(self) -> str:
+        """Absolute HOME folder."""
         return os.path.abspath(self.home)
 
     @property
     def metadata_path(self) -> str:
+        """The MLMD SQLite file, HOME/metadata.sqlite."""
         return os.path.join(self.home_dir, "metadata.sqlite")
 
     @property
     def pipeline_root(self) -> str:
+        """TFX pipeline root, HOME/pipelines/<name>."""
         return os.path.join(self.home_dir, "pipelines", self.name)
 
     @property
     def serving_dir(self) -> str:
+        """The serving models' base folder, HOME/serving."""
         return os.path.join(self.home_dir, "serving")
 
     @property
     def serving_model_dir(self) -> str:
+        """The pushed versions of this model, HOME/serving/<name>."""
         return os.path.join(self.serving_dir, self.name)
-
-    def validate(self) -> "Config":
-        _check_choice("kind", self.kind, KINDS)
-        models = IMAGE_MODELS if self.kind == "image" else TEXT_MODELS
-        _check_choice("model", self.model, models)
-        _check_choice("infra_server", self.infra_server, ("in_process", "subprocess"))
-        positive = ("image_size", "channels", "vocab_size", "max_tokens", "train_steps",
-                    "eval_steps", "epochs", "batch_size", "infra_requests")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"config key '{key}': expected a positive number, got {getattr(self, key)}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"config key 'channels': expected 1 (grey) or 3 (RGB), got {self.channels}")
-        if not 1 <= self.eval_percent <= 99:
-            raise ConfigError(f"config key 'eval_percent': expected 1..99, got {self.eval_percent}")
-        if not 0.0 <= self.accuracy_floor <= 1.0:
-            raise ConfigError(f"config key 'accuracy_floor': expected 0..1, got {self.accuracy_floor}")
-        for key in ("request_log_rate", "drift_threshold"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ConfigError(f"config key '{key}': expected 0..1, got {getattr(self, key)}")
-        if self.trainer_cache_mb < 0:
-            raise ConfigError(f"config key 'trainer_cache_mb': expected >= 0, got {self.trainer_cache_mb}")
-        if self.regression_tolerance < 0:
-            raise ConfigError(f"config key 'regression_tolerance': expected >= 0, got {self.regression_tolerance}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"config key 'learning_rate': expected > 0, got {self.learning_rate}")
-        if not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"config key 'name': use letters, digits, '_' or '-', got {self.name!r}")
-        return self
 
     def module_settings(self) -> ModuleSettings:
         """What Transform's preprocessing_fn and the Trainer's run_fn receive (custom_config),
@@ -157,75 +312,190 @@ class Config:
             modules_sha256=modules_fingerprint())
 
 
-def _check_choice(key: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+def _flat_property(group: str, key: str) -> property:
+    return property(lambda self: getattr(getattr(self, group), key),
+                    doc=f"config.{group}.{key} (see {GROUPS[group].__name__}).")
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+for _key, _group in _GROUP_OF.items():
+    setattr(Config, _key, _flat_property(_group, _key))
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Checks a value against the field's declared type; YAML/JSON give us the basic types."""
-    default = _FIELDS[key].default
-    if default is dataclasses.MISSING:
-        default = _FIELDS[key].default_factory()
-    expected = type(default) if default is not None else None
-    if value is None:
-        return None
-    if key in ("class_names", "beam_args"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: key '{key}': expected a list of strings, got {value!r}")
-        return value
-    if key == "beam_settings":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: key '{key}': expected a mapping of setting: value, got {value!r}")
-        return value
-    if expected is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{key}': expected true or false, got {value!r}")
-        return value
-    if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: key '{key}': expected an integer, got {value!r}")
-        return value
-    if expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: key '{key}': expected a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{source}: key '{key}': expected a string, got {value!r}")
-    return value
+def _known_keys() -> str:
+    return ", ".join(sorted(set(Config.model_fields) | set(_GROUP_OF)))
+
+
+def _nest(values: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    """Flat and grouped keys of one source -> {top-level key: value, group: {key: value}}.
+
+    Raises:
+      ConfigError: unknown key, a group that is not a mapping, or a key given both flat and
+        in its group.
+    """
+    nested: Dict[str, Any] = {}
+
+    def put(group: str, key: str, value: Any) -> None:
+        settings = nested.setdefault(group, {})
+        if key in settings:
+            raise ConfigError(f"{source}: key '{key}' is given both as '{key}' and as '{group}.{key}'; "
+                              "keep one")
+        settings[key] = value
+
+    for key, value in values.items():
+        if key in GROUPS:
+            if value is None:  # a YAML group whose settings are all commented out
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: key '{key}': expected a mapping of key: value, got {value!r}")
+            for sub, sub_value in value.items():
+                if _GROUP_OF.get(sub) != key:
+                    raise ConfigError(f"{source}: unknown key '{key}.{sub}' (known keys of {key}: "
+                                      f"{', '.join(sorted(GROUPS[key].model_fields))})")
+                put(key, sub, sub_value)
+        elif key in _GROUP_OF:
+            put(_GROUP_OF[key], key, value)
+        elif key in Config.model_fields:
+            nested[key] = value
+        else:
+            raise ConfigError(f"{source}: unknown key '{key}' (known keys: {_known_keys()})")
+    return nested
+
+
+def _strip_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+
+
+def _expected_type(annotation: Any) -> str:
+    """What a value of a field's type looks like, in the words of a config file."""
+    annotation = _strip_optional(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return f"one of {', '.join(map(str, typing.get_args(annotation)))}"
+    if origin in (list, List):
+        return "a list of strings"
+    if origin in (dict, Dict):
+        return "a mapping of setting: value"
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(annotation, "a string")
+
+
+def _expected_bounds(metadata: Sequence[Any], annotation: Any) -> str:
+    """The bounds declared on a field (annotated_types Gt/Ge/Le), in words."""
+    gt = next((m.gt for m in metadata if isinstance(m, annotated_types.Gt)), None)
+    ge = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
+    le = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
+    if ge is not None and le is not None:
+        return f"{ge:g}..{le:g}"
+    if gt == 0 and annotation is int:
+        return "a positive number"
+    return f"> {gt:g}" if gt is not None else f">= {ge:g}"
+
+
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Callable[[str], str]) -> str:
+    """One line for a pydantic error: source, key, value, what was expected."""
+    loc = error["loc"]
+    if loc[0] in GROUPS and len(loc) > 1:
+        key, field, given = loc[1], GROUPS[loc[0]].model_fields[loc[1]], nested.get(loc[0], {})
+    else:
+        key, field, given = loc[0], Config.model_fields[loc[0]], nested
+    value = given.get(key, error["input"])  # the whole list when one item is wrong
+    if error["type"] == "config_rule":
+        return f"config key '{key}': {error['msg']}, got {value!r}"
+    if error["type"] in _BOUND_ERRORS:
+        return f"config key '{key}': expected {_expected_bounds(field.metadata, field.annotation)}, got {value!r}"
+    if error["type"] == "literal_error":
+        return f"config key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
+    return f"{source_of(key)}: key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
+
+
+@contextlib.contextmanager
+def _config_errors(nested: Mapping[str, Any], source_of: Callable[[str], str]) -> Iterator[None]:
+    """Turns pydantic's ValidationError into a one-line ConfigError (the first error)."""
+    try:
+        yield
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors(include_url=False)[0], nested, source_of)) from None
+
+
+Layers = Sequence[Tuple[Mapping[str, Any], str]]
+
+
+def _merge(layers: Layers) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Grouped values of `layers` (values, source), later layers overriding earlier ones key by
+    key, and the source of each key."""
+    merged: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for values, source in layers:
+        for key, value in _nest(values, source).items():
+            if key in GROUPS:
+                merged.setdefault(key, {}).update(value)
+                sources.update(dict.fromkeys(value, source))
+            else:
+                merged[key] = value
+                sources[key] = source
+    return merged, sources
+
+
+def _validated(merged: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
+    """The Config of _merge's result; raises ConfigError naming the source of a bad key."""
+    config = Config.__new__(Config)
+    with _config_errors(merged, lambda key: sources.get(key, "config")):
+        # Config.__init__ minus its nesting (done) and its error source ("Config").
+        BaseModel.__init__(config, **merged)
+    return config
+
+
+def _read_file(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from e
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path}: not valid YAML/JSON: {e}") from e
+    loaded = loaded or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of key: value at the top level")
+    return loaded
 
 
 def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Config:
-    """Builds the validated Config for `kind` from an optional YAML/JSON file and flag overrides."""
-    values: Dict[str, Any] = {"kind": kind}
+    """The validated Config of a `kind` pipeline: defaults < config file < overrides.
+
+    Args:
+      kind: "image" or "text" (the command being run).
+      path: optional YAML file, or JSON when it ends in .json; a mapping whose keys are
+        settings given flat (`train_steps: 100`) or under their group
+        (`training: {train_steps: 100}`).
+      overrides: settings from the command line, flat or grouped; None values are ignored
+        (flags not given).
+    Returns:
+      the Config. With a `beam_preset`, its beam_args are the preset's flags followed by the
+      beam_args given explicitly.
+    Raises:
+      ConfigError: unreadable or malformed file, unknown key, a key given both flat and
+        grouped in one source, a wrong type (strict: no "3" -> 3, a bool is not an integer;
+        an integer is accepted as a number), a value out of bounds, a file whose `kind`
+        differs from `kind`, or a bad Beam preset. One line naming the source (file path or
+        "command line"), the key, the value and what was expected.
+    """
+    layers: List[Tuple[Mapping[str, Any], str]] = [({"kind": kind}, "command line")]
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-        except OSError as e:
-            raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from e
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"config file {path}: not valid YAML/JSON: {e}") from e
-        loaded = loaded or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: expected a mapping of key: value at the top level")
-        for key, value in loaded.items():
-            if key not in _FIELDS:
-                raise ConfigError(f"config file {path}: unknown key '{key}' "
-                                  f"(known keys: {', '.join(sorted(_FIELDS))})")
-            values[key] = _coerce(key, value, f"config file {path}")
-        if values["kind"] != kind:
-            raise ConfigError(f"config file {path}: kind is {values['kind']!r} but the command runs {kind!r}")
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = _coerce(key, value, "command line")
-    config = Config(**values).validate()
+        loaded = _read_file(path)
+        layers.append((loaded, f"config file {path}"))
+        if loaded.get("kind", kind) != kind:
+            raise ConfigError(f"config file {path}: kind is {loaded['kind']!r} but the command runs {kind!r}")
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    layers.append((given, "command line"))
+    merged, sources = _merge(layers)
+    config = _validated(merged, sources)
     if config.beam_preset:
-        config.beam_args = _preset_beam_args(config, values.get("beam_args") or [])
+        explicit = config.beam_args if "beam_args" in sources else []
+        config = config.replace(beam_args=_preset_beam_args(config, explicit))
     return config
 
 

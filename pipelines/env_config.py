@@ -8,7 +8,6 @@ the environment:
 """
 import os
 
-from data.defaults import default_data
 from pipelines.config import Config, load_config
 
 
@@ -17,6 +16,4 @@ def config_from_env(kind: str) -> Config:
     path = os.environ.get(f"CONVEYOR_{kind.upper()}_CONFIG") or os.environ.get("CONVEYOR_CONFIG")
     config = load_config(kind, path or None, {"home": os.environ.get("CONVEYOR_HOME") or None})
     # Absolute: the file is executed from another working directory than the config's author's.
-    config.data = os.path.abspath(config.data) if config.data else default_data(kind, config.home)
-    config.home = config.home_dir
-    return config
+    return config.with_local_data()

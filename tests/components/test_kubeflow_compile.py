@@ -23,8 +23,8 @@ def compiled(tmp_path_factory):
 def _expected_dag(kind):
     """Component ids and upstream ids of the pipeline the local runner executes."""
     from pipelines.pipeline import create_pipeline
-    config = load_config(kind)
-    config.data, config.input_pattern = "/nonexistent", "*/*" if kind == "image" else "*.csv"
+    config = load_config(kind, overrides={"data": "/nonexistent",
+                                          "input_pattern": "*/*" if kind == "image" else "*.csv"})
     return {c.id: {u.id for u in c.upstream_nodes} for c in create_pipeline(config).components}
 
 

@@ -18,8 +18,7 @@ def test_user_code_fingerprint_reaches_transform_and_trainer(tmp_path, monkeypat
 
     from modules import settings
     from pipelines import pipeline as factory
-    config = load_config("image", overrides={"home": str(tmp_path / "home")})
-    config.data = digits_dir
+    config = load_config("image", overrides={"home": str(tmp_path / "home"), "data": digits_dir})
     modules = tmp_path / "modules"
     shutil.copytree(settings.MODULES_DIR, modules, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(settings, "MODULES_DIR", str(modules))

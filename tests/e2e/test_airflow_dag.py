@@ -49,8 +49,7 @@ def airflow_env(tmp_path_factory, digits_dir):
 def image_pipeline(data: str):
     from pipelines.config import load_config
     from pipelines.pipeline import create_pipeline
-    config = load_config("image")
-    config.data = data
+    config = load_config("image", overrides={"data": data})
     return create_pipeline(config)
 
 

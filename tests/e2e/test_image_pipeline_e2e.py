@@ -76,8 +76,8 @@ def test_pushed_model_classifies_png_bytes(first_run, digits_dir):
 
 def test_unchanged_rerun_is_served_from_cache(first_run, digits_dir):
     home, _ = first_run
-    config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5})
-    config.data = digits_dir
+    config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5,
+                                             "data": digits_dir})
     summary = local_runner.run(config, stream=io.StringIO())
     states = {n.node: n.state for n in summary.nodes}
     for node in ("ImageExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer"):
@@ -89,8 +89,8 @@ def test_unchanged_rerun_is_served_from_cache(first_run, digits_dir):
 def test_bad_candidate_is_not_blessed_or_pushed(first_run, tmp_path):
     home, _ = first_run
     shuffled = materialize_digits(str(tmp_path / "shuffled"), shuffle_labels_seed=1)
-    config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5})
-    config.data = shuffled
+    config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5,
+                                             "data": shuffled})
     summary = local_runner.run(config, stream=io.StringIO())
     assert summary.blessed is False
     assert any("sparse_categorical_accuracy" in r for r in summary.not_blessed_because)

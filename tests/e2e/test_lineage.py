@@ -47,8 +47,8 @@ def history(tmp_path_factory, digits_dir):
     home = str(root / "home")
     summaries = []
     for data in (good, shuffled):
-        config = load_config("image", overrides={"home": home, "train_steps": 30, "eval_steps": 2})
-        config.data = data
+        config = load_config("image", overrides={"home": home, "train_steps": 30, "eval_steps": 2,
+                                                 "data": data})
         summaries.append(local_runner.run(config, stream=io.StringIO()))
     assert summaries[0].blessed is True and summaries[0].pushed_version == "1", summaries[0].table()
     assert summaries[1].blessed is False, summaries[1].table()

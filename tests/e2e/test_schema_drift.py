@@ -45,8 +45,7 @@ def _second_run(kind: str, home: str, data: str) -> str:
     """Runs the pipeline in-process on drifted data; returns the error message (it must fail)."""
     name = f"{kind}_classifier"
     trainers = _trainer_runs(home)
-    config = load_config(kind, overrides={"home": home, "train_steps": 30, "eval_steps": 5})
-    config.data = data
+    config = load_config(kind, overrides={"home": home, "train_steps": 30, "eval_steps": 5, "data": data})
     with pytest.raises(local_runner.ConveyorError) as error:
         local_runner.run(config, stream=io.StringIO())
     assert _trainer_runs(home) == trainers, "a Trainer ran on drifted data"

@@ -113,8 +113,8 @@ def test_latest_span_is_ingested_and_recorded(layout, tmp_path):
     incoming = tmp_path / "incoming"
     write(str(incoming / "span-1"), images[:30], labels[:30])
     config = load_config(kind, overrides={"home": str(tmp_path / "home"),
-                                          "class_names": [str(d) for d in range(10)] if kind == "image" else None})
-    config.data = str(incoming / "span-{SPAN}")
+                                          "class_names": [str(d) for d in range(10)] if kind == "image" else None,
+                                          "data": str(incoming / "span-{SPAN}")})
     first = _resolve(example_gen(config))
     write(str(incoming / "span-2"), images[30:70], labels[30:70])
     component = example_gen(config)
@@ -139,8 +139,8 @@ def test_latest_span_is_ingested_and_recorded(layout, tmp_path):
 
 def test_span_pattern_without_any_span_is_a_clear_error(tmp_path):
     (tmp_path / "incoming").mkdir()
-    config = load_config("image", overrides={"home": str(tmp_path / "home")})
-    config.data = str(tmp_path / "incoming" / "span-{SPAN}")
+    config = load_config("image", overrides={"home": str(tmp_path / "home"),
+                                             "data": str(tmp_path / "incoming" / "span-{SPAN}")})
     with pytest.raises(IngestError, match=r"incoming/span-\{SPAN\}: no span matches"):
         example_gen(config)
 
@@ -157,8 +157,7 @@ def _state(home: str) -> dict:
 def _run(home: str, data: str) -> dict:
     config = load_config("image", overrides={
         "home": home, "name": NAME, "train_steps": 40, "eval_steps": 5, "epochs": 2, "image_size": 16,
-        "infra_requests": 10, "warm_start": True})
-    config.data = data
+        "infra_requests": 10, "warm_start": True, "data": data})
     logs = set(os.listdir(os.path.join(home, "logs"))) if os.path.isdir(os.path.join(home, "logs")) else set()
     out = io.StringIO()
     summary = local_runner.run(config, stream=out)

@@ -83,8 +83,7 @@ def test_bad_candidate_is_not_blessed_or_pushed(first_run, tmp_path):
     shuffled, _ = _write_reviews(str(tmp_path / "shuffled"), shuffle_labels=True)
     # Two classes: chance is ~0.5 on a 100-review eval split (sd ~0.05), so a floor of 0.65 keeps a
     # lucky draw on shuffled labels from passing; the first model cleared the default floor.
-    config = load_config("text", overrides={"home": home, "accuracy_floor": 0.65, **SETTINGS})
-    config.data = shuffled
+    config = load_config("text", overrides={"home": home, "accuracy_floor": 0.65, "data": shuffled, **SETTINGS})
     summary = local_runner.run(config, stream=io.StringIO())
     assert summary.blessed is False
     assert summary.baseline  # compared against the blessed version 1
