@@ -11,7 +11,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from serving import testing as demo_models  # noqa: E402
 from serving.model_manager import versions_on_disk  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.net import free_port  # noqa: E402
 
 
 def start_server(home: str, batching: bool):

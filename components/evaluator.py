@@ -6,10 +6,7 @@ bound to just above that rate, and hands the adjusted EvalConfig to TFX's Evalua
 The blessing records accuracy_floor, majority_baseline and the bound that was applied.
 """
 import collections
-import glob
-import os
 
-import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tfx.components.evaluator import executor as tfx_executor
 from tfx.components.evaluator.component import Evaluator
@@ -18,6 +15,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from modules import features as F
+from modules.splits import read_split_examples, split_pattern
 from serving import contract
 
 ACCURACY = "sparse_categorical_accuracy"
@@ -26,15 +24,19 @@ MAJORITY_MARGIN = 1e-6
 
 
 def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
-    """Share of the commonest label in a split of an Examples artifact (0..1).
+    """Share of the commonest label in a split of an Examples artifact.
 
-    Raises ValueError when the split has no examples."""
-    pattern = os.path.join(examples_uri, f"Split-{split}", "*")
-    counts = collections.Counter()
-    for path in glob.glob(pattern):
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
-            example = tf.train.Example.FromString(record)
-            counts[example.features.feature[F.LABEL].int64_list.value[0]] += 1
+    Args:
+      examples_uri: the Examples artifact's uri (GZIP TFRecords under Split-<split>/).
+      split: the split to count.
+    Returns:
+      The commonest int64 `label`'s count over the split's example count, in (0, 1].
+    Raises:
+      ValueError: the split has no examples.
+    """
+    pattern = split_pattern(examples_uri, split)
+    counts = collections.Counter(example.features.feature[F.LABEL].int64_list.value[0]
+                                 for example in read_split_examples(pattern))
     total = sum(counts.values())
     if not total:
         raise ValueError(f"{pattern}: the eval split has no examples to evaluate on")
@@ -66,6 +68,9 @@ def eval_config(accuracy_floor: float, regression_tolerance: float) -> tfma.Eval
 
 
 class Executor(tfx_executor.Executor):
+    """TFX's Evaluator executor with the accuracy lower bound raised above the eval split's
+    majority-class rate; the blessing also records `majority_baseline`, `accuracy_floor` (the
+    configured bound) and `has_baseline_model` (0/1)."""
 
     def Do(self, input_dict, output_dict, exec_properties):
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
@@ -93,4 +98,23 @@ class Executor(tfx_executor.Executor):
 
 
 class BaselineEvaluator(Evaluator):
+    """TFX's Evaluator whose accuracy floor is at least the majority-class baseline.
+
+    The constructor is TFX's Evaluator's (tfx/components/evaluator/component.py); Conveyor's
+    pipeline passes:
+
+    Args:
+      examples: channel of ExampleGen's Examples; the eval split is evaluated.
+      model: channel of the candidate Model (its `serving_examples` signature is called).
+      baseline_model: channel of the latest blessed Model, for the regression threshold;
+        an empty channel on a first run.
+      eval_config: usually `eval_config(accuracy_floor, regression_tolerance)`; each
+        SparseCategoricalAccuracy lower bound in it is raised to just above the eval split's
+        majority-class rate when the component runs.
+    Outputs:
+      `outputs['evaluation']` (ModelEvaluation) and `outputs['blessing']` (ModelBlessing,
+      with the custom properties the Executor adds).
+    Raises (when the component runs):
+      ValueError: the eval split has no examples.
+    """
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

@@ -113,6 +113,8 @@ def _merge(into: anomalies_pb2.Anomalies, extra: anomalies_pb2.Anomalies, source
 
 
 class Executor(tfx_executor.Executor):
+    """TFX's ExampleValidator executor that also checks the blessed model's schema and
+    classes, and raises DataValidationError after writing the anomalies."""
 
     def Do(self, input_dict, output_dict, exec_properties):
         self._found: List[str] = []
@@ -172,6 +174,8 @@ class Executor(tfx_executor.Executor):
 
 
 class GatedExampleValidatorSpec(standard_component_specs.ExampleValidatorSpec):
+    """TFX's ExampleValidatorSpec plus the optional `baseline_model` input."""
+
     INPUTS = dict(standard_component_specs.ExampleValidatorSpec.INPUTS, **{
         BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True)})
 
@@ -185,6 +189,21 @@ class GatedExampleValidator(ExampleValidator):
     def __init__(self, statistics: types.BaseChannel, schema: types.BaseChannel,
                  baseline_model: Optional[types.BaseChannel] = None,
                  exclude_splits: Optional[List[str]] = None):
+        """Declares the gate; nothing is validated until the pipeline runs.
+
+        Args:
+          statistics: channel of StatisticsGen's ExampleStatistics.
+          schema: channel of this run's Schema (SchemaGen's or an imported curated one).
+          baseline_model: channel of the latest blessed Model; its exported training schema
+            (assets.extra/conveyor_schema.pbtxt) is checked too. None, an empty channel or a
+            model without that file: this run's schema only.
+          exclude_splits: split names not to validate (default: none).
+        Outputs:
+          `outputs['anomalies']`: ExampleAnomalies, one SchemaDiff.pb per split, with the
+          anomalies against both schemas.
+        Raises (when the component runs):
+          DataValidationError: any anomaly, listing each one; the run stops before Transform.
+        """
         spec = GatedExampleValidatorSpec(
             statistics=statistics, schema=schema, baseline_model=baseline_model,
             exclude_splits=json_utils.dumps(exclude_splits or []),

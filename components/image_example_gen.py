@@ -81,6 +81,8 @@ def _class_name(label: int, class_names: List[str], source: str) -> str:
 
 
 class Executor(LabelledExamplesExecutor):
+    """Scans class folders, IDX files or TFRecords of images (see the module docstring)."""
+
     KIND = "image"
 
     def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
@@ -209,13 +211,22 @@ class ImageExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: str, input_pattern: str = "*", eval_percent: int = 20,
                  skip_bad_images: bool = False, class_names=None):
-        """Args:
+        """Declares the component; the inputs are scanned when it runs.
+
+        Args:
           input_base: folder the pattern is relative to.
           input_pattern: glob of the inputs (class folders `*/*`, IDX files, TFRecords); may
             contain TFX span specs such as span-{SPAN} (see components/spans.py).
-          eval_percent: share of examples (1..99) hashed into the eval split.
+          eval_percent: share of examples, in percent (1..99), hashed into the eval split.
           skip_bad_images: skip unreadable images (recorded on the artifact) instead of failing.
-          class_names: names of integer labels (IDX, TFRecord inputs).
+          class_names: names of integer labels (IDX, TFRecord inputs), index = label.
+        Outputs:
+          `outputs['examples']`: Examples with splits train and eval of GZIP TFRecord
+          tf.Examples (features: see components/labelled_example_gen.py), the sorted class
+          names (`label_names`) and the skipped inputs (`skipped`).
+        Raises:
+          IngestError: a span pattern matches no span, or the latest span's folder is missing
+            or empty. Bad inputs are reported when the component runs, also as IngestError.
         """
         from tfx.proto import example_gen_pb2
         span_folder = latest_span_folder(input_base, input_pattern)

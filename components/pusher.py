@@ -54,6 +54,7 @@ def remove_stale_temp_dirs(base: str) -> None:
 
 
 class Executor(tfx_executor.Executor):
+    """Pushes a blessed model as the next sequential version (see the module docstring)."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         pushed = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
@@ -103,4 +104,23 @@ class Executor(tfx_executor.Executor):
 
 
 class ServingPusher(Pusher):
+    """TFX's Pusher writing TF Serving's layout with sequential versions 1, 2, 3 ...
+
+    The constructor is TFX's Pusher's (tfx/components/pusher/component.py); Conveyor's
+    pipeline passes:
+
+    Args:
+      model: channel of the Model to push (its Format-Serving SavedModel is copied).
+      model_blessing: channel of the Evaluator's ModelBlessing; not blessed: no push.
+      infra_blessing: channel of ConveyorInfraValidator's InfraBlessing; not blessed: no push.
+      push_destination: a PushDestination whose `filesystem.base_directory` is the model's
+        base path, <serving models dir>/<model name>; its parent gets models.config.
+    Outputs:
+      `outputs['pushed_model']`: PushedModel, `pushed` 1 with `pushed_version` and
+      `pushed_destination`, or `pushed` 0 with a `reason` ("not blessed", or "already
+      serving as version N" with that `pushed_version`).
+    Raises (when the component runs):
+      OSError: the base directory cannot be created or written.
+    """
+
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

@@ -120,6 +120,8 @@ def _decoded_lines(lines: Iterable[bytes], bad: Dict[int, str]) -> Iterator[str]
 
 
 class Executor(LabelledExamplesExecutor):
+    """Scans tables or review folders of texts (see the module docstring)."""
+
     KIND = "text"
 
     def scan(self, pattern: str, options: Dict[str, Any]) -> Scan:
@@ -245,6 +247,28 @@ class TextExampleGen(FileBasedExampleGen):
     def __init__(self, input_base: str, input_pattern: Optional[str] = None, eval_percent: int = 20,
                  skip_bad_rows: bool = False, text_column: Optional[str] = None,
                  label_column: Optional[str] = None, class_names=None):
+        """Declares the component; the layout is detected now, the rows are read when it runs.
+
+        Args:
+          input_base: a table file, or the folder of tables or review folders (see the
+            module docstring for the layouts).
+          input_pattern: glob under `input_base` instead of layout detection; may contain
+            TFX span specs such as span-{SPAN} (see components/spans.py).
+          eval_percent: share of examples, in percent (1..99), hashed into the eval split
+            when the input has no train/test split of its own.
+          skip_bad_rows: skip bad rows (recorded on the artifact) instead of failing.
+          text_column: the tables' text column (default: the first of TEXT_COLUMNS).
+          label_column: the tables' label column (default: the first of LABEL_COLUMNS).
+          class_names: the allowed labels; a label may also be an integer index into them.
+        Outputs:
+          `outputs['examples']`: Examples with splits train and eval of GZIP TFRecord
+          tf.Examples (features: see components/labelled_example_gen.py), the sorted class
+          names (`label_names`) and the skipped rows (`skipped`).
+        Raises:
+          IngestError: `input_base` does not exist, is empty or has no recognisable layout,
+            `input_pattern` is given with a file, or a span pattern matches no span. Bad rows
+            are reported when the component runs, also as IngestError.
+        """
         if input_pattern:
             if os.path.isfile(input_base):
                 raise IngestError(f"{input_base}: --input-pattern needs a data folder, not a file")

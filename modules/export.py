@@ -10,6 +10,7 @@ import tensorflow_transform as tft
 from modules import features as F
 from modules import models
 from modules.settings import ModuleSettings
+from modules.splits import read_split_examples
 from serving import contract
 
 
@@ -63,12 +64,19 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label
     tf.saved_model.save(module, path, signatures=module.signatures(kind))
 
 
-def warmup_inputs(file_patterns, kind: str, count: int = 5) -> List[bytes]:
-    """A few raw eval inputs (image bytes / texts) for TF Serving's warmup file."""
+def warmup_inputs(file_patterns: List[str], kind: str, count: int = 5) -> List[bytes]:
+    """A few raw eval inputs for TF Serving's warmup file.
+
+    Args:
+      file_patterns: globs of a split's GZIP TFRecord files (the Trainer's `fn_args.eval_files`);
+        only the first is read.
+      kind: "image" or "text", which raw feature to take (modules.features.RAW_INPUT).
+      count: at most this many inputs.
+    Returns:
+      Encoded image bytes or UTF-8 texts, one per example, from the first `count` examples.
+    Raises:
+      IndexError: an example has an empty raw feature.
+    """
     raw_key = F.RAW_INPUT[kind]
-    files = tf.io.gfile.glob(file_patterns[0])
-    values = []
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
-        example = tf.train.Example.FromString(record.numpy())
-        values.append(example.features.feature[raw_key].bytes_list.value[0])
-    return values
+    return [example.features.feature[raw_key].bytes_list.value[0]
+            for example in read_split_examples(file_patterns[0], count)]

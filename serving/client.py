@@ -33,6 +33,17 @@ class Prediction:
 
 
 class PredictClient:
+    """A client of TF Serving's REST API (tensorflow_serving/g3doc/api_rest.md).
+
+    Args:
+      url: the server's REST endpoint, e.g. http://127.0.0.1:8501.
+      timeout: seconds to wait for connecting and for each read of a call.
+
+    Every call raises PredictError for an HTTP error (`status` = the code, `message` = the
+    server's "error") or an unreachable server (`status` 0). A timeout or a reset while
+    reading the answer raises OSError; an answer that is not JSON raises ValueError.
+    """
+
     def __init__(self, url: str = "http://127.0.0.1:8501", timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -65,6 +76,8 @@ class PredictClient:
             raise PredictError(0, f"cannot reach {self.url}: {e.reason}") from None
 
     def status(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
+        """GET /v1/models/<model>[/versions/N | /labels/L]: {"model_version_status": [{"version",
+        "state" (e.g. LOADING, AVAILABLE, END), "status": {"error_code", "error_message"}}, ...]}."""
         return self._call(self._model_path(model, version, label))
 
     def metadata(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
@@ -72,7 +85,8 @@ class PredictClient:
 
     def predict(self, model: str, instances: List[Any], version: Optional[int] = None,
                 label: Optional[str] = None, signature_name: str = "") -> List[Dict[str, Any]]:
-        """Raw row-format predict: returns the `predictions` list."""
+        """Raw row-format predict: returns the `predictions` list (KeyError or TypeError if
+        the answer is JSON without one)."""
         body: Dict[str, Any] = {"instances": instances}
         if signature_name:
             body["signature_name"] = signature_name

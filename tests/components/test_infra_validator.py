@@ -9,6 +9,8 @@ from tfx.components.util import model_utils
 from tfx.types import Channel, standard_artifacts
 
 from components import infra_validator as iv
+from components.errors import ComponentError, InfraInputError
+from components.infra_validator import requests as iv_requests
 from serving import testing as demo_models, warmup
 
 
@@ -169,13 +171,11 @@ def test_component_wiring():
     assert "Docker" in iv.ConveyorInfraValidator.__doc__
 
 
-def test_reading_requests_and_verdicts_without_a_server(store):
-    name, instances = iv.read_raw_instances(store["text_examples"].uri, limit=2)
+def test_reading_requests_without_a_server(store, tmp_path):
+    name, instances = iv_requests.read_raw_instances(store["text_examples"].uri, limit=2)
     assert (name, instances) == ("text", ["good good", "bad day"])
-    name, instances = iv.read_raw_instances(store["image_examples"].uri, limit=10)
+    name, instances = iv_requests.read_raw_instances(store["image_examples"].uri, limit=10)
     assert name == "images" and len(instances) == 3 and set(instances[0]) == {"b64"}
-    assert iv.percentile([float(i) for i in range(1, 101)], 99) == 99.0
-    assert iv._verdict([1.0, 2.0], [], budget_ms=2.0) is None
-    assert "1 of 2 requests failed" in iv._verdict([1.0, 2.0], ["request 1: HTTP 400"], 100.0)
-    assert iv._check_predictions(b'{"predictions": [{"probabilities": [1.0]}]}', 1).startswith(
-        "prediction lacks outputs ['class_ids', 'class_names']")
+    with pytest.raises(InfraInputError, match=r"Split-eval/\*\.gz: no eval examples") as e:
+        iv_requests.read_raw_instances(str(tmp_path), limit=1)
+    assert isinstance(e.value, ComponentError)  # printed as one line by the runner

@@ -4,7 +4,6 @@ import base64
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,8 @@ import time
 from typing import Dict, List, Optional
 
 import requests
+
+from serving.net import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT_CLASSES_BY_VERSION = {
@@ -44,12 +45,6 @@ def install(source: str, base_path: str, version: int) -> str:
     final = os.path.join(base_path, str(version))
     os.rename(tmp, final)
     return final
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
