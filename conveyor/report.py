@@ -152,7 +152,15 @@ def dag_svg(nodes: List[NodeRun], edges: List[Tuple[str, str]]) -> str:
 
 def metrics_chart(bars: List[Tuple[str, Optional[float], Optional[float]]], floor: Optional[float] = None,
                   majority: Optional[float] = None) -> str:
-    """Grouped bars, candidate vs baseline accuracy, 0..1, with floor/majority reference lines."""
+    """Grouped bars, candidate vs baseline accuracy, 0..1, with floor/majority reference lines.
+
+    Args:
+      bars: (group name, candidate accuracy, baseline accuracy) per group, accuracies in 0..1
+        (clipped) or None (no bar).
+      floor, majority: accuracy floor and majority-class rate (0..1) drawn as dashed lines; None = not drawn.
+    Returns:
+      one `<svg>` element as text.
+    """
     group_w, bar_w, left, top, plot_h = 90, 30, 48, 16, 200
     width = left + max(1, len(bars)) * group_w + 150
     height = top + plot_h + 46

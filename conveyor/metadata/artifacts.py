@@ -76,6 +76,7 @@ class SplitStatistics(Record):
     error: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
+        """{"error": ...} for an unreadable split, else {"num_examples", "labels"}."""
         if self.error is not None:
             return {"error": self.error}
         return {"num_examples": self.num_examples, "labels": dict(self.labels)}
@@ -268,7 +269,8 @@ def evaluation_metrics(evaluation_uri: str) -> EvaluationMetrics:
                 getattr(out, who)[kv.key.name] = value
             elif kv.key.name == ACCURACY and LABEL_NAME in slice_key:
                 out.per_label.setdefault(slice_key[LABEL_NAME], {})[who] = value
-    out.per_label = dict(sorted(out.per_label.items()))
+    out.per_label = {label: {who: v[who] for who in ("candidate", "baseline") if who in v}
+                     for label, v in sorted(out.per_label.items())}
     try:
         validation = tfma.load_validation_result(evaluation_uri)
     except Exception:  # noqa: BLE001
@@ -384,6 +386,7 @@ class InfraSummary(ArtifactRef):
     measurements: Dict[str, Any] = json_field(default_factory=dict, json=False)
 
     def to_json(self) -> Dict[str, Any]:
+        """ArtifactRef keys, "blessed", then the measurements' keys."""
         return {**super().to_json(), **self.measurements}
 
     def note(self) -> str:

@@ -104,6 +104,7 @@ class ModelSummary(ArtifactRef):
     module_fingerprint: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
+        """Record.to_json without the Trainer keys when the model has no producer."""
         out = super().to_json()
         if self.node is None:  # no Trainer execution: only where the artifact is
             for key in _TRAINER_FIELDS:
@@ -167,6 +168,7 @@ class Evaluation(Record):
     accuracy_floor: Optional[float] = None
 
     def to_json(self) -> Dict[str, Any]:
+        """The artifact's keys, "baseline_model", then the metrics' keys (see the class docstring)."""
         out = self.artifact.to_json() if self.artifact is not None else {}
         out["baseline_model"] = self.baseline_model.to_json() if self.baseline_model is not None else None
         if self.metrics is not None:
