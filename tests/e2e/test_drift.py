@@ -69,7 +69,8 @@ FOREIGN = [
 
 def _serve_and_send(home: str, model: str, log_dir: str, bodies, log_path: str) -> None:
     """Serves HOME with every request logged, sends the bodies, stops (flushing the log)."""
-    server = ServerProcess(["--home", home, "--request_log_rate", "1.0", "--request_log_dir", log_dir], log_path)
+    server = ServerProcess(["--home", home, "--request_log_rate", "1.0", "--request_log_dir", log_dir], log_path,
+                           entry=["-m", "conveyor.cli", "serve"])  # request logging is conveyor serve's
     try:
         server.wait_ready(model)
         for body in bodies:
