@@ -96,11 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
     from conveyor import history_cli
     history_cli.add_commands(sub)
-    from conveyor import drift
-    drift.add_command(sub)
+    from conveyor import drift_cli
+    drift_cli.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "drift":
-        return drift.cmd_drift(args)
+        return drift_cli.cmd_drift(args)
     if args.command == "download":
         return cmd_download(args)
     if args.command in history_cli.COMMANDS:

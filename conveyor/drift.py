@@ -1,4 +1,4 @@
-"""`conveyor drift --model NAME [--home DIR] [--json]`: training/serving drift of the served model.
+"""Training/serving drift of the served model (`conveyor drift`, see drift_cli.py).
 
 1. MLMD gives the served version (the latest pushed) and, through its lineage, the
    statistics of the data it was trained on (StatisticsGen's output, train split) and its
@@ -11,19 +11,19 @@
    profile feature (threshold `drift_threshold` of the config). Schema violations of the
    requests (e.g. images of another size) are reported too.
 
-Anomalies are printed in plain words and written to HOME/drift/<model>-<version>.json
-(temp file + rename), which the run report shows. Exit status: 0 no drift, 1 drift
-found, 2 nothing to compare (no pushed version, no logged requests, bad arguments).
+The record is written to HOME/drift/<model>-<version>.json (temp file + rename), which the
+run report shows.
 """
-import argparse
+import dataclasses
 import datetime
 import json
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
-from conveyor import lineage as L
-from pipelines.config import ConfigError, load_config
+from conveyor.metadata.artifacts import load_split_statistics
+from conveyor.metadata.lineage import lineage_of_version
+from conveyor.metadata.store import Graph, LineageError, Record, json_field, open_store
+from pipelines.config import load_config
 
 DRIFT_DIR = "drift"
 SERVING = "SERVING"
@@ -34,7 +34,64 @@ class DriftError(RuntimeError):
     """Nothing to compare; the message says what is missing."""
 
 
+@dataclasses.dataclass
+class DriftAnomaly(Record):
+    """One TFDV anomaly of the logged requests.
+
+    Fields: feature: the feature name ("(dataset)" for dataset-level anomalies);
+    anomaly: TFDV's short description; description: TFDV's full description.
+    """
+    feature: str = ""
+    anomaly: str = ""
+    description: str = ""
+
+
+@dataclasses.dataclass
+class DriftRecord(Record):
+    """One drift check of a served model version (`conveyor drift --json` prints to_json()).
+
+    Fields:
+      model, version: the served model and version ("1", ...).
+      kind: "image" | "text".
+      checked_at: when the check ran, local ISO 8601 (seconds).
+      requests: logged requests compared; request_files: how many log files held them.
+      training_examples: examples in the training statistics (train split).
+      training_statistics: URI of the training ExampleStatistics artifact.
+      schema: the schema file the requests were validated against.
+      threshold: the Jensen-Shannon divergence threshold (0..1].
+      js_divergence: profile feature -> Jensen-Shannon divergence (0..1, 6 decimals).
+      drift: whether any anomaly was found.
+      anomalies: the anomalies (drift and schema violations), sorted by feature.
+      path: the JSON file the record was written to (not part of the file itself; None
+        for a record read back with read_drift).
+    """
+    model: str = ""
+    version: str = ""
+    kind: str = ""
+    checked_at: str = ""
+    requests: int = 0
+    request_files: int = 0
+    training_examples: int = 0
+    training_statistics: str = ""
+    schema: str = ""
+    threshold: float = 0.0
+    js_divergence: Dict[str, float] = dataclasses.field(default_factory=dict)
+    drift: bool = False
+    anomalies: List[DriftAnomaly] = dataclasses.field(default_factory=list)
+    path: Optional[str] = json_field(omit_if_none=True)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "DriftRecord":
+        """A record from its JSON form (unknown keys ignored, missing ones defaulted)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["anomalies"] = [DriftAnomaly(**{k: v for k, v in a.items() if k in ("feature", "anomaly", "description")})
+                               for a in data.get("anomalies") or [] if isinstance(a, dict)]
+        return cls(**values)
+
+
 def drift_path(home: str, model: str, version: str) -> str:
+    """HOME/drift/<model>-<version>.json: where the drift record of a served version is kept."""
     return os.path.join(home, DRIFT_DIR, f"{model}-{version}.json")
 
 
@@ -50,7 +107,15 @@ def _load_schema(served_dir: Optional[str], schema_uri: Optional[str]):
 
 def drift_schema(schema, kind: str, threshold: float):
     """The training schema with a SERVING environment (labels are not served) and a
-    Jensen-Shannon drift comparator on each profile feature of the kind."""
+    Jensen-Shannon drift comparator on each profile feature of the kind.
+
+    Args:
+      schema: a tensorflow_metadata Schema proto (not modified).
+      kind: "image" | "text" (selects modules.features.PROFILE_FEATURES).
+      threshold: Jensen-Shannon divergence threshold, (0, 1].
+    Returns:
+      a new Schema proto.
+    """
     from modules import features as F
     out = type(schema)()
     out.CopyFrom(schema)
@@ -66,30 +131,43 @@ def drift_schema(schema, kind: str, threshold: float):
 
 
 def check_drift(home: str, model: str, threshold: Optional[float] = None,
-                config_path: Optional[str] = None, log_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Computes and records the drift of the served version of `model`; returns the record."""
+                config_path: Optional[str] = None, log_dir: Optional[str] = None) -> DriftRecord:
+    """Computes and records the drift of the served (latest pushed) version of `model`.
+
+    Args:
+      home: Conveyor HOME (holds metadata.sqlite, request_logs/, drift/).
+      model: the model (pipeline) name.
+      threshold: Jensen-Shannon threshold in (0, 1]; None = the kind's config drift_threshold.
+      config_path: YAML/JSON config read for the default threshold.
+      log_dir: request logs folder (default HOME/request_logs); logs are <log_dir>/<model>/<version>/.
+    Returns:
+      the DriftRecord, also written to drift_path(home, model, version); its `path` says where.
+    Raises:
+      DriftError: no store/pushed version, no training statistics or kind in MLMD, no logged
+        requests, or no schema.
+      ConfigError: the config file is invalid.
+    """
     import tensorflow_data_validation as tfdv
-    from tfx.components.statistics_gen import stats_artifact_utils
 
     from conveyor.request_log import LOG_DIR_NAME, log_files
 
     home = os.path.abspath(home)
-    store = L.open_store(home)
     try:
-        info = L.lineage_of_version(store, model, None, with_metrics=False)
-    except L.LineageError as e:
+        store = open_store(home)
+        info = lineage_of_version(store, model, None, with_metrics=False)
+    except LineageError as e:
         raise DriftError(str(e)) from e
-    version = info["version"]
-    kind = ((info.get("model") or {}).get("hyperparameters") or {}).get("kind")
-    stats_ref = info.get("statistics")
-    if kind not in ("image", "text") or not stats_ref:
+    version = info.version
+    hyperparameters = info.model.hyperparameters if info.model else None
+    kind = hyperparameters.get("kind") if isinstance(hyperparameters, dict) else None
+    if kind not in ("image", "text") or info.statistics is None:
         raise DriftError(f"MLMD has no training statistics / kind for version {version} of {model}")
     if threshold is None:
         threshold = load_config(kind, config_path).drift_threshold
 
-    graph = L.Graph(store)
-    statistics = L._tfx_artifact(graph, graph.artifact(stats_ref["artifact_id"]))
-    training = stats_artifact_utils.load_statistics(statistics, "train").proto()
+    graph = Graph(store)
+    statistics = graph.artifact(info.statistics.artifact_id)
+    training = load_split_statistics(graph, statistics, "train")
 
     folder = os.path.join(os.path.abspath(log_dir) if log_dir else os.path.join(home, LOG_DIR_NAME),
                           model, version)
@@ -100,8 +178,8 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
     serving = tfdv.generate_statistics_from_tfrecord(
         data_location=os.path.join(folder, "requests-*.tfrecord"),
         stats_options=tfdv.StatsOptions())
-    schema, schema_path = _load_schema((info.get("pushed") or {}).get("destination"),
-                                       (info.get("schema") or {}).get("uri"))
+    schema, schema_path = _load_schema(info.pushed.destination if info.pushed else None,
+                                       info.schema.uri if info.schema else None)
     anomalies = tfdv.validate_statistics(serving, drift_schema(schema, kind, threshold), environment=SERVING,
                                          previous_statistics=training)
 
@@ -110,77 +188,33 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
         name = skew.path.step[-1] if skew.path.step else ""
         for m in skew.drift_measurements:
             divergence[name] = round(float(m.value), 6)
-    found: List[Dict[str, str]] = []
+    found: List[DriftAnomaly] = []
     for feature, anomaly in sorted(anomalies.anomaly_info.items()):
-        found.append({"feature": feature, "anomaly": anomaly.short_description,
-                      "description": anomaly.description})
+        found.append(DriftAnomaly(feature, anomaly.short_description, anomaly.description))
     if anomalies.HasField("dataset_anomaly_info"):
-        found.append({"feature": "(dataset)", "anomaly": anomalies.dataset_anomaly_info.short_description,
-                      "description": anomalies.dataset_anomaly_info.description})
-    record = {"model": model, "version": version, "kind": kind,
-              "checked_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "requests": int(serving.datasets[0].num_examples), "request_files": len(files),
-              "training_examples": int(training.datasets[0].num_examples),
-              "training_statistics": statistics.uri, "schema": schema_path,
-              "threshold": threshold, "js_divergence": divergence,
-              "drift": bool(found), "anomalies": found}
+        found.append(DriftAnomaly("(dataset)", anomalies.dataset_anomaly_info.short_description,
+                                  anomalies.dataset_anomaly_info.description))
+    record = DriftRecord(model=model, version=version, kind=kind,
+                         checked_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                         requests=int(serving.datasets[0].num_examples), request_files=len(files),
+                         training_examples=int(training.datasets[0].num_examples),
+                         training_statistics=statistics.uri, schema=schema_path,
+                         threshold=threshold, js_divergence=divergence, drift=bool(found), anomalies=found)
     path = drift_path(home, model, version)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
+        json.dump(record.to_json(), f, indent=1)
     os.replace(tmp, path)
-    record["path"] = path
+    record.path = path
     return record
 
 
-def read_drift(home: str, model: str, version: str) -> Optional[Dict[str, Any]]:
-    """The last drift record of a served version, or None."""
+def read_drift(home: str, model: str, version: str) -> Optional[DriftRecord]:
+    """The last drift record of a served version, or None (no file, or not a JSON object)."""
     try:
         with open(drift_path(home, model, version), encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def describe(record: Dict[str, Any]) -> str:
-    lines = [f"Drift of {record['model']} version {record['version']}: {record['requests']} logged requests "
-             f"vs {record['training_examples']} training examples "
-             f"(Jensen-Shannon threshold {record['threshold']})"]
-    for feature, value in sorted(record["js_divergence"].items()):
-        lines.append(f"  {feature:<22} JS divergence {value:.4f}")
-    if record["anomalies"]:
-        lines.append("DRIFT: the served data differs from the training data:")
-        lines += [f"  - feature '{a['feature']}': {a['anomaly']}: {a['description']}" for a in record["anomalies"]]
-    else:
-        lines.append("No drift: the logged requests match the training data.")
-    lines.append(f"  written to {record['path']}")
-    return "\n".join(lines)
-
-
-def add_command(sub) -> None:
-    drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
-    drift.add_argument("--model", required=True, help="model name (the pipeline name)")
-    drift.add_argument("--home", help="Conveyor HOME (default ./conveyor_home)")
-    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
-    drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
-    drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")
-    drift.add_argument("--json", action="store_true", help="print the record as JSON")
-
-
-def cmd_drift(args: argparse.Namespace) -> int:
-    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
-        print(f"conveyor drift: --threshold: expected 0..1, got {args.threshold}", file=sys.stderr)
-        return 2
-    try:
-        record = check_drift(args.home or "conveyor_home", args.model, args.threshold, args.config,
-                             args.request_log_dir)
-    except (DriftError, L.LineageError, ConfigError) as e:
-        print(f"conveyor drift: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        json.dump(record, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(describe(record))
-    return 1 if record["drift"] else 0
+    return DriftRecord.from_json(data) if isinstance(data, dict) else None

@@ -1,14 +1,25 @@
-"""`conveyor runs | lineage | diff | report`: run history and lineage read from MLMD."""
+"""`conveyor runs | lineage | diff | report`: run history and lineage read from MLMD.
+
+The commands parse flags and print; the queries live in conveyor/metadata and return
+dataclasses, whose `to_json()` is what `--json` prints.
+"""
+import argparse
 import json
-import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Callable, List
+
+from conveyor.metadata.diff import RunDiff, diff_runs
+from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
+from conveyor.metadata.runs import RunRecord, list_runs
+from conveyor.metadata.store import LineageError, Record, home_dir, open_store, to_json_value
+from pipelines.config import Config
 
 COMMANDS = ("runs", "lineage", "diff", "report")
-_HOME_HELP = "Conveyor HOME holding metadata.sqlite (default ./conveyor_home)"
+_HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{Config.home})"
 
 
 def add_commands(sub) -> None:
+    """Adds the runs, lineage, diff and report subcommands to an argparse subparsers object."""
     runs = sub.add_parser("runs", help="one row per pipeline run: states, durations, blessed, pushed version")
     runs.add_argument("--home", help=_HOME_HELP)
     runs.add_argument("--name", help="only this pipeline/model name (default: all)")
@@ -37,12 +48,12 @@ def add_commands(sub) -> None:
     report.add_argument("--out", required=True, help="HTML file to write")
 
 
-def _home(args) -> str:
-    return os.path.abspath(args.home or "conveyor_home")
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs the subcommand `args.command` (one of COMMANDS).
 
-
-def dispatch(args) -> int:
-    from conveyor.lineage import LineageError
+    Returns:
+      the exit status: 0 done, 1 a lookup failed (message on stderr), 2 bad arguments.
+    """
     try:
         return {"runs": cmd_runs, "lineage": cmd_lineage, "diff": cmd_diff, "report": cmd_report}[args.command](args)
     except LineageError as e:
@@ -51,12 +62,12 @@ def dispatch(args) -> int:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=1, sort_keys=False, default=str)
+    json.dump(to_json_value(value), sys.stdout, indent=1, sort_keys=False, default=str)
     sys.stdout.write("\n")
 
 
-def _emit(args, result: Dict[str, Any], text_format) -> int:
-    """--json prints the record as is; otherwise text_format renders it for a person."""
+def _emit(args, result: Record, text_format: Callable[[Any], str]) -> int:
+    """--json prints the record's JSON form; otherwise text_format renders it for a person."""
     if args.json:
         _print_json(result)
     else:
@@ -81,9 +92,9 @@ _SHORT = {"ImageExampleGen": "ExampleGen", "TextExampleGen": "ExampleGen", "Gate
           "StatisticsGen": "Stats", "ConveyorInfraValidator": "InfraVal"}
 
 
-def cmd_runs(args) -> int:
-    from conveyor import lineage
-    rows = lineage.list_runs(lineage.open_store(_home(args)), args.name)
+def cmd_runs(args: argparse.Namespace) -> int:
+    """`conveyor runs [--name N] [--json]`: one row per run. Raises LineageError (see dispatch)."""
+    rows = list_runs(open_store(args.home), args.name)
     if args.json:
         _print_json(rows)
         return 0
@@ -94,11 +105,12 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def format_runs(rows: List[Dict[str, Any]]) -> str:
+def format_runs(rows: List[RunRecord]) -> str:
+    """The runs as one text table per pipeline: states per component, blessed, pushed version."""
     lines = []
-    for pipeline in dict.fromkeys(r["pipeline"] for r in rows):
-        mine = [r for r in rows if r["pipeline"] == pipeline]
-        nodes = list(dict.fromkeys(n["node"] for r in mine for n in r["nodes"]))
+    for pipeline in dict.fromkeys(r.pipeline for r in rows):
+        mine = [r for r in rows if r.pipeline == pipeline]
+        nodes = list(dict.fromkeys(n.node for r in mine for n in r.nodes))
         heads = [_SHORT.get(n, n) for n in nodes]
         widths = [max(len(h), 8) for h in heads]
         lines.append(f"pipeline {pipeline}")
@@ -106,145 +118,146 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
             h.ljust(w) for h, w in zip(heads, widths)) + "  blessed  pushed"
         lines.append(header)
         for i, r in enumerate(mine, 1):
-            states = {n["node"]: n["state"] for n in r["nodes"]}
-            start = (r["start"] or "-")[:19].replace("T", " ")
+            states = {n.node: n.state for n in r.nodes}
+            start = (r.start or "-")[:19].replace("T", " ")
             cells = " ".join(states.get(n, "not run").ljust(w) for n, w in zip(nodes, widths))
-            pushed = r["pushed_version"] or (f"- ({r['push_note']})" if r["push_note"] else "-")
-            lines.append(f"  {i:>2} {r['run_id']:<27} {start:<20} {_fmt(r['duration_seconds'], 1):>6}  "
-                         f"{cells}  {_fmt(r['blessed']):<7}  {pushed}")
+            pushed = r.pushed_version or (f"- ({r.push_note})" if r.push_note else "-")
+            lines.append(f"  {i:>2} {r.run_id:<27} {start:<20} {_fmt(r.duration_seconds, 1):>6}  "
+                         f"{cells}  {_fmt(r.blessed):<7}  {pushed}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
 # lineage ------------------------------------------------------------------------------
 
-def cmd_lineage(args) -> int:
-    from conveyor import lineage
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """`conveyor lineage --model N [--version V] | --from-examples URI [--json]`; 2 if neither is given."""
     if not args.model and not args.from_examples:
         print("conveyor lineage: give --model NAME [--version V] or --from-examples URI", file=sys.stderr)
         return 2
-    store = lineage.open_store(_home(args))
+    store = open_store(args.home)
     if args.from_examples:
-        result = lineage.models_from_examples(store, args.from_examples)
-        return _emit(args, result, format_forward)
-    result = lineage.lineage_of_version(store, args.model, args.version)
-    return _emit(args, result, format_lineage)
+        return _emit(args, models_from_examples(store, args.from_examples), format_forward)
+    return _emit(args, lineage_of_version(store, args.model, args.version), format_lineage)
 
 
-def format_lineage(r: Dict[str, Any]) -> str:
-    out = [f"model {r['model_name']} version {r['version']}  (pushed versions: {', '.join(r['pushed_versions'])})",
-           f"  pushed      artifact {r['pushed']['artifact_id']} -> {r['pushed']['destination']}  "
-           f"run {r['pushed']['run_id']}"]
-    b = r.get("blessing")
+def format_lineage(r: Lineage) -> str:
+    """A Lineage as text: pushed version, verdicts, metrics, model, transform, schema, data."""
+    out = [f"model {r.model_name} version {r.version}  (pushed versions: {', '.join(r.pushed_versions)})",
+           f"  pushed      artifact {r.pushed.artifact_id} -> {r.pushed.destination}  "
+           f"run {r.pushed.run_id}"]
+    b = r.blessing
     if b:
-        out.append(f"  blessing    artifact {b['artifact_id']}: {'BLESSED' if b['blessed'] else 'NOT blessed'}"
-                   f"  (accuracy floor {_fmt(b['accuracy_floor'])}, majority-class rate "
-                   f"{_fmt(b['majority_baseline'])})")
-    infra = r.get("infra_blessing")
+        out.append(f"  blessing    artifact {b.artifact_id}: {'BLESSED' if b.blessed else 'NOT blessed'}"
+                   f"  (accuracy floor {_fmt(b.accuracy_floor)}, majority-class rate "
+                   f"{_fmt(b.majority_baseline)})")
+    infra = r.infra_blessing
     if infra:
-        out.append(f"  infra       artifact {infra['artifact_id']}: {'BLESSED' if infra['blessed'] else 'NOT blessed'}"
-                   f"  ({infra.get('num_requests', '-')} requests, p99 {_fmt(infra.get('p99_latency_ms'), 1)} ms)")
-    ev = r.get("evaluation")
+        out.append(f"  infra       artifact {infra.artifact_id}: {'BLESSED' if infra.blessed else 'NOT blessed'}"
+                   f"  ({infra.measurements.get('num_requests', '-')} requests, "
+                   f"p99 {_fmt(infra.measurements.get('p99_latency_ms'), 1)} ms)")
+    ev = r.evaluation
     if ev:
-        base = ev.get("baseline_model")
-        out.append(f"  evaluation  artifact {ev.get('artifact_id')}  baseline: " +
-                   (f"model artifact {base['artifact_id']} (pushed versions {', '.join(base['pushed_versions']) or '-'})"
+        base = ev.baseline_model
+        out.append(f"  evaluation  artifact {ev.artifact.artifact_id if ev.artifact else None}  baseline: " +
+                   (f"model artifact {base.artifact_id} (pushed versions {', '.join(base.pushed_versions) or '-'})"
                     if base else "none (first blessed model)"))
-        for key in sorted(ev.get("candidate", {})):
+        for key in sorted(ev.candidate):
             digits = 0 if "count" in key else 4
-            out.append(f"      {key:<30} candidate {_fmt(ev['candidate'][key], digits)}  "
-                       f"baseline {_fmt(ev.get('baseline', {}).get(key), digits)}")
-        for label, v in ev.get("per_label", {}).items():
+            out.append(f"      {key:<30} candidate {_fmt(ev.candidate[key], digits)}  "
+                       f"baseline {_fmt(ev.baseline.get(key), digits)}")
+        for label, v in (ev.metrics.per_label if ev.metrics else {}).items():
             out.append(f"      accuracy[{label}]{'':<{max(0, 19 - len(label))}} candidate {_fmt(v.get('candidate'))}  "
                        f"baseline {_fmt(v.get('baseline'))}")
-    m = r.get("model")
+    m = r.model
     if m:
-        out.append(f"  model       artifact {m['artifact_id']} ({m.get('model_type')}), run {m['run_id']}, "
-                   f"train steps {m.get('train_steps')}, eval steps {m.get('eval_steps')}")
-        out.append(f"      module  {m.get('module_path')}")
-        out.append(f"      hyperparameters {json.dumps(m.get('hyperparameters'), sort_keys=True)}")
-    t = r.get("transform_graph")
+        out.append(f"  model       artifact {m.artifact_id} ({m.model_type}), run {m.run_id}, "
+                   f"train steps {m.train_steps}, eval steps {m.eval_steps}")
+        out.append(f"      module  {m.module_path}")
+        out.append(f"      hyperparameters {json.dumps(m.hyperparameters, sort_keys=True)}")
+    t = r.transform_graph
     if t:
-        out.append(f"  transform   artifact {t['artifact_id']}  {t['uri']}  module fingerprint "
-                   f"{(t.get('module_fingerprint') or '-')[:12]}")
-    s = r.get("schema")
+        out.append(f"  transform   artifact {t.artifact_id}  {t.uri}  module fingerprint "
+                   f"{(t.module_fingerprint or '-')[:12]}")
+    s = r.schema
     if s:
-        out.append(f"  schema      artifact {s['artifact_id']}  features: {', '.join(sorted(s['features']))}")
-    st = r.get("statistics")
+        out.append(f"  schema      artifact {s.artifact_id}  features: {', '.join(sorted(s.features))}")
+    st = r.statistics
     if st:
-        counts = ", ".join(f"{k}={v.get('num_examples')}" for k, v in st["splits"].items())
-        out.append(f"  statistics  artifact {st['artifact_id']}  {counts}")
-    a = r.get("anomalies")
+        counts = ", ".join(f"{k}={v.num_examples}" for k, v in st.splits.items())
+        out.append(f"  statistics  artifact {st.artifact_id}  {counts}")
+    a = r.anomalies
     if a:
-        out.append(f"  anomalies   artifact {a['artifact_id']}  " +
-                   ("none" if not a["count"] else "; ".join(x for v in a["splits"].values() for x in v)))
-    e = r.get("examples")
+        out.append(f"  anomalies   artifact {a.artifact_id}  " +
+                   ("none" if not a.count else "; ".join(x for v in a.splits.values() for x in v)))
+    e = r.examples
     if e:
-        counts = ", ".join(f"{k}={v}" for k, v in e["split_counts"].items())
-        out.append(f"  examples    artifact {e['artifact_id']}  {e['uri']}")
-        out.append(f"      input {e['input_base']} ({e['input_pattern']}), span {e['span']}, "
-                   f"{e['example_count']} examples ({counts}), fingerprint {e['input_fingerprint']}")
+        counts = ", ".join(f"{k}={v}" for k, v in e.split_counts.items())
+        out.append(f"  examples    artifact {e.artifact_id}  {e.uri}")
+        out.append(f"      input {e.input_base} ({e.input_pattern}), span {e.span}, "
+                   f"{e.example_count} examples ({counts}), fingerprint {e.input_fingerprint}")
     return "\n".join(out)
 
 
-def format_forward(r: Dict[str, Any]) -> str:
-    e = r["examples"]
-    out = [f"examples artifact {e['artifact_id']} {e['uri']}  (input {e['input_base']}, span {e['span']})"]
-    if not r["models"]:
+def format_forward(r: ModelsFromExamples) -> str:
+    """The models trained on some examples as text: blessed, served versions."""
+    e = r.examples
+    out = [f"examples artifact {e.artifact_id} {e.uri}  (input {e.input_base}, span {e.span})"]
+    if not r.models:
         out.append("  no model was trained on these examples")
-    for m in r["models"]:
-        served = (f"served as version {', '.join(m['pushed_versions'])}"
-                  + (" (latest)" if m["serving_latest"] else "")) if m["served"] else "not served"
-        out.append(f"  model artifact {m['artifact_id']} of {m['model_name']} ({m.get('model_type')}), run "
-                   f"{m['run_id']}: blessed {_fmt(m['blessed'])}, {served}")
+    for m in r.models:
+        served = (f"served as version {', '.join(m.pushed_versions)}"
+                  + (" (latest)" if m.serving_latest else "")) if m.served else "not served"
+        out.append(f"  model artifact {m.artifact_id} of {m.model_name} ({m.model_type}), run "
+                   f"{m.run_id}: blessed {_fmt(m.blessed)}, {served}")
     return "\n".join(out)
 
 
 # diff ---------------------------------------------------------------------------------
 
-def cmd_diff(args) -> int:
-    from conveyor import lineage
-    result = lineage.diff_runs(lineage.open_store(_home(args)), args.name, args.run_a, args.run_b)
-    return _emit(args, result, format_diff)
+def cmd_diff(args: argparse.Namespace) -> int:
+    """`conveyor diff A B [--name N] [--json]`. Raises LineageError (see dispatch)."""
+    return _emit(args, diff_runs(open_store(args.home), args.name, args.run_a, args.run_b), format_diff)
 
 
-def format_diff(d: Dict[str, Any]) -> str:
-    out = [f"pipeline {d['pipeline']}:  A = {d['run_a']}   B = {d['run_b']}", "", "config (exec properties):"]
-    out += [f"  {c['node']}.{c['key']}: {c['a']!r} -> {c['b']!r}" for c in d["config"]] or ["  no changes"]
+def format_diff(d: RunDiff) -> str:
+    """A RunDiff as text: config, data, schema, metric and state changes between runs A and B."""
+    out = [f"pipeline {d.pipeline}:  A = {d.run_a}   B = {d.run_b}", "", "config (exec properties):"]
+    out += [f"  {c.node}.{c.key}: {c.a!r} -> {c.b!r}" for c in d.config] or ["  no changes"]
     out += ["", "data:"]
-    ex = d["examples"]
-    change = "same artifact" if ex["same_artifact"] else f"{ex['a']} -> {ex['b']}"
+    ex = d.examples
+    change = "same artifact" if ex.same_artifact else f"{ex.a} -> {ex.b}"
     out.append(f"  examples: {change}")
-    for split, s in d["data"].items():
-        n = s["num_examples"]
-        out.append(f"  [{split}] examples {n['a']} -> {n['b']}")
-        for label, v in s["labels"].items():
-            out.append(f"  [{split}] label {label}: {v['a']} -> {v['b']}")
-    sc = d["schema"]
-    out += ["", "schema:" + (" same artifact" if sc["same_artifact"] else "")]
-    if not (sc["added"] or sc["removed"] or sc["changed"]):
+    for split, s in d.data.items():
+        n = s.num_examples
+        out.append(f"  [{split}] examples {n.a} -> {n.b}")
+        for label, v in s.labels.items():
+            out.append(f"  [{split}] label {label}: {v.a} -> {v.b}")
+    sc = d.schema
+    out += ["", "schema:" + (" same artifact" if sc.same_artifact else "")]
+    if not (sc.added or sc.removed or sc.changed):
         out.append("  no feature changes")
-    out += [f"  + {f}" for f in sc["added"]] + [f"  - {f}" for f in sc["removed"]]
-    out += [f"  ~ {c['feature']}: {c['a']} -> {c['b']}" for c in sc["changed"]]
+    out += [f"  + {f}" for f in sc.added] + [f"  - {f}" for f in sc.removed]
+    out += [f"  ~ {c.feature}: {c.a.to_json()} -> {c.b.to_json()}" for c in sc.changed]
     out += ["", "metrics (candidate):"]
-    for key, v in d["metrics"].items():
+    for key, v in d.metrics.items():
         digits = 0 if "count" in key else 4
-        delta = f"  ({v['delta']:+.{digits}f})" if v["delta"] is not None else ""
-        out.append(f"  {key:<32} {_fmt(v['a'], digits)} -> {_fmt(v['b'], digits)}{delta}")
-    for label, v in d["per_label_accuracy"].items():
-        out.append(f"  accuracy[{label}]{'':<{max(0, 22 - len(label))}} {_fmt(v['a'])} -> {_fmt(v['b'])}")
-    out.append(f"  blessed: {_fmt(d['blessed']['a'])} -> {_fmt(d['blessed']['b'])}   pushed version: "
-               f"{_fmt(d['pushed_version']['a'])} -> {_fmt(d['pushed_version']['b'])}")
-    if d["states"]:
-        out += ["", "component states:"] + [f"  {n}: {v['a']} -> {v['b']}" for n, v in d["states"].items()]
+        delta = f"  ({v.delta:+.{digits}f})" if v.delta is not None else ""
+        out.append(f"  {key:<32} {_fmt(v.a, digits)} -> {_fmt(v.b, digits)}{delta}")
+    for label, v in d.per_label_accuracy.items():
+        out.append(f"  accuracy[{label}]{'':<{max(0, 22 - len(label))}} {_fmt(v.a)} -> {_fmt(v.b)}")
+    out.append(f"  blessed: {_fmt(d.blessed.a)} -> {_fmt(d.blessed.b)}   pushed version: "
+               f"{_fmt(d.pushed_version.a)} -> {_fmt(d.pushed_version.b)}")
+    if d.states:
+        out += ["", "component states:"] + [f"  {n}: {v.a} -> {v.b}" for n, v in d.states.items()]
     return "\n".join(out)
 
 
 # report -------------------------------------------------------------------------------
 
-def cmd_report(args) -> int:
-    from conveyor import lineage, report
-    path = report.write_report(lineage.open_store(_home(args)), args.out, args.name, args.run,
-                               home=_home(args))
-    print(path)
+def cmd_report(args: argparse.Namespace) -> int:
+    """`conveyor report [--run R] [--name N] --out FILE`: writes the HTML report, prints its path."""
+    from conveyor import report
+    home = home_dir(args.home)
+    print(report.write_report(open_store(home), args.out, args.name, args.run, home=home))
     return 0

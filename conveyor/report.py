@@ -1,4 +1,4 @@
-"""One self-contained HTML report of a pipeline run, read from MLMD (see conveyor.lineage).
+"""One self-contained HTML report of a pipeline run, read from MLMD (see conveyor/metadata).
 
 No network: inline CSS, inline SVG charts, no scripts. Sections: the DAG with component
 states and durations, dataset statistics and anomalies, evaluation metrics vs the baseline
@@ -11,7 +11,13 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from conveyor import lineage as L
+from conveyor.drift import DriftRecord, read_drift
+from conveyor.metadata.artifacts import ACCURACY
+from conveyor.metadata.diff import RunDetails, dag_edges, run_details
+from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
+from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
+from conveyor.metadata.store import Graph, open_store
+from pipelines.config import Config
 
 _COLORS = {"complete": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "not run": "#9e9e9e",
            "running": "#ef6c00", "canceled": "#6d4c41", "new": "#757575"}
@@ -53,7 +59,13 @@ def _table(headers: List[str], rows: List[List[str]], num_cols: Tuple[int, ...] 
 # DAG ----------------------------------------------------------------------------------
 
 def transitive_reduction(edges: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
-    """Drops a -> c when a longer path a -> ... -> c exists (readable drawing, same dependencies)."""
+    """Drops a -> c when a longer path a -> ... -> c exists (readable drawing, same dependencies).
+
+    Args:
+      edges: (from node, to node) pairs of a DAG.
+    Returns:
+      the edges that remain, in their given order.
+    """
     succ: Dict[str, set] = {}
     for a, b in edges:
         succ.setdefault(a, set()).add(b)
@@ -72,9 +84,17 @@ def transitive_reduction(edges: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
     return [(a, b) for a, b in edges if b not in reachable(a, (a, b))]
 
 
-def dag_svg(nodes: List[Dict[str, Any]], edges: List[Tuple[str, str]]) -> str:
-    """Layered drawing: column = longest path from a source, boxes coloured by state."""
-    names = [n["node"] for n in nodes]
+def dag_svg(nodes: List[NodeRun], edges: List[Tuple[str, str]]) -> str:
+    """The DAG as inline SVG: column = longest path from a source, boxes coloured by state.
+
+    Args:
+      nodes: the run's nodes (name, state, seconds); each box is a `g.dag-node` with
+        data-node/data-state attributes.
+      edges: (from node, to node) pairs (see metadata.diff.dag_edges); reduced before drawing.
+    Returns:
+      one `<svg>` element as text.
+    """
+    names = [n.node for n in nodes]
     edges = transitive_reduction(edges)
     layer = {n: 0 for n in names}
     for _ in names:  # relax longest paths (the graph is a small DAG)
@@ -111,18 +131,18 @@ def dag_svg(nodes: List[Dict[str, Any]], edges: List[Tuple[str, str]]) -> str:
         parts.append(f'<path d="M{sx},{sy} C{mx},{sy} {mx},{ty} {tx - 2},{ty}" fill="none" stroke="#616161" '
                      f'stroke-width="1.3" marker-end="url(#arrow)"/>')
     for n in nodes:
-        x, y = pos[n["node"]]
-        color = _COLORS.get(n["state"], "#757575")
-        secs = f'{n["seconds"]:.1f}s' if n.get("seconds") is not None else ""
-        label = n["node"] if len(n["node"]) <= 19 else n["node"][:18] + "…"
-        parts.append(f'<g class="dag-node" data-node="{_e(n["node"])}" data-state="{_e(n["state"])}">'
-                     f'<title>{_e(n["node"])}: {_e(n["state"])} {_e(secs)}</title>'
+        x, y = pos[n.node]
+        color = _COLORS.get(n.state, "#757575")
+        secs = f'{n.seconds:.1f}s' if n.seconds is not None else ""
+        label = n.node if len(n.node) <= 19 else n.node[:18] + "…"
+        parts.append(f'<g class="dag-node" data-node="{_e(n.node)}" data-state="{_e(n.state)}">'
+                     f'<title>{_e(n.node)}: {_e(n.state)} {_e(secs)}</title>'
                      f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#fff" '
                      f'stroke="{color}" stroke-width="2.5"/>'
                      f'<rect x="{x}" y="{y}" width="6" height="{box_h}" rx="2" fill="{color}"/>'
                      f'<text x="{x + 14}" y="{y + 21}" font-size="12" font-weight="600" fill="#212121">'
                      f'{_e(label)}</text>'
-                     f'<text x="{x + 14}" y="{y + 40}" font-size="12" fill="{color}">{_e(n["state"])}'
+                     f'<text x="{x + 14}" y="{y + 40}" font-size="12" fill="{color}">{_e(n.state)}'
                      f'<tspan fill="#616161"> {_e(secs)}</tspan></text></g>')
     parts.append("</svg>")
     return "".join(parts)
@@ -132,7 +152,15 @@ def dag_svg(nodes: List[Dict[str, Any]], edges: List[Tuple[str, str]]) -> str:
 
 def metrics_chart(bars: List[Tuple[str, Optional[float], Optional[float]]], floor: Optional[float] = None,
                   majority: Optional[float] = None) -> str:
-    """Grouped bars, candidate vs baseline accuracy, 0..1, with floor/majority reference lines."""
+    """Grouped bars, candidate vs baseline accuracy, 0..1, with floor/majority reference lines.
+
+    Args:
+      bars: (group name, candidate accuracy, baseline accuracy) per group, accuracies in 0..1
+        (clipped) or None (no bar).
+      floor, majority: accuracy floor and majority-class rate (0..1) drawn as dashed lines; None = not drawn.
+    Returns:
+      one `<svg>` element as text.
+    """
     group_w, bar_w, left, top, plot_h = 90, 30, 48, 16, 200
     width = left + max(1, len(bars)) * group_w + 150
     height = top + plot_h + 46
@@ -176,64 +204,65 @@ def metrics_chart(bars: List[Tuple[str, Optional[float], Optional[float]]], floo
 
 # sections -----------------------------------------------------------------------------
 
-def _dataset_section(details: Dict[str, Any]) -> str:
+def _dataset_section(details: RunDetails) -> str:
     out = ["<h2>Dataset</h2>"]
-    ex = details.get("examples")
+    ex = details.examples
     if ex:
-        out.append(f"<p>Examples artifact {ex['artifact_id']} from <code>{_e(ex['input_base'])}</code> "
-                   f"(pattern <code>{_e(ex['input_pattern'])}</code>, span {_e(ex['span'])}): "
-                   f"<b>{_e(ex['example_count'])}</b> examples, {_e(ex['skipped_count'])} skipped; "
-                   f"classes {_e(', '.join(ex.get('label_names') or []))}.<br>"
-                   f"<span class=\"muted\">input fingerprint {_e(ex['input_fingerprint'])}</span></p>")
-    stats = details.get("statistics")
+        out.append(f"<p>Examples artifact {ex.artifact_id} from <code>{_e(ex.input_base)}</code> "
+                   f"(pattern <code>{_e(ex.input_pattern)}</code>, span {_e(ex.span)}): "
+                   f"<b>{_e(ex.example_count)}</b> examples, {_e(ex.skipped_count)} skipped; "
+                   f"classes {_e(', '.join(ex.label_names or []))}.<br>"
+                   f"<span class=\"muted\">input fingerprint {_e(ex.input_fingerprint)}</span></p>")
+    stats = details.statistics
     if stats:
-        splits = stats["splits"]
-        labels = sorted({l for s in splits.values() for l in s.get("labels", {})})
-        peak = max([c for s in splits.values() for c in s.get("labels", {}).values()] or [1])
+        splits = stats.splits
+        labels = sorted({l for s in splits.values() for l in s.labels})
+        peak = max([c for s in splits.values() for c in s.labels.values()] or [1])
         rows = []
         for label in labels:
             cells = [f"<b>{_e(label)}</b>"]
             for split in splits:
-                count = splits[split].get("labels", {}).get(label, 0)
-                total = splits[split].get("num_examples") or 1
+                count = splits[split].labels.get(label, 0)
+                total = splits[split].num_examples or 1
                 cells.append(f'<span class="bar" style="width:{int(80 * count / peak)}px"></span> '
                              f"{count} <span class=\"muted\">({100 * count / total:.0f}%)</span>")
             rows.append(cells)
-        rows.append(["<b>total</b>"] + [f"<b>{_e(s.get('num_examples'))}</b>" for s in splits.values()])
+        rows.append(["<b>total</b>"] + [f"<b>{_e(s.num_examples)}</b>" for s in splits.values()])
         out.append("<h3>Examples per label and split (StatisticsGen)</h3>")
         out.append(_table(["label"] + [f"split {s}" for s in splits], rows))
     else:
         out.append("<p class=\"muted\">No statistics in this run.</p>")
-    anomalies = details.get("anomalies")
+    anomalies = details.anomalies
     out.append("<h3>Anomalies (ExampleValidator vs schema)</h3>")
     if anomalies is None:
         out.append("<p class=\"muted\">The validator did not run.</p>")
-    elif not anomalies["count"]:
+    elif not anomalies.count:
         out.append("<p id=\"anomalies\">No anomalies in any split.</p>")
     else:
         out.append("<ul id=\"anomalies\" class=\"reasons\">" + "".join(
-            f"<li>[{_e(s)}] {_e(a)}</li>" for s, items in anomalies["splits"].items() for a in items) + "</ul>")
-    schema = details.get("schema")
+            f"<li>[{_e(s)}] {_e(a)}</li>" for s, items in anomalies.splits.items() for a in items) + "</ul>")
+    schema = details.schema
     if schema:
-        rows = [[f"<code>{_e(f)}</code>", _e(v["type"]), _e(v.get("shape", "")),
-                 _e(", ".join(v["domain"]) if isinstance(v.get("domain"), list) else v.get("domain", ""))]
-                for f, v in schema["features"].items()]
-        out.append(f"<h3>Schema (artifact {schema['artifact_id']})</h3>")
+        rows = [[f"<code>{_e(f)}</code>", _e(v.type), _e(v.shape if v.shape is not None else ""),
+                 _e(", ".join(v.domain) if isinstance(v.domain, list) else
+                    (v.domain if v.domain is not None else ""))]
+                for f, v in schema.features.items()]
+        out.append(f"<h3>Schema (artifact {schema.artifact_id})</h3>")
         out.append(_table(["feature", "type", "shape", "domain"], rows))
     return "".join(out)
 
 
-def _evaluation_section(details: Dict[str, Any]) -> str:
-    ev = details.get("evaluation")
+def _evaluation_section(details: RunDetails) -> str:
+    ev = details.evaluation
     out = ["<h2>Evaluation vs baseline</h2>"]
     if not ev:
         return out[0] + "<p class=\"muted\">The evaluator did not run in this run.</p>"
-    base = ev.get("baseline_model")
+    base = ev.baseline_model
     out.append("<p>Baseline: " + (
-        f"model artifact {base['artifact_id']} from run {_e(base['run_id'])}"
-        + (f", served as version {_e(', '.join(base['pushed_versions']))}" if base["pushed_versions"] else "")
+        f"model artifact {base.artifact_id} from run {_e(base.run_id)}"
+        + (f", served as version {_e(', '.join(base.pushed_versions))}" if base.pushed_versions else "")
         if base else "none: no blessed model existed yet (first blessing needs only the floor)") + "</p>")
-    cand, basem = ev.get("candidate", {}), ev.get("baseline", {})
+    cand, basem = ev.candidate, ev.baseline
     rows = []
     for key in sorted(cand):
         b = basem.get(key)
@@ -241,153 +270,167 @@ def _evaluation_section(details: Dict[str, Any]) -> str:
         delta = f"{cand[key] - b:+.{digits}f}" if b is not None else "-"
         rows.append([f"<code>{_e(key)}</code>", _num(cand[key], digits), _num(b, digits), delta])
     out.append(_table(["metric", "candidate", "baseline", "change"], rows, (1, 2, 3)))
-    out.append(f"<p class=\"muted\">accuracy floor {_num(ev.get('accuracy_floor'))}, majority-class rate on eval "
-               f"{_num(ev.get('majority_baseline'))} (blessing needs accuracy above both and no regression "
+    out.append(f"<p class=\"muted\">accuracy floor {_num(ev.accuracy_floor)}, majority-class rate on eval "
+               f"{_num(ev.majority_baseline)} (blessing needs accuracy above both and no regression "
                f"vs the baseline)</p>")
-    if ev.get("failures"):
+    failures = ev.metrics.failures if ev.metrics else []
+    if failures:
         out.append("<p>Not blessed because:</p><ul class=\"reasons\">" +
-                   "".join(f"<li>{_e(f)}</li>" for f in ev["failures"]) + "</ul>")
-    per_label = ev.get("per_label", {})
-    bars = [("overall", cand.get(L.ACCURACY), basem.get(L.ACCURACY))]
+                   "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
+    per_label = ev.metrics.per_label if ev.metrics else {}
+    bars = [("overall", cand.get(ACCURACY), basem.get(ACCURACY))]
     bars += [(f"label {k}", v.get("candidate"), v.get("baseline")) for k, v in per_label.items()]
     out.append("<h3>Accuracy, overall and per label</h3>")
-    out.append(metrics_chart(bars, ev.get("accuracy_floor"), ev.get("majority_baseline")))
+    out.append(metrics_chart(bars, ev.accuracy_floor, ev.majority_baseline))
     rows = [[f"<b>{_e(k)}</b>", _num(v.get("candidate")), _num(v.get("baseline"))] for k, v in per_label.items()]
     out.append("<h3>Per-slice (per-label) accuracy</h3>")
     out.append(_table(["label_name slice", "candidate", "baseline"], rows, (1, 2)))
     return "".join(out)
 
 
-def _lineage_section(lin: Optional[Dict[str, Any]], note: str) -> str:
+def _lineage_section(lin: Optional[Lineage], note: str) -> str:
     out = ["<h2>Lineage of the pushed model</h2>"]
     if lin is None:
         return out[0] + f"<p class=\"muted\">{_e(note)}</p>"
     out.append(f"<p>{_e(note)}</p>")
-    rows = [["pushed", f"version <b>{_e(lin['version'])}</b> → <code>{_e(lin['pushed']['destination'])}</code> "
-                       f"(artifact {lin['pushed']['artifact_id']}, run {_e(lin['pushed']['run_id'])})"]]
-    b = lin.get("blessing")
+    rows = [["pushed", f"version <b>{_e(lin.version)}</b> → <code>{_e(lin.pushed.destination)}</code> "
+                       f"(artifact {lin.pushed.artifact_id}, run {_e(lin.pushed.run_id)})"]]
+    b = lin.blessing
     if b:
-        rows.append(["blessing", f"{'BLESSED' if b['blessed'] else 'NOT blessed'} (artifact {b['artifact_id']})"])
-    infra = lin.get("infra_blessing")
+        rows.append(["blessing", f"{'BLESSED' if b.blessed else 'NOT blessed'} (artifact {b.artifact_id})"])
+    infra = lin.infra_blessing
     if infra:
-        rows.append(["infra validation", f"{'BLESSED' if infra['blessed'] else 'NOT blessed'} (artifact "
-                                         f"{infra['artifact_id']}): {_e(infra.get('num_requests'))} requests, p99 "
-                                         f"{_num(infra.get('p99_latency_ms'), 1)} ms"])
-    ev = lin.get("evaluation")
+        rows.append(["infra validation", f"{'BLESSED' if infra.blessed else 'NOT blessed'} (artifact "
+                                         f"{infra.artifact_id}): {_e(infra.measurements.get('num_requests'))} "
+                                         f"requests, p99 {_num(infra.measurements.get('p99_latency_ms'), 1)} ms"])
+    ev = lin.evaluation
     if ev:
-        base = ev.get("baseline_model")
-        acc = (ev.get("candidate") or {}).get(L.ACCURACY)
-        rows.append(["evaluation", f"artifact {ev.get('artifact_id')}: accuracy {_num(acc)}; baseline " +
-                     (f"model artifact {base['artifact_id']}" if base else "none")])
-    m = lin.get("model")
+        base = ev.baseline_model
+        rows.append(["evaluation", f"artifact {ev.artifact.artifact_id if ev.artifact else None}: accuracy "
+                                   f"{_num(ev.candidate.get(ACCURACY))}; baseline " +
+                     (f"model artifact {base.artifact_id}" if base else "none")])
+    m = lin.model
     if m:
-        rows.append(["model", f"artifact {m['artifact_id']} — <b>{_e(m.get('model_type'))}</b>, "
-                              f"{_e(m.get('train_steps'))} train steps, run {_e(m['run_id'])}<br>"
+        rows.append(["model", f"artifact {m.artifact_id} — <b>{_e(m.model_type)}</b>, "
+                              f"{_e(m.train_steps)} train steps, run {_e(m.run_id)}<br>"
                               f"<span class=\"muted\">hyperparameters "
-                              f"{_e(json.dumps(m.get('hyperparameters'), sort_keys=True))}</span><br>"
-                              f"<span class=\"muted\">module <code>{_e(m.get('module_path'))}</code></span>"])
-    t = lin.get("transform_graph")
+                              f"{_e(json.dumps(m.hyperparameters, sort_keys=True))}</span><br>"
+                              f"<span class=\"muted\">module <code>{_e(m.module_path)}</code></span>"])
+    t = lin.transform_graph
     if t:
-        rows.append(["transform graph", f"artifact {t['artifact_id']}, module fingerprint "
-                                        f"<code>{_e((t.get('module_fingerprint') or '-')[:16])}</code>"])
-    s = lin.get("schema")
+        rows.append(["transform graph", f"artifact {t.artifact_id}, module fingerprint "
+                                        f"<code>{_e((t.module_fingerprint or '-')[:16])}</code>"])
+    s = lin.schema
     if s:
-        rows.append(["schema", f"artifact {s['artifact_id']}: {_e(', '.join(sorted(s['features'])))}"])
-    st = lin.get("statistics")
+        rows.append(["schema", f"artifact {s.artifact_id}: {_e(', '.join(sorted(s.features)))}"])
+    st = lin.statistics
     if st:
-        rows.append(["statistics", f"artifact {st['artifact_id']}: " + ", ".join(
-            f"{_e(k)} {_e(v.get('num_examples'))}" for k, v in st["splits"].items())])
-    a = lin.get("anomalies")
+        rows.append(["statistics", f"artifact {st.artifact_id}: " + ", ".join(
+            f"{_e(k)} {_e(v.num_examples)}" for k, v in st.splits.items())])
+    a = lin.anomalies
     if a:
-        rows.append(["anomalies", f"artifact {a['artifact_id']}: {a['count']} anomalies"])
-    e = lin.get("examples")
+        rows.append(["anomalies", f"artifact {a.artifact_id}: {a.count} anomalies"])
+    e = lin.examples
     if e:
-        rows.append(["examples", f"artifact {e['artifact_id']} from <code>{_e(e['input_base'])}</code>, span "
-                                 f"{_e(e['span'])}, {_e(e['example_count'])} examples (" + ", ".join(
-                                     f"{_e(k)} {_e(v)}" for k, v in e["split_counts"].items()) + ")"])
+        rows.append(["examples", f"artifact {e.artifact_id} from <code>{_e(e.input_base)}</code>, span "
+                                 f"{_e(e.span)}, {_e(e.example_count)} examples (" + ", ".join(
+                                     f"{_e(k)} {_e(v)}" for k, v in e.split_counts.items()) + ")"])
     body = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
     out.append(f"<table class=\"lineage\">{body}</table>")
     return "".join(out)
 
 
-def _pushed_section(graph: L.Graph, pipeline: str) -> str:
+def _pushed_section(pushed: List[PushedVersion]) -> str:
     out = ["<h2>Pushed versions</h2>"]
-    pushed = L.pushed_models(graph, pipeline)
     if not pushed:
         return out[0] + "<p class=\"muted\">Nothing has been pushed for this model yet.</p>"
     rows = []
-    for version, artifact in reversed(pushed):
-        pusher, model = L._pusher_and_model(graph, artifact)
-        rows.append([f"<b>{version}</b>" + (" <span class=\"badge ok\">serving</span>"
-                                             if version == pushed[-1][0] else ""),
-                     _e(L.props(artifact).get("pushed_destination")),
-                     _e(graph.run_of(pusher) if pusher else None),
-                     _e(model.id if model else None),
-                     _e(L._iso(artifact.create_time_since_epoch))])
+    for v in reversed(pushed):
+        rows.append([f"<b>{v.version}</b>" + (" <span class=\"badge ok\">serving</span>"
+                                               if v.version == pushed[-1].version else ""),
+                     _e(v.destination), _e(v.run_id), _e(v.model.id if v.model else None), _e(v.pushed_at)])
     out.append(_table(["version", "destination", "run", "model artifact", "pushed at"], rows))
     return "".join(out)
 
 
-def _drift_section(home: Optional[str], pipeline: str, pushed) -> str:
-    """The last `conveyor drift` record of the served version (HOME/drift/<model>-<version>.json)."""
-    from conveyor.drift import read_drift
-    record = read_drift(home, pipeline, str(pushed[-1][0])) if home and pushed else None
+def _drift_section(record: Optional[DriftRecord]) -> str:
+    """The last `conveyor drift` record of the served version, or "" if there is none."""
     if record is None:
         return ""
-    badge = ("<span class=\"badge bad\" id=\"drift\">DRIFT</span>" if record.get("drift") else
+    badge = ("<span class=\"badge bad\" id=\"drift\">DRIFT</span>" if record.drift else
              "<span class=\"badge ok\" id=\"drift\">no drift</span>")
-    out = [f"<h2>Serving drift</h2><p>{badge} version {_e(record.get('version'))}: "
-           f"{_e(record.get('requests'))} logged requests vs {_e(record.get('training_examples'))} training "
-           f"examples, checked {_e(record.get('checked_at'))} (Jensen-Shannon threshold {_e(record.get('threshold'))}).</p>",
+    out = [f"<h2>Serving drift</h2><p>{badge} version {_e(record.version)}: "
+           f"{_e(record.requests)} logged requests vs {_e(record.training_examples)} training "
+           f"examples, checked {_e(record.checked_at)} (Jensen-Shannon threshold {_e(record.threshold)}).</p>",
            _table(["feature", "JS divergence"], [[_e(k), _num(v)] for k, v in
-                                                 sorted((record.get("js_divergence") or {}).items())], (1,))]
-    if record.get("anomalies"):
+                                                 sorted((record.js_divergence or {}).items())], (1,))]
+    if record.anomalies:
         out.append("<ul class=\"reasons\">" + "".join(
-            f"<li>{_e(a.get('feature'))}: {_e(a.get('description'))}</li>" for a in record["anomalies"]) + "</ul>")
+            f"<li>{_e(a.feature)}: {_e(a.description)}</li>" for a in record.anomalies) + "</ul>")
     return "".join(out)
 
 
 def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, home: Optional[str] = None) -> str:
-    graph = L.Graph(store)
-    pipeline = L.default_pipeline(graph, pipeline)
-    context = L.resolve_run(graph, pipeline, run)
-    details = L.run_details(graph, pipeline, context)
-    edges = L.dag_edges(graph, pipeline)
-    pushed = L.pushed_models(graph, pipeline)
+    """The HTML report of one run.
+
+    Args:
+      store: an MLMD MetadataStore.
+      pipeline: the pipeline name (None: the store's only pipeline).
+      run: a run reference (id, unique prefix, position; None: the latest run).
+      home: Conveyor HOME, for the served version's drift record (None: no drift section).
+    Returns:
+      one self-contained HTML document (inline CSS and SVG, no scripts, no external links).
+    Raises:
+      LineageError: unknown/ambiguous pipeline or run.
+    """
+    graph = Graph(store)
+    pipeline = default_pipeline(graph, pipeline)
+    context = resolve_run(graph, pipeline, run)
+    details = run_details(graph, pipeline, context)
+    edges = dag_edges(graph, pipeline)
+    pushed = pushed_models(graph, pipeline)
     lin, note = None, "Nothing has been pushed for this model yet."
-    if details["pushed_version"]:
-        lin = L.lineage_of_version(store, pipeline, details["pushed_version"])
-        note = f"This run pushed version {details['pushed_version']}."
+    if details.pushed_version:
+        lin = lineage_of_version(store, pipeline, details.pushed_version)
+        note = f"This run pushed version {details.pushed_version}."
     elif pushed:
-        lin = L.lineage_of_version(store, pipeline, str(pushed[-1][0]))
-        note = (f"This run pushed nothing ({details.get('push_note') or 'no push'}); the model served now is "
-                f"version {pushed[-1][0]}.")
-    blessed = details["blessed"]
+        lin = lineage_of_version(store, pipeline, str(pushed[-1].version))
+        note = (f"This run pushed nothing ({details.push_note or 'no push'}); the model served now is "
+                f"version {pushed[-1].version}.")
+    blessed = details.blessed
     verdict = ("<span class=\"badge neutral\">not evaluated</span>" if blessed is None else
                "<span class=\"badge ok\" id=\"verdict\">BLESSED</span>" if blessed else
                "<span class=\"badge bad\" id=\"verdict\">NOT BLESSED</span>")
-    push = (f"pushed as version <b id=\"pushed-version\">{_e(details['pushed_version'])}</b>"
-            if details["pushed_version"] else f"not pushed ({_e(details.get('push_note') or '-')})")
-    node_rows = [[_e(n["node"]), f"<span style=\"color:{_COLORS.get(n['state'], '#757575')}\">{_e(n['state'])}</span>",
-                  _num(n["seconds"], 1), _e(n["execution_id"])] for n in details["nodes"]]
+    push = (f"pushed as version <b id=\"pushed-version\">{_e(details.pushed_version)}</b>"
+            if details.pushed_version else f"not pushed ({_e(details.push_note or '-')})")
+    node_rows = [[_e(n.node), f"<span style=\"color:{_COLORS.get(n.state, '#757575')}\">{_e(n.state)}</span>",
+                  _num(n.seconds, 1), _e(n.execution_id)] for n in details.nodes]
+    drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
-            f"<p>Run <code id=\"run-id\">{_e(details['run_id'])}</code> started {_e(details['start'])}, took "
-            f"{_num(details['duration_seconds'], 1)} s. {verdict} {push}</p>",
-            "<h2>Pipeline</h2>", dag_svg(details["nodes"], edges),
+            f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, took "
+            f"{_num(details.duration_seconds, 1)} s. {verdict} {push}</p>",
+            "<h2>Pipeline</h2>", dag_svg(details.nodes, edges),
             "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",
             _table(["component", "state", "seconds", "execution"], node_rows, (2, 3)),
             _dataset_section(details), _evaluation_section(details), _lineage_section(lin, note),
-            _pushed_section(graph, pipeline), _drift_section(home, pipeline, pushed),
+            _pushed_section(pushed), _drift_section(drift),
             f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Conveyor report {_e(pipeline)} {_e(details['run_id'])}</title>"
+            f"<title>Conveyor report {_e(pipeline)} {_e(details.run_id)}</title>"
             f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>")
 
 
 def write_report(store, out: str, pipeline: Optional[str] = None, run: Optional[str] = None,
                  home: Optional[str] = None) -> str:
+    """Renders the report (see render) and writes it to `out` atomically (temp file + rename).
+
+    Returns:
+      the absolute path written.
+    Raises:
+      LineageError: as render; OSError: the file cannot be written.
+    """
     text = render(store, pipeline, run, home)
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -398,11 +441,16 @@ def write_report(store, out: str, pipeline: Optional[str] = None, run: Optional[
     return out
 
 
-def write_run_report(config, run: Optional[str] = None) -> str:
-    """HOME/reports/<name>-<run>.html for the latest (or given) run of config.name; returns the path."""
-    store = L.open_store(config.home_dir)
-    graph = L.Graph(store)
-    context = L.resolve_run(graph, config.name, run)
+def write_run_report(config: Config, run: Optional[str] = None) -> str:
+    """Writes HOME/reports/<name>-<run>.html for the latest (or given) run of config.name.
+
+    Returns:
+      the path written (the run id with characters outside [A-Za-z0-9._-] replaced by "-").
+    Raises:
+      LineageError: no store, pipeline or run.
+    """
+    store = open_store(config.home_dir)
+    context = resolve_run(Graph(store), config.name, run)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", context.name)
     path = os.path.join(config.home_dir, "reports", f"{config.name}-{safe}.html")
     return write_report(store, path, config.name, context.name, config.home_dir)

@@ -1,25 +1,38 @@
-"""The end-of-run summary, read back from ML Metadata (never from folder names)."""
+"""The end-of-run summary table, read back from ML Metadata (never from folder names).
+
+It reads MLMD through conveyor/metadata (the same store, run contexts and TFMA reader as
+`conveyor runs | lineage | diff`); only the table's wording is its own.
+"""
 import dataclasses
+import os
 from typing import Dict, List, Optional
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from conveyor.metadata import artifacts, runs
+from conveyor.metadata import store as mlmd
+from conveyor.metadata.runs import NodeRun
 from pipelines.config import Config
-from conveyor.lineage import ACCURACY, state_name
-
-
-
-@dataclasses.dataclass
-class NodeRun:
-    node: str
-    state: str
-    seconds: float
-    outputs: Dict[str, List[metadata_store_pb2.Artifact]]
 
 
 @dataclasses.dataclass
 class RunSummary:
+    """What a person reads after `conveyor run`: one run's states, metrics, verdicts and push.
+
+    Fields:
+      pipeline, run_id: the pipeline and the run ("-" when the pipeline has no runs).
+      nodes: every execution of the run, oldest first (NodeRun.seconds in seconds).
+      blessed: the Evaluator's verdict (None: it did not run).
+      not_blessed_because: one sentence per failed TFMA threshold.
+      candidate, baseline: overall TFMA metrics (accuracies 0..1) of the candidate and the baseline.
+      majority_baseline: majority-class rate on the eval split (0..1), from the ModelBlessing.
+      per_class_accuracy: label name -> the candidate's accuracy (0..1).
+      infra_blessed: the InfraValidator's verdict (None: it did not run); infra_note: its reason
+        or "<n> requests, p99 <ms> ms".
+      pushed_version, pushed_path: the version pushed and its folder (None: nothing pushed).
+      push_note: why nothing was pushed, for a person ("" when pushed).
+    """
     pipeline: str
     run_id: str
     nodes: List[NodeRun]
@@ -36,9 +49,11 @@ class RunSummary:
     push_note: str = ""
 
     def node(self, name: str) -> Optional[NodeRun]:
+        """The NodeRun of node id `name`, or None if it did not run."""
         return next((n for n in self.nodes if n.node == name), None)
 
     def table(self) -> str:
+        """The summary as a plain-text table (component states, metrics, verdicts, push)."""
         lines = [f"\nRun {self.run_id} of pipeline '{self.pipeline}'",
                  f"  {'component':<28} {'state':<10} {'seconds':>8}"]
         for n in self.nodes:
@@ -66,102 +81,60 @@ class RunSummary:
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
-    return metadata_store.MetadataStore(config)
+    """A read-only store on the MLMD SQLite file `metadata_path` (see metadata.store.open_store).
 
-
-def run_contexts(store, pipeline: str) -> List[metadata_store_pb2.Context]:
-    """pipeline_run contexts of one pipeline, oldest first."""
-    runs = {}
-    for context in store.get_contexts_by_type("pipeline"):
-        if context.name != pipeline:
-            continue
-        for execution in store.get_executions_by_context(context.id):
-            for c in store.get_contexts_by_execution(execution.id):
-                if c.type_id == store.get_context_type("pipeline_run").id:
-                    runs[c.id] = c
-    return sorted(runs.values(), key=lambda c: c.create_time_since_epoch)
-
-
-def node_runs(store, pipeline: str, run: metadata_store_pb2.Context) -> List[NodeRun]:
-    node_type = store.get_context_type("node").id
-    result = []
-    for execution in sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch):
-        node = next((c.name.split(".", 1)[1] for c in store.get_contexts_by_execution(execution.id)
-                     if c.type_id == node_type and c.name.startswith(pipeline + ".")), "?")
-        outputs: Dict[str, List] = {}
-        events = [e for e in store.get_events_by_execution_ids([execution.id])
-                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
-        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-        types = {t.id: t.name for t in store.get_artifact_types()}
-        for event in events:
-            artifact = artifacts.get(event.artifact_id)
-            if artifact is not None:
-                outputs.setdefault(types[artifact.type_id], []).append(artifact)
-        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
-        result.append(NodeRun(node, state_name(execution), seconds, outputs))
-    return result
-
-
-def _metrics(evaluation_uri: str, summary: RunSummary) -> None:
-    import tensorflow_model_analysis as tfma
-    for metrics in tfma.load_metrics(evaluation_uri):
-        slice_key = {s.column: (s.bytes_value.decode() if s.HasField("bytes_value") else str(s.int64_value))
-                     for s in metrics.slice_key.single_slice_keys}
-        for kv in metrics.metric_keys_and_values:
-            if kv.key.is_diff:
-                continue
-            value = kv.value.double_value.value
-            is_baseline = kv.key.model_name == "baseline"
-            if not slice_key:
-                (summary.baseline if is_baseline else summary.candidate)[kv.key.name] = value
-            elif kv.key.name == ACCURACY and not is_baseline and "label_name" in slice_key:
-                summary.per_class_accuracy[slice_key["label_name"]] = value
-    validation = tfma.load_validation_result(evaluation_uri)
-    for per_slice in validation.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            summary.not_blessed_because.append(
-                f"{failure.metric_key.name}"
-                f"{' (change vs baseline)' if failure.metric_key.is_diff else ''} = "
-                f"{failure.metric_value.double_value.value:.4f} fails threshold "
-                f"{_threshold_text(failure.metric_threshold)}")
-
-
-def _threshold_text(threshold) -> str:
-    if threshold.HasField("value_threshold"):
-        return f">= {threshold.value_threshold.lower_bound.value:.4f}"
-    return f"change >= {threshold.change_threshold.absolute.value:+.4f}"
+    Raises:
+      LineageError: the file does not exist.
+    """
+    return mlmd.open_store(metadata_path=metadata_path)
 
 
 def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store_pb2.Context] = None) -> RunSummary:
-    store = open_store(metadata_path)
-    runs = run_contexts(store, pipeline)
-    run = run or (runs[-1] if runs else None)
+    """The summary of one run of `pipeline` (default: its latest run).
+
+    Args:
+      metadata_path: the MLMD SQLite file (Config.metadata_path).
+      run: a run context (see metadata.runs.resolve_run); None = the latest run.
+    Returns:
+      the RunSummary; RunSummary(pipeline, "-", []) when the store or the pipeline has no runs.
+    """
+    if not os.path.isfile(metadata_path):
+        return RunSummary(pipeline, "-", [])
+    graph = mlmd.Graph(open_store(metadata_path))
+    if run is None:
+        try:
+            contexts = runs.run_contexts(graph, pipeline)
+        except mlmd.LineageError:  # the pipeline never ran
+            contexts = []
+        run = contexts[-1] if contexts else None
     if run is None:
         return RunSummary(pipeline, "-", [])
-    summary = RunSummary(pipeline, run.name, node_runs(store, pipeline, run))
+    summary = RunSummary(pipeline, run.name, runs.node_runs(graph, run))
     for n in summary.nodes:
         for blessing in n.outputs.get("ModelBlessing", []):
-            summary.blessed = blessing.custom_properties["blessed"].int_value == 1
-            if "majority_baseline" in blessing.custom_properties:
-                summary.majority_baseline = blessing.custom_properties["majority_baseline"].double_value
+            found = artifacts.blessing_summary(graph, blessing)
+            summary.blessed = found.blessed
+            if found.majority_baseline is not None:
+                summary.majority_baseline = found.majority_baseline
         for evaluation in n.outputs.get("ModelEvaluation", []):
-            _metrics(evaluation.uri, summary)
+            metrics = artifacts.evaluation_metrics(evaluation.uri)
+            summary.candidate.update(metrics.candidate)
+            summary.baseline.update(metrics.baseline)
+            summary.per_class_accuracy.update(
+                (label, v["candidate"]) for label, v in metrics.per_label.items() if "candidate" in v)
+            summary.not_blessed_because.extend(metrics.failures)
+            if metrics.error:
+                summary.not_blessed_because.append(metrics.error)
         for infra in n.outputs.get("InfraBlessing", []):
-            props = infra.custom_properties
-            summary.infra_blessed = props["blessed"].int_value == 1
-            summary.infra_note = props["reason"].string_value if "reason" in props else (
-                f"{props['num_requests'].int_value} requests, "
-                f"p99 {props['p99_latency_ms'].double_value:.1f} ms" if "p99_latency_ms" in props else "")
+            found = artifacts.infra_summary(graph, infra)
+            summary.infra_blessed, summary.infra_note = found.blessed, found.note()
         for pushed in n.outputs.get("PushedModel", []):
-            props = pushed.custom_properties
-            if props["pushed"].int_value == 1:
-                summary.pushed_version = props["pushed_version"].string_value
-                summary.pushed_path = props["pushed_destination"].string_value
+            p = mlmd.props(pushed)
+            if p.get("pushed") == 1:
+                summary.pushed_version = p.get("pushed_version")
+                summary.pushed_path = p.get("pushed_destination")
             else:
-                summary.push_note = props["reason"].string_value if "reason" in props else "not pushed"
+                summary.push_note = p.get("reason", "not pushed")
     if summary.blessed is False and summary.push_note == "not blessed":
         summary.push_note = "not blessed by the Evaluator"
     elif summary.infra_blessed is False and summary.push_note == "not blessed":

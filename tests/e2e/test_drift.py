@@ -23,6 +23,8 @@ from tests.support.helpers import SHARED_DATA, TEXT_REVIEWS, pushed_first_run, s
 from tests.support.serving_harness import ServerProcess
 
 IMDB_CSV = os.path.join(SHARED_DATA, "imdb", "imdb_reviews_2500.csv")
+DRIFT_JSON_KEYS = ["model", "version", "kind", "checked_at", "requests", "request_files", "training_examples",
+                   "training_statistics", "schema", "threshold", "js_divergence", "drift", "anomalies", "path"]
 
 # Short texts in other languages: what an English sentiment model should not be served.
 FOREIGN = [
@@ -67,7 +69,8 @@ FOREIGN = [
 
 def _serve_and_send(home: str, model: str, log_dir: str, bodies, log_path: str) -> None:
     """Serves HOME with every request logged, sends the bodies, stops (flushing the log)."""
-    server = ServerProcess(["--home", home, "--request_log_rate", "1.0", "--request_log_dir", log_dir], log_path)
+    server = ServerProcess(["--home", home, "--request_log_rate", "1.0", "--request_log_dir", log_dir], log_path,
+                           entry=["-m", "conveyor.cli", "serve"])  # request logging is conveyor serve's
     try:
         server.wait_ready(model)
         for body in bodies:
@@ -121,6 +124,7 @@ def test_requests_like_training_data_show_no_drift(image_home, digits_dir, tmp_p
     assert 0.0 < feature["image_mean"].float_list.value[0] < 1.0 and "label" not in feature
     code, record = _drift(image_home, "image_classifier", log_dir, capsys)
     assert code == 0 and record["anomalies"] == [], record
+    assert list(record) == DRIFT_JSON_KEYS  # scripts read `conveyor drift --json`: keys and order are pinned
     assert record["version"] == "1" and record["requests"] == 60
     assert record["js_divergence"]["image_mean"] < record["threshold"]
 
@@ -132,11 +136,13 @@ def test_inverted_images_drift_on_image_mean(image_home, digits_dir, tmp_path, c
     code, record = _drift(image_home, "image_classifier", log_dir, capsys)
     assert code == 1, record
     assert [a["feature"] for a in record["anomalies"]] == ["image_mean"], record
+    assert [list(a) for a in record["anomalies"]] == [["feature", "anomaly", "description"]]
     assert "Jensen-Shannon divergence" in record["anomalies"][0]["description"]
     with open(os.path.join(image_home, "drift", "image_classifier-1.json"), encoding="utf-8") as f:
-        assert json.load(f)["drift"] is True
+        written = json.load(f)
+    assert written["drift"] is True and list(written) == DRIFT_JSON_KEYS[:-1]  # the file has no "path"
     from conveyor import report
-    from conveyor.lineage import open_store
+    from conveyor.metadata.store import open_store
     html = report.render(open_store(image_home), "image_classifier", home=image_home)
     assert 'id="drift">DRIFT<' in html and "image_mean" in html
 

@@ -33,7 +33,8 @@ import requests
 from ml_metadata.proto import metadata_store_pb2
 
 from components.pusher import PAUSE_ENV, PUSH_RECORD
-from conveyor import lineage
+from conveyor.metadata import runs as mlmd_runs
+from conveyor.metadata.store import Graph, open_store, props
 from serving.model_manager import versions_on_disk
 from tests.support.serving_harness import REPO, ServerProcess, versions_by_state
 
@@ -121,7 +122,7 @@ def logs_text(home: str) -> str:
 def executions_by_node(home: str):
     """node id -> its executions (oldest first), or {} while the store is not readable yet."""
     try:
-        graph = lineage.Graph(lineage.open_store(home))
+        graph = Graph(open_store(home))
         out = {}
         for e in sorted(graph.store.get_executions(), key=lambda e: e.id):
             out.setdefault(graph.node_of(e), []).append(e)
@@ -283,10 +284,10 @@ def test_stale_lock_file_does_not_block_the_rerun(chain):
 def test_rerun_completes_and_mlmd_shows_the_killed_executions(chain):
     assert chain["d_returncode"] == 0, chain["d_output"][-4000:]
     assert "Pushed: version 1" in chain["d_output"], chain["d_output"][-3000:]
-    graph = lineage.Graph(lineage.open_store(chain["home"]))
-    runs = lineage.run_contexts(graph, PIPELINE)
+    graph = Graph(open_store(chain["home"]))
+    runs = mlmd_runs.run_contexts(graph, PIPELINE)
     assert len(runs) == 3, [r.name for r in runs]  # A and B (killed), D; nothing from refused C
-    by_run = [{graph.node_of(e): e for e in lineage.run_executions(graph, r)} for r in runs]
+    by_run = [{graph.node_of(e): e for e in mlmd_runs.run_executions(graph, r)} for r in runs]
     run_a, run_b, run_d = by_run
 
     # SIGKILL leaves an execution as it was when killed: TFX marks executions
@@ -311,15 +312,15 @@ def test_rerun_completes_and_mlmd_shows_the_killed_executions(chain):
                                       ("ServingPusher", run_b["ServingPusher"].id)])
 
     # `conveyor runs` lists the killed runs with the killed component "running".
-    rows = lineage.list_runs(graph.store, PIPELINE)
-    states = [{n["node"]: n["state"] for n in row["nodes"]} for row in rows]
+    rows = mlmd_runs.list_runs(graph.store, PIPELINE)
+    states = [{n.node: n.state for n in row.nodes} for row in rows]
     assert [s["Trainer"] for s in states] == ["running", "complete", "cached"]
     assert [s["ServingPusher"] for s in states] == ["not run", "running", "complete"]
-    assert [row["pushed_version"] for row in rows] == [None, None, "1"]
+    assert [row.pushed_version for row in rows] == [None, None, "1"]
 
     # The served version is D's push, of the model B's Trainer produced.
     pushed = graph.outputs(run_d["ServingPusher"])["pushed_model"][0]
-    assert lineage.props(pushed)["pushed_version"] == "1"
+    assert props(pushed)["pushed_version"] == "1"
     model = graph.input(run_d["ServingPusher"], "model")
     assert graph.producer(model).id == run_b["Trainer"].id
 

@@ -16,8 +16,12 @@ import pytest
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as pb
 
-from conveyor import lineage
 from conveyor.cli import main
+from conveyor.metadata import runs as mlmd_runs
+from conveyor.metadata.artifacts import ACCURACY
+from conveyor.metadata.diff import run_details
+from conveyor.metadata.lineage import lineage_of_model, lineage_of_version
+from conveyor.metadata.store import Graph, LineageError, open_store
 from pipelines.config import load_config
 from data.digits import materialize_digits
 from modules.settings import MODULES_FINGERPRINT_KEY
@@ -57,7 +61,7 @@ def history(tmp_path_factory, digits_dir):
 
 @pytest.fixture()
 def store(history):
-    return lineage.open_store(history["home"])
+    return open_store(history["home"])
 
 
 def cli(capsys, *argv):
@@ -145,6 +149,70 @@ def test_runs_through_the_installed_entry_point(history):
     assert len(json.loads(result.stdout)) == 2
 
 
+# JSON keys ---------------------------------------------------------------------------------
+# Scripts read `conveyor runs | lineage | diff --json`: the keys of every fixed-shape object,
+# and their order, are pinned here (objects keyed by data, e.g. splits or labels, are not).
+
+REF = ["artifact_id", "type", "uri", "created", "run_id", "execution_id"]
+MODEL = REF + ["node", "state", "model_type", "hyperparameters", "train_steps", "eval_steps", "module_file",
+               "module_path", "module_fingerprint"]
+EXAMPLES = REF + ["node", "input_base", "input_pattern", "span", "version", "input_fingerprint", "example_count",
+                  "skipped_count", "label_names", "splits", "split_counts"]
+EVALUATION = REF + ["baseline_model", "candidate", "baseline", "per_label", "failures"]
+FEATURE_KEYS = ["type", "min_fraction", "min_count", "shape", "int_domain", "domain"]
+
+
+def test_cli_json_keys_are_pinned(capsys, history, store):
+    for row in cli_json(capsys, "runs", "--home", history["home"]):
+        assert list(row) == ["run_id", "pipeline", "start", "start_ms", "duration_seconds", "nodes", "blessed",
+                             "infra_blessed", "pushed_version", "push_note"]
+        assert {tuple(n) for n in row["nodes"]} == {("node", "state", "seconds", "execution_id")}
+
+    lin = cli_json(capsys, "lineage", "--model", NAME, "--home", history["home"])
+    assert list(lin) == ["model_name", "version", "pushed_versions", "pushed", "model", "blessing", "evaluation",
+                         "transform_graph", "schema", "statistics", "anomalies", "examples", "infra_blessing"]
+    expected = {"pushed": REF + ["destination"], "model": MODEL,
+                "blessing": REF + ["blessed", "majority_baseline", "accuracy_floor"], "evaluation": EVALUATION,
+                "transform_graph": REF + ["module_path", "module_fingerprint"], "schema": REF + ["features"],
+                "statistics": REF + ["splits"], "anomalies": REF + ["splits", "count"], "examples": EXAMPLES,
+                "infra_blessing": REF + ["blessed", "num_requests", "num_failures", "p50_latency_ms",
+                                         "p99_latency_ms", "p99_budget_ms"]}
+    assert {k: list(lin[k]) for k in expected} == expected
+    for feature in lin["schema"]["features"].values():
+        assert list(feature) == [k for k in FEATURE_KEYS if k in feature] and "type" in feature
+    assert {tuple(v) for v in lin["statistics"]["splits"].values()} == {("num_examples", "labels")}
+    assert {tuple(v) for v in lin["evaluation"]["per_label"].values()} == {("candidate",)}  # version 1: no baseline
+
+    forward = cli_json(capsys, "lineage", "--from-examples", history["good"], "--home", history["home"])
+    assert list(forward) == ["examples", "models"] and list(forward["examples"]) == EXAMPLES
+    assert [list(m) for m in forward["models"]] == [
+        MODEL + ["model_name", "blessed", "pushed_versions", "served", "serving_latest"]]
+
+    diff = cli_json(capsys, "diff", "1", "2", "--home", history["home"])
+    assert list(diff) == ["pipeline", "run_a", "run_b", "states", "config", "data", "examples", "schema",
+                          "metrics", "per_label_accuracy", "blessed", "pushed_version"]
+    assert diff["config"] and {tuple(c) for c in diff["config"]} == {("node", "key", "a", "b")}
+    for split in diff["data"].values():
+        assert list(split) == ["num_examples", "labels"] and list(split["num_examples"]) == ["a", "b"]
+        assert {tuple(v) for v in split["labels"].values()} == {("a", "b")}
+    assert list(diff["examples"]) == ["a", "b", "same_artifact"]
+    assert list(diff["schema"]) == ["added", "removed", "changed", "same_artifact"]
+    assert diff["metrics"] and {tuple(v) for v in diff["metrics"].values()} == {("a", "b", "delta")}
+    assert diff["per_label_accuracy"] and {tuple(v) for v in diff["per_label_accuracy"].values()} == {("a", "b")}
+    assert list(diff["blessed"]) == list(diff["pushed_version"]) == ["a", "b"]
+
+    # The rejected run's evaluation names its baseline (version 1's lineage has none).
+    graph = Graph(store)
+    rejected = _run_execution(store, _run_contexts(store)[-1], "Trainer")
+    evaluation = lineage_of_model(graph, _outputs(store, rejected, "Model")[0]).to_json()["evaluation"]
+    assert list(evaluation) == EVALUATION and list(evaluation["baseline_model"]) == REF + ["pushed_versions"]
+    assert {tuple(v) for v in evaluation["per_label"].values()} == {("candidate", "baseline")}
+
+    # Users' scripts that import the old module still find the queries there.
+    from conveyor import lineage as compat
+    assert compat.list_runs is mlmd_runs.list_runs and compat.lineage_of_version is lineage_of_version
+
+
 # lineage -----------------------------------------------------------------------------------
 
 def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
@@ -182,7 +250,7 @@ def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
     evaluation = _outputs(store, evaluator, "ModelEvaluation")[0]
     assert result["evaluation"]["artifact_id"] == evaluation.id
     assert result["evaluation"]["baseline_model"] is None  # the first blessed model had nothing to beat
-    accuracy = result["evaluation"]["candidate"][lineage.ACCURACY]
+    accuracy = result["evaluation"]["candidate"][ACCURACY]
     assert accuracy > result["blessing"]["majority_baseline"] and accuracy >= result["blessing"]["accuracy_floor"]
     assert set(result["evaluation"]["per_label"]) == set(CLASSES)
 
@@ -256,7 +324,7 @@ def test_diff_matches_mlmd(capsys, history, store):
                                     if la.get(k) != lb.get(k)}
     assert result["data"]["train"]["labels"]  # shuffling moved images between labels
     assert result["schema"]["added"] == result["schema"]["removed"] == [] == result["schema"]["changed"]
-    accuracy = result["metrics"][lineage.ACCURACY]
+    accuracy = result["metrics"][ACCURACY]
     assert accuracy["a"] > accuracy["b"] and accuracy["delta"] == pytest.approx(accuracy["b"] - accuracy["a"])
     assert result["blessed"] == {"a": True, "b": False}
     assert result["pushed_version"] == {"a": "1", "b": None}
@@ -299,19 +367,19 @@ def test_report_renders_in_headless_chromium(capsys, history, store, tmp_path):
     out = str(tmp_path / "report.html")
     assert cli(capsys, "report", "--home", history["home"], "--out", out)[0] == 0  # latest run: the rejected one
     runs = _run_contexts(store)
-    details = lineage.run_details(lineage.Graph(store), NAME, runs[-1])
+    details = run_details(Graph(store), NAME, runs[-1])
     dom = _chromium("--dump-dom", "file://" + out)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html_text = dom.stdout
     assert runs[-1].name in html_text and "NOT BLESSED" in html_text
-    for node in details["nodes"]:
-        assert f'data-node="{node["node"]}" data-state="{node["state"]}"' in html_text
-    evaluation = details["evaluation"]
-    assert f'{evaluation["candidate"][lineage.ACCURACY]:.4f}' in html_text
-    assert f'{evaluation["baseline"][lineage.ACCURACY]:.4f}' in html_text
-    for split, s in details["statistics"]["splits"].items():
+    for node in details.nodes:
+        assert f'data-node="{node.node}" data-state="{node.state}"' in html_text
+    evaluation = details.evaluation
+    assert f'{evaluation.candidate[ACCURACY]:.4f}' in html_text
+    assert f'{evaluation.baseline[ACCURACY]:.4f}' in html_text
+    for split, s in details.statistics.splits.items():
         assert f"split {split}" in html_text
-        for count in s["labels"].values():
+        for count in s.labels.values():
             assert f"{count} <span" in html_text
     assert "No anomalies in any split." in html_text
     assert "This run pushed nothing (not blessed); the model served now is version 1." in html_text
@@ -350,18 +418,18 @@ def test_runs_states_on_any_connection_config():
             [eid] = store.put_executions([pb.Execution(type_id=exec_type, last_known_state=state)])
             store.put_attributions_and_associations(
                 [], [pb.Association(context_id=c, execution_id=eid) for c in (pipeline_id, run_id, nodes[node])])
-    rows = lineage.list_runs(store)
-    assert [r["run_id"] for r in rows] == ["r1", "r2"]
-    assert [n["state"] for n in rows[0]["nodes"]] == ["complete"] * 3
-    assert {n["node"]: n["state"] for n in rows[1]["nodes"]} == {"A": "cached", "B": "failed", "C": "not run"}
-    assert rows[1]["push_note"] == "run failed at B" and rows[1]["blessed"] is None
+    rows = mlmd_runs.list_runs(store)
+    assert [r.run_id for r in rows] == ["r1", "r2"]
+    assert [n.state for n in rows[0].nodes] == ["complete"] * 3
+    assert {n.node: n.state for n in rows[1].nodes} == {"A": "cached", "B": "failed", "C": "not run"}
+    assert rows[1].push_note == "run failed at B" and rows[1].blessed is None
     from conveyor.history_cli import format_runs
     assert re.search(r"r2 .* cached +failed +not run", format_runs(rows))
-    graph = lineage.Graph(store)
-    assert lineage.resolve_run(graph, "p", "-1").name == "r2" and lineage.resolve_run(graph, "p", "r1").name == "r1"
-    with pytest.raises(lineage.LineageError, match="'r9' is not a run of pipeline 'p'; runs: 1=r1, 2=r2"):
-        lineage.resolve_run(graph, "p", "r9")
-    with pytest.raises(lineage.LineageError, match="no model 'q' in the metadata store; models: p"):
-        lineage.lineage_of_version(store, "q")
-    with pytest.raises(lineage.LineageError, match="model 'p' has no pushed versions yet"):
-        lineage.lineage_of_version(store, "p")
+    graph = Graph(store)
+    assert mlmd_runs.resolve_run(graph, "p", "-1").name == "r2" and mlmd_runs.resolve_run(graph, "p", "r1").name == "r1"
+    with pytest.raises(LineageError, match="'r9' is not a run of pipeline 'p'; runs: 1=r1, 2=r2"):
+        mlmd_runs.resolve_run(graph, "p", "r9")
+    with pytest.raises(LineageError, match="no model 'q' in the metadata store; models: p"):
+        lineage_of_version(store, "q")
+    with pytest.raises(LineageError, match="model 'p' has no pushed versions yet"):
+        lineage_of_version(store, "p")

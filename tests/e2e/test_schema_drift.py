@@ -13,7 +13,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from conveyor import lineage
+from conveyor.metadata.lineage import pushed_models
+from conveyor.metadata.store import Graph, open_store
 from pipelines.config import load_config
 from conveyor import runner as local_runner
 from tests.support.helpers import SHARED_DATA, TEXT_REVIEWS, pushed_first_run
@@ -37,7 +38,7 @@ def _digits_subset(digits_dir: str, target: str, size: int = 8, skip_class=None,
 
 
 def _trainer_runs(home: str) -> int:
-    graph = lineage.Graph(lineage.open_store(home=home))
+    graph = Graph(open_store(home=home))
     return sum(1 for e in graph.store.get_executions() if graph.type_of(e).endswith("Trainer"))
 
 
@@ -51,8 +52,8 @@ def _second_run(kind: str, home: str, data: str) -> str:
     assert _trainer_runs(home) == trainers, "a Trainer ran on drifted data"
     served = os.path.join(home, "serving", name)
     assert sorted(os.listdir(served)) == [".push.lock", "1"]
-    graph = lineage.Graph(lineage.open_store(home=home))
-    assert [v for v, _ in lineage.pushed_models(graph, name)] == [1]
+    graph = Graph(open_store(home=home))
+    assert [v.version for v in pushed_models(graph, name)] == [1]
     return str(error.value)
 
 

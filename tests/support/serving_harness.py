@@ -48,9 +48,10 @@ def install(source: str, base_path: str, version: int) -> str:
 
 
 class ServerProcess:
-    """`python -m serving.server` on free ports; stop() in teardown."""
+    """`python -m serving.server` (or `entry`, e.g. ["-m", "conveyor.cli", "serve"]) on free
+    ports; stop() in teardown."""
 
-    def __init__(self, args: List[str], log_path: str):
+    def __init__(self, args: List[str], log_path: str, entry: Optional[List[str]] = None):
         self.rest_port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
@@ -59,7 +60,7 @@ class ServerProcess:
         self._log = open(log_path, "w")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--host", "127.0.0.1",
+            [sys.executable, *(entry or ["-m", "serving.server"]), "--host", "127.0.0.1",
              "--port", str(self.grpc_port), "--rest_api_port", str(self.rest_port),
              "--file_system_poll_wait_seconds", "0.2"] + args,
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -1,0 +1,57 @@
+"""`conveyor drift --model NAME [--home DIR] [--json]`: the command around drift.check_drift.
+
+Anomalies are printed in plain words (or the record as JSON). Exit status: 0 no drift,
+1 drift found, 2 nothing to compare (no pushed version, no logged requests, bad arguments).
+"""
+import argparse
+import json
+import sys
+
+from conveyor.drift import DriftError, DriftRecord, check_drift
+from conveyor.metadata.store import LineageError, home_dir
+from pipelines.config import Config, ConfigError
+
+
+def describe(record: DriftRecord) -> str:
+    """The record in plain words: divergence per feature, then the anomalies or "No drift"."""
+    lines = [f"Drift of {record.model} version {record.version}: {record.requests} logged requests "
+             f"vs {record.training_examples} training examples "
+             f"(Jensen-Shannon threshold {record.threshold})"]
+    for feature, value in sorted(record.js_divergence.items()):
+        lines.append(f"  {feature:<22} JS divergence {value:.4f}")
+    if record.anomalies:
+        lines.append("DRIFT: the served data differs from the training data:")
+        lines += [f"  - feature '{a.feature}': {a.anomaly}: {a.description}" for a in record.anomalies]
+    else:
+        lines.append("No drift: the logged requests match the training data.")
+    lines.append(f"  written to {record.path}")
+    return "\n".join(lines)
+
+
+def add_command(sub) -> None:
+    """Adds the `drift` subcommand to an argparse subparsers object."""
+    drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
+    drift.add_argument("--model", required=True, help="model name (the pipeline name)")
+    drift.add_argument("--home", help=f"Conveyor HOME (default ./{Config.home})")
+    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
+    drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
+    drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")
+    drift.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Runs `conveyor drift`; returns 0 no drift, 1 drift, 2 nothing to compare / bad arguments."""
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        print(f"conveyor drift: --threshold: expected 0..1, got {args.threshold}", file=sys.stderr)
+        return 2
+    try:
+        record = check_drift(home_dir(args.home), args.model, args.threshold, args.config, args.request_log_dir)
+    except (DriftError, LineageError, ConfigError) as e:
+        print(f"conveyor drift: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(record.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(describe(record))
+    return 1 if record.drift else 0

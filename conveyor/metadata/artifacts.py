@@ -1,0 +1,408 @@
+"""Artifact contents: statistics, anomalies, schema, TFMA metrics, examples and blessings.
+
+Files are read from the URIs MLMD records, through TFX/TFDV/TFMA's own readers.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+
+from conveyor.metadata.store import Graph, Record, exec_properties, iso_time, json_field, props
+from modules.features import LABEL_NAME
+
+ACCURACY = "sparse_categorical_accuracy"
+BASELINE_MODEL_NAME = "baseline"  # TFMA's model_name of the baseline (components/evaluator.py's eval_config)
+
+
+@dataclasses.dataclass
+class ArtifactRef(Record):
+    """Where an artifact is and who made it.
+
+    Fields:
+      artifact_id: MLMD artifact id.
+      type: artifact type name (e.g. "Model", "ExampleStatistics").
+      uri: the artifact's folder.
+      created: creation time, local ISO 8601 (seconds).
+      run_id: run context name of the producing execution (None: no producer).
+      execution_id: MLMD id of the producing execution (None: no producer).
+    """
+    artifact_id: int = 0
+    type: str = ""
+    uri: str = ""
+    created: str = ""
+    run_id: Optional[str] = None
+    execution_id: Optional[int] = None
+
+    def ref_fields(self) -> Dict[str, Any]:
+        """The ArtifactRef fields only, as keyword arguments for a subclass."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ArtifactRef)}
+
+
+def artifact_ref(graph: Graph, artifact: Optional[mlmd_pb2.Artifact]) -> Optional[ArtifactRef]:
+    """The ArtifactRef of an MLMD artifact (None for None)."""
+    if artifact is None:
+        return None
+    producer = graph.producer(artifact)
+    return ArtifactRef(artifact_id=artifact.id, type=graph.type_of(artifact), uri=artifact.uri,
+                       created=iso_time(artifact.create_time_since_epoch),
+                       run_id=graph.run_of(producer) if producer else None,
+                       execution_id=producer.id if producer else None)
+
+
+def split_names(artifact: mlmd_pb2.Artifact) -> List[str]:
+    """The artifact's split names (TFX's JSON `split_names` property); [] if absent or bad."""
+    raw = props(artifact).get("split_names")
+    try:
+        return list(json.loads(raw)) if raw else []
+    except ValueError:
+        return []
+
+
+# statistics ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SplitStatistics(Record):
+    """One split of StatisticsGen's output.
+
+    Fields:
+      num_examples: number of examples in the split.
+      labels: label name -> number of examples (the LABEL_NAME feature's histogram), sorted by name.
+      error: why the split's statistics could not be read (then the other fields are unset).
+    """
+    num_examples: Optional[int] = None
+    labels: Dict[str, int] = dataclasses.field(default_factory=dict)
+    error: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """{"error": ...} for an unreadable split, else {"num_examples", "labels"}."""
+        if self.error is not None:
+            return {"error": self.error}
+        return {"num_examples": self.num_examples, "labels": dict(self.labels)}
+
+
+@dataclasses.dataclass
+class StatisticsSummary(ArtifactRef):
+    """An ExampleStatistics artifact: per split, example count and label distribution.
+
+    Fields (besides ArtifactRef's):
+      splits: split name ("train", "eval") -> SplitStatistics, in the artifact's split order.
+    """
+    splits: Dict[str, SplitStatistics] = dataclasses.field(default_factory=dict)
+
+
+def load_split_statistics(graph: Graph, statistics: mlmd_pb2.Artifact, split: str):
+    """One split's statistics as a `DatasetFeatureStatisticsList` proto (TFX's own reader).
+
+    Raises:
+      whatever TFX's stats_artifact_utils.load_statistics raises for a missing/corrupt file.
+    """
+    from tfx.components.statistics_gen import stats_artifact_utils
+    return stats_artifact_utils.load_statistics(graph.tfx_artifact(statistics), split).proto()
+
+
+def statistics_summary(graph: Graph, statistics: mlmd_pb2.Artifact) -> StatisticsSummary:
+    """Per split: example count and label distribution, from StatisticsGen's FeatureStats.
+
+    An unreadable split is reported in its SplitStatistics.error, not raised.
+    """
+    splits: Dict[str, SplitStatistics] = {}
+    for split in split_names(statistics):
+        try:
+            proto = load_split_statistics(graph, statistics, split)
+        except Exception as e:  # noqa: BLE001 - a missing/corrupt file is reported, not fatal
+            splits[split] = SplitStatistics(error=str(e))
+            continue
+        dataset = proto.datasets[0]
+        labels: Dict[str, int] = {}
+        for feature in dataset.features:
+            name = feature.path.step[-1] if feature.path.step else feature.name
+            if name == LABEL_NAME and feature.HasField("string_stats"):
+                buckets = feature.string_stats.rank_histogram.buckets
+                labels = {b.label: int(b.sample_count) for b in buckets} or {
+                    v.value: int(v.frequency) for v in feature.string_stats.top_values}
+        splits[split] = SplitStatistics(num_examples=int(dataset.num_examples), labels=dict(sorted(labels.items())))
+    return StatisticsSummary(**artifact_ref(graph, statistics).ref_fields(), splits=splits)
+
+
+# anomalies -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class AnomaliesSummary(ArtifactRef):
+    """An ExampleAnomalies artifact (ExampleValidator's verdict against the schema).
+
+    Fields (besides ArtifactRef's):
+      splits: split name -> one line per anomaly ("feature 'x': <short> - <description>").
+      count: total number of anomalies over all splits.
+    """
+    splits: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    count: int = 0
+
+
+def anomalies_summary(graph: Graph, anomalies: mlmd_pb2.Artifact) -> AnomaliesSummary:
+    """The anomalies of each split, read from Split-<split>/SchemaDiff.pb (a missing file = none)."""
+    from tensorflow_data_validation.utils import anomalies_util
+    splits: Dict[str, List[str]] = {}
+    for split in split_names(anomalies):
+        path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
+        found: List[str] = []
+        if os.path.exists(path):
+            result = anomalies_util.load_anomalies_binary(path)
+            for feature, info in sorted(result.anomaly_info.items()):
+                found.append(f"feature '{feature}': {info.short_description} - {info.description}")
+            if result.HasField("dataset_anomaly_info"):
+                info = result.dataset_anomaly_info
+                found.append(f"dataset: {info.short_description} - {info.description}")
+        splits[split] = found
+    return AnomaliesSummary(**artifact_ref(graph, anomalies).ref_fields(), splits=splits,
+                            count=sum(len(v) for v in splits.values()))
+
+
+# schema --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FeatureSchema(Record):
+    """One feature of a schema; optional fields are present only when the schema sets them.
+
+    Fields:
+      type: "BYTES" | "INT" | "FLOAT" (tensorflow_metadata FeatureType name).
+      min_fraction: presence.min_fraction, 0..1 (6 decimals).
+      min_count: presence.min_count.
+      shape: fixed shape, one size per dimension.
+      int_domain: [min, max] of an int domain.
+      domain: the values of the feature's string domain (sorted), or the domain's name if undefined.
+    """
+    type: str = ""
+    min_fraction: Optional[float] = json_field(omit_if_none=True)
+    min_count: Optional[int] = json_field(omit_if_none=True)
+    shape: Optional[List[int]] = json_field(omit_if_none=True)
+    int_domain: Optional[List[int]] = json_field(omit_if_none=True)
+    domain: Any = json_field(omit_if_none=True)
+
+
+@dataclasses.dataclass
+class SchemaSummary(ArtifactRef):
+    """A Schema artifact's features. Fields (besides ArtifactRef's): features: name -> FeatureSchema."""
+    features: Dict[str, FeatureSchema] = dataclasses.field(default_factory=dict)
+
+
+def schema_summary(graph: Graph, schema: mlmd_pb2.Artifact) -> SchemaSummary:
+    """Features of a Schema artifact (schema.pbtxt): type, presence, shape, domain; none if the file is missing."""
+    import tensorflow_data_validation as tfdv
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    path = os.path.join(schema.uri, "schema.pbtxt")
+    features: Dict[str, FeatureSchema] = {}
+    if os.path.exists(path):
+        proto = tfdv.load_schema_text(path)
+        for f in proto.feature:
+            entry = FeatureSchema(type=schema_pb2.FeatureType.Name(f.type))
+            if f.HasField("presence"):
+                entry.min_fraction = round(f.presence.min_fraction, 6)
+                entry.min_count = int(f.presence.min_count)
+            if f.HasField("shape"):
+                entry.shape = [int(d.size) for d in f.shape.dim]
+            if f.HasField("int_domain"):
+                entry.int_domain = [int(f.int_domain.min), int(f.int_domain.max)]
+            if f.HasField("domain"):
+                domain = next((d for d in proto.string_domain if d.name == f.domain), None)
+                entry.domain = sorted(domain.value) if domain else f.domain
+            features[f.name] = entry
+    return SchemaSummary(**artifact_ref(graph, schema).ref_fields(), features=features)
+
+
+# TFMA metrics --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EvaluationMetrics(Record):
+    """TFMA metrics of a ModelEvaluation artifact (components/evaluator.py's eval_config).
+
+    Fields:
+      candidate: overall metric name -> value of the candidate model (accuracies 0..1,
+        example_count a count).
+      baseline: the same for the baseline model (empty without a baseline).
+      per_label: label name -> {"candidate": accuracy, "baseline": accuracy} (0..1; a key is
+        absent when that model has no value), sorted by label.
+      failures: one sentence per failed threshold, e.g.
+        "sparse_categorical_accuracy = 0.3000 fails threshold >= 0.5000".
+      error: why the metrics could not be read (then the other fields are empty).
+    """
+    candidate: Dict[str, float] = dataclasses.field(default_factory=dict)
+    baseline: Dict[str, float] = dataclasses.field(default_factory=dict)
+    per_label: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    failures: List[str] = dataclasses.field(default_factory=list)
+    error: Optional[str] = json_field(omit_if_none=True)
+
+
+def _slice_value(key) -> str:
+    return key.bytes_value.decode() if key.HasField("bytes_value") else str(key.int64_value)
+
+
+def threshold_text(threshold) -> str:
+    """A tfma MetricThreshold as text: ">= 0.5000" (value) or "change >= +0.0000" (vs baseline)."""
+    if threshold.HasField("value_threshold"):
+        return f">= {threshold.value_threshold.lower_bound.value:.4f}"
+    return f"change >= {threshold.change_threshold.absolute.value:+.4f}"
+
+
+def evaluation_metrics(evaluation_uri: str) -> EvaluationMetrics:
+    """TFMA metrics and threshold failures of a ModelEvaluation at `evaluation_uri`.
+
+    Unreadable metrics are reported in `error`, not raised; a missing validation result
+    leaves `failures` empty.
+    """
+    import tensorflow_model_analysis as tfma
+    out = EvaluationMetrics()
+    try:
+        loaded = list(tfma.load_metrics(evaluation_uri))
+    except Exception as e:  # noqa: BLE001
+        out.error = f"cannot read metrics: {e}"
+        return out
+    for metrics in loaded:
+        slice_key = {s.column: _slice_value(s) for s in metrics.slice_key.single_slice_keys}
+        for kv in metrics.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            value = kv.value.double_value.value
+            who = "baseline" if kv.key.model_name == BASELINE_MODEL_NAME else "candidate"
+            if not slice_key:
+                getattr(out, who)[kv.key.name] = value
+            elif kv.key.name == ACCURACY and LABEL_NAME in slice_key:
+                out.per_label.setdefault(slice_key[LABEL_NAME], {})[who] = value
+    out.per_label = {label: {who: v[who] for who in ("candidate", "baseline") if who in v}
+                     for label, v in sorted(out.per_label.items())}
+    try:
+        validation = tfma.load_validation_result(evaluation_uri)
+    except Exception:  # noqa: BLE001
+        return out
+    for per_slice in validation.metric_validations_per_slice:
+        where = ", ".join(f"{k.column}={_slice_value(k)}" for k in per_slice.slice_key.single_slice_keys)
+        for failure in per_slice.failures:
+            out.failures.append(
+                f"{f'[{where}] ' if where else ''}"
+                f"{failure.metric_key.name}{' (change vs baseline)' if failure.metric_key.is_diff else ''}"
+                f" = {failure.metric_value.double_value.value:.4f} fails threshold "
+                f"{threshold_text(failure.metric_threshold)}")
+    return out
+
+
+# examples ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ExamplesSummary(ArtifactRef):
+    """An Examples artifact and the ExampleGen execution that ingested it.
+
+    Fields (besides ArtifactRef's):
+      node: the ExampleGen node id (None: no producer).
+      input_base: the input data folder.
+      input_pattern: the glob (under input_base) of the first split config.
+      span, version: TFX span/version of the ingested data.
+      input_fingerprint: TFX's fingerprint of the input files.
+      example_count, skipped_count: examples written / bad inputs skipped (Conveyor's ExampleGens).
+      label_names: class names, in label-index order.
+      splits: split names of the artifact.
+      split_counts: split -> number of examples, from the StatisticsGen that read it ({} if none).
+    """
+    node: Optional[str] = None
+    input_base: Optional[str] = None
+    input_pattern: Optional[str] = None
+    span: Optional[int] = None
+    version: Optional[int] = None
+    input_fingerprint: Optional[str] = None
+    example_count: Optional[int] = None
+    skipped_count: Optional[int] = None
+    label_names: Any = None
+    splits: List[str] = dataclasses.field(default_factory=list)
+    split_counts: Dict[str, Optional[int]] = dataclasses.field(default_factory=dict)
+
+
+def examples_summary(graph: Graph, examples: mlmd_pb2.Artifact,
+                     statistics: Optional[mlmd_pb2.Artifact] = None) -> ExamplesSummary:
+    """An Examples artifact, its ExampleGen's input, and per-split counts from `statistics`
+    (default: the output of the first StatisticsGen that read these examples)."""
+    p = props(examples)
+    gen = graph.producer(examples)
+    gen_props = exec_properties(gen) if gen else {}
+    splits_cfg = ((gen_props.get("input_config") or {}).get("splits") or [{}])
+    out = ExamplesSummary(**artifact_ref(graph, examples).ref_fields(),
+                          node=graph.node_of(gen) if gen else None,
+                          input_base=gen_props.get("input_base"),
+                          input_pattern=splits_cfg[0].get("pattern") if splits_cfg else None,
+                          span=p.get("span"), version=p.get("version"),
+                          input_fingerprint=p.get("input_fingerprint"),
+                          example_count=p.get("example_count"), skipped_count=p.get("skipped_count"),
+                          label_names=p.get("label_names"), splits=split_names(examples))
+    if statistics is None:
+        for e in graph.consumers(examples, "examples"):
+            if graph.type_of(e).endswith("StatisticsGen"):
+                stats = graph.outputs(e).get("statistics")
+                if stats:
+                    statistics = stats[0]
+                    break
+    if statistics is not None:
+        summary = statistics_summary(graph, statistics)
+        out.split_counts = {s: v.num_examples for s, v in summary.splits.items()}
+    return out
+
+
+# blessings -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class BlessingSummary(ArtifactRef):
+    """A ModelBlessing (the Evaluator's verdict).
+
+    Fields (besides ArtifactRef's):
+      blessed: whether the candidate was blessed.
+      majority_baseline: majority-class rate on the eval split (0..1), None if not recorded.
+      accuracy_floor: the configured minimum accuracy (0..1), None if not recorded.
+    """
+    blessed: bool = False
+    majority_baseline: Optional[float] = None
+    accuracy_floor: Optional[float] = None
+
+
+def blessing_summary(graph: Graph, blessing: mlmd_pb2.Artifact) -> BlessingSummary:
+    """The verdict and reference rates recorded on a ModelBlessing artifact."""
+    p = props(blessing)
+    return BlessingSummary(**artifact_ref(graph, blessing).ref_fields(), blessed=p.get("blessed") == 1,
+                           majority_baseline=p.get("majority_baseline"), accuracy_floor=p.get("accuracy_floor"))
+
+
+INFRA_MEASUREMENTS = ("num_requests", "num_failures", "p50_latency_ms", "p99_latency_ms", "p99_budget_ms", "reason")
+
+
+@dataclasses.dataclass
+class InfraSummary(ArtifactRef):
+    """An InfraBlessing (InfraValidator's serving check).
+
+    Fields (besides ArtifactRef's):
+      blessed: whether the model served and answered within budget.
+      measurements: what the validator recorded, keys in INFRA_MEASUREMENTS order (those
+        present): num_requests, num_failures (counts), p50_latency_ms, p99_latency_ms,
+        p99_budget_ms (milliseconds), reason (text, on failure). Flattened into the JSON
+        object. (MLMD's property map has no stable order, so the order is fixed here.)
+    """
+    blessed: bool = False
+    measurements: Dict[str, Any] = json_field(default_factory=dict, json=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        """ArtifactRef keys, "blessed", then the measurements' keys."""
+        return {**super().to_json(), **self.measurements}
+
+    def note(self) -> str:
+        """The reason, else "<n> requests, p99 <ms> ms", else ""."""
+        m = self.measurements
+        if "reason" in m:
+            return m["reason"]
+        if "p99_latency_ms" in m:
+            return f"{m.get('num_requests', 0)} requests, p99 {m['p99_latency_ms']:.1f} ms"
+        return ""
+
+
+def infra_summary(graph: Graph, blessing: Optional[mlmd_pb2.Artifact]) -> Optional[InfraSummary]:
+    """The verdict and measurements of an InfraBlessing artifact (None for None)."""
+    if blessing is None:
+        return None
+    p = props(blessing)
+    return InfraSummary(**artifact_ref(graph, blessing).ref_fields(), blessed=p.get("blessed") == 1,
+                        measurements={k: p[k] for k in INFRA_MEASUREMENTS if k in p})

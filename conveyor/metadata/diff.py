@@ -1,0 +1,260 @@
+"""Run contents, what changed between two runs, and the DAG's edges as MLMD recorded them."""
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
+
+from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+
+from conveyor.metadata.artifacts import (AnomaliesSummary, ExamplesSummary, FeatureSchema, InfraSummary,
+                                         SchemaSummary, StatisticsSummary, anomalies_summary, examples_summary,
+                                         infra_summary, schema_summary, statistics_summary)
+from conveyor.metadata.lineage import Evaluation, ModelSummary, evaluation_of, model_summary
+from conveyor.metadata.runs import (RunRecord, default_pipeline, fill_run_record, node_executions, resolve_run,
+                                    run_contexts, run_executions)
+from conveyor.metadata.store import Graph, Record, exec_properties, props
+
+
+@dataclasses.dataclass
+class RunDetails(RunRecord):
+    """Everything about one run: its RunRecord plus what its executions recorded.
+
+    Fields (besides RunRecord's; None: the run has no such output):
+      exec_properties: node id -> that node's TFX exec properties (see store.exec_properties).
+      statistics: StatisticsGen's output.
+      schema: the Schema output (SchemaGen or an importer).
+      anomalies: ExampleValidator's output.
+      examples: ExampleGen's output, with per-split counts from `statistics`.
+      evaluation: the Evaluator's evaluation, with majority_baseline/accuracy_floor from its blessing.
+      infra_blessing: the InfraValidator's verdict.
+      model: the Trainer's Model.
+    """
+    exec_properties: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    statistics: Optional[StatisticsSummary] = None
+    schema: Optional[SchemaSummary] = None
+    anomalies: Optional[AnomaliesSummary] = None
+    examples: Optional[ExamplesSummary] = None
+    evaluation: Optional[Evaluation] = None
+    infra_blessing: Optional[InfraSummary] = None
+    model: Optional[ModelSummary] = None
+
+
+def run_details(graph: Graph, pipeline: str, run: mlmd_pb2.Context, with_metrics: bool = True) -> RunDetails:
+    """Everything about one run: the runs row plus exec properties, statistics, schema, metrics.
+
+    Args:
+      run: a run context of `pipeline` (see runs.resolve_run).
+      with_metrics: read the TFMA metrics files of the evaluation.
+    """
+    details = fill_run_record(RunDetails(), graph, pipeline, run)
+    by_node = node_executions(graph, run)
+    details.exec_properties = {node: exec_properties(e) for node, e in by_node.items()}
+    executions = list(by_node.values())
+    _, statistics = graph.first_output_of_type(
+        [e for e in executions if "statistics" in graph.outputs(e) and graph.type_of(e).endswith("StatisticsGen")],
+        "ExampleStatistics")
+    details.statistics = statistics_summary(graph, statistics) if statistics is not None else None
+    _, schema = graph.first_output_of_type([e for e in executions if "schema" in graph.outputs(e)], "Schema")
+    details.schema = schema_summary(graph, schema) if schema is not None else None
+    _, anomalies = graph.first_output_of_type([e for e in executions if "anomalies" in graph.outputs(e)],
+                                              "ExampleAnomalies")
+    details.anomalies = anomalies_summary(graph, anomalies) if anomalies is not None else None
+    _, examples = graph.first_output_of_type(executions, "Examples")
+    details.examples = examples_summary(graph, examples, statistics) if examples is not None else None
+    evaluator, evaluation = graph.first_output_of_type(executions, "ModelEvaluation")
+    if evaluation is not None:
+        details.evaluation = evaluation_of(graph, evaluator, with_metrics)
+        blessing = (graph.outputs(evaluator).get("blessing") or [None])[0]
+        if blessing is not None:
+            p = props(blessing)
+            details.evaluation.majority_baseline = p.get("majority_baseline")
+            details.evaluation.accuracy_floor = p.get("accuracy_floor")
+    details.infra_blessing = infra_summary(graph, graph.first_output_of_type(executions, "InfraBlessing")[1])
+    _, model = graph.first_output_of_type(executions, "Model")
+    details.model = model_summary(graph, model) if model is not None else None
+    return details
+
+
+# diff ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Change(Record):
+    """A value in run A and in run B (None: absent in that run)."""
+    a: Any = None
+    b: Any = None
+
+
+@dataclasses.dataclass
+class ConfigChange(Record):
+    """An exec property that differs. Fields: node, key (dotted path into the property), a, b."""
+    node: str = ""
+    key: str = ""
+    a: Any = None
+    b: Any = None
+
+
+@dataclasses.dataclass
+class SplitDiff(Record):
+    """One split's data change. Fields: num_examples: Change of the example counts;
+    labels: label -> Change of its example count (only labels whose count changed)."""
+    num_examples: Change = dataclasses.field(default_factory=Change)
+    labels: Dict[str, Change] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ExamplesChange(Record):
+    """The Examples of both runs. Fields: a, b: artifact URIs; same_artifact: both runs used one artifact."""
+    a: Optional[str] = None
+    b: Optional[str] = None
+    same_artifact: bool = False
+
+
+@dataclasses.dataclass
+class FeatureChange(Record):
+    """A schema feature present in both runs whose definition changed (a, b: FeatureSchema)."""
+    feature: str = ""
+    a: Optional[FeatureSchema] = None
+    b: Optional[FeatureSchema] = None
+
+
+@dataclasses.dataclass
+class SchemaDiff(Record):
+    """Schema change. Fields: added, removed: feature names (sorted); changed: per feature;
+    same_artifact: both runs used one Schema artifact."""
+    added: List[str] = dataclasses.field(default_factory=list)
+    removed: List[str] = dataclasses.field(default_factory=list)
+    changed: List[FeatureChange] = dataclasses.field(default_factory=list)
+    same_artifact: bool = False
+
+
+@dataclasses.dataclass
+class MetricChange(Record):
+    """An overall candidate metric in both runs; delta = b - a (None if either is missing)."""
+    a: Optional[float] = None
+    b: Optional[float] = None
+    delta: Optional[float] = None
+
+
+@dataclasses.dataclass
+class RunDiff(Record):
+    """`conveyor diff A B`: what changed between two runs of a pipeline.
+
+    Fields:
+      pipeline, run_a, run_b: the pipeline and the two run ids.
+      states: node -> Change of its state (only nodes whose state differs).
+      config: exec properties that differ, per node and key.
+      data: split -> SplitDiff (statistics of the two runs).
+      examples: the two Examples artifacts.
+      schema: the schema change.
+      metrics: overall candidate metric name -> MetricChange.
+      per_label_accuracy: label -> Change of the candidate's accuracy (0..1).
+      blessed: Change of the verdict (bool or None).
+      pushed_version: Change of the pushed version (str or None).
+    """
+    pipeline: str = ""
+    run_a: str = ""
+    run_b: str = ""
+    states: Dict[str, Change] = dataclasses.field(default_factory=dict)
+    config: List[ConfigChange] = dataclasses.field(default_factory=list)
+    data: Dict[str, SplitDiff] = dataclasses.field(default_factory=dict)
+    examples: ExamplesChange = dataclasses.field(default_factory=ExamplesChange)
+    schema: SchemaDiff = dataclasses.field(default_factory=SchemaDiff)
+    metrics: Dict[str, MetricChange] = dataclasses.field(default_factory=dict)
+    per_label_accuracy: Dict[str, Change] = dataclasses.field(default_factory=dict)
+    blessed: Change = dataclasses.field(default_factory=Change)
+    pushed_version: Change = dataclasses.field(default_factory=Change)
+
+
+def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _data_diff(a: Optional[StatisticsSummary], b: Optional[StatisticsSummary]) -> Dict[str, SplitDiff]:
+    splits_a = a.splits if a else {}
+    splits_b = b.splits if b else {}
+    data = {}
+    for split in sorted(set(splits_a) | set(splits_b)):
+        sa, sb = splits_a.get(split), splits_b.get(split)
+        la = sa.labels if sa else {}
+        lb = sb.labels if sb else {}
+        data[split] = SplitDiff(num_examples=Change(sa.num_examples if sa else None, sb.num_examples if sb else None),
+                                labels={l: Change(la.get(l), lb.get(l)) for l in sorted(set(la) | set(lb))
+                                        if la.get(l) != lb.get(l)})
+    return data
+
+
+def _schema_diff(a: Optional[SchemaSummary], b: Optional[SchemaSummary]) -> SchemaDiff:
+    fa = a.features if a else {}
+    fb = b.features if b else {}
+    return SchemaDiff(added=sorted(set(fb) - set(fa)), removed=sorted(set(fa) - set(fb)),
+                      changed=[FeatureChange(f, fa[f], fb[f]) for f in sorted(set(fa) & set(fb)) if fa[f] != fb[f]],
+                      same_artifact=bool(a and b and a.artifact_id == b.artifact_id))
+
+
+def diff_runs(store, pipeline: Optional[str], run_a: str, run_b: str) -> RunDiff:
+    """`conveyor diff A B`: what changed between two runs of a pipeline.
+
+    Args:
+      pipeline: the pipeline name (None: the store's only pipeline).
+      run_a, run_b: run references (id, unique prefix, or position; see runs.resolve_run).
+    Raises:
+      LineageError: unknown/ambiguous pipeline or run.
+    """
+    graph = Graph(store)
+    pipeline = default_pipeline(graph, pipeline)
+    a = run_details(graph, pipeline, resolve_run(graph, pipeline, run_a))
+    b = run_details(graph, pipeline, resolve_run(graph, pipeline, run_b))
+    config = []
+    for node in dict.fromkeys(list(a.exec_properties) + list(b.exec_properties)):
+        fa = _flatten(a.exec_properties.get(node, {}))
+        fb = _flatten(b.exec_properties.get(node, {}))
+        for key in sorted(set(fa) | set(fb)):
+            if fa.get(key) != fb.get(key):
+                config.append(ConfigChange(node, key, fa.get(key), fb.get(key)))
+    ma = a.evaluation.candidate if a.evaluation else {}
+    mb = b.evaluation.candidate if b.evaluation else {}
+    metrics = {}
+    for key in sorted(set(ma) | set(mb)):
+        va, vb = ma.get(key), mb.get(key)
+        metrics[key] = MetricChange(va, vb, (vb - va) if va is not None and vb is not None else None)
+    pa = a.evaluation.metrics.per_label if a.evaluation and a.evaluation.metrics else {}
+    pb = b.evaluation.metrics.per_label if b.evaluation and b.evaluation.metrics else {}
+    per_label = {label: Change(pa.get(label, {}).get("candidate"), pb.get(label, {}).get("candidate"))
+                 for label in sorted(set(pa) | set(pb))}
+    return RunDiff(
+        pipeline=pipeline, run_a=a.run_id, run_b=b.run_id,
+        states={n.node: Change(n.state, m.state) for n, m in zip(a.nodes, b.nodes) if n.state != m.state},
+        config=config, data=_data_diff(a.statistics, b.statistics),
+        examples=ExamplesChange(a.examples.uri if a.examples else None, b.examples.uri if b.examples else None,
+                                bool(a.examples and b.examples and a.examples.artifact_id == b.examples.artifact_id)),
+        schema=_schema_diff(a.schema, b.schema), metrics=metrics, per_label_accuracy=per_label,
+        blessed=Change(a.blessed, b.blessed), pushed_version=Change(a.pushed_version, b.pushed_version))
+
+
+def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
+    """Node -> node edges seen in MLMD, sorted: a consumer's input produced by another node's
+    execution in the same run (so a resolver that hands over an earlier run's model counts,
+    not the old Trainer)."""
+    edges = set()
+    for run in run_contexts(graph, pipeline):
+        executions = run_executions(graph, run)
+        made_by: Dict[int, str] = {}
+        for e in executions:
+            for artifacts in graph.outputs(e).values():
+                for art in artifacts:
+                    # a resolver re-emits existing artifacts; it is the producer within this run
+                    if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
+                        made_by[art.id] = graph.node_of(e)
+        resolvers = [graph.node_of(e) for e in executions if graph.type_of(e).endswith("Resolver")]
+        for e in executions:
+            for artifacts in graph.inputs(e).values():
+                for art in artifacts:
+                    src = made_by.get(art.id)
+                    if src is None and len(resolvers) == 1:
+                        src = resolvers[0]  # an earlier run's artifact, handed over by the run's resolver
+                    if src and src != graph.node_of(e):
+                        edges.add((src, graph.node_of(e)))
+    return sorted(edges)
