@@ -12,10 +12,10 @@ from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
 from conveyor.metadata.store import LineageError, Record, home_dir, open_store, to_json_value
-from pipelines.config import Config
+from pipelines.config import DEFAULT_HOME
 
 COMMANDS = ("runs", "lineage", "diff", "report")
-_HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{Config.home})"
+_HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{DEFAULT_HOME})"
 
 
 def add_commands(sub) -> None:

@@ -15,7 +15,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from modules.settings import MODULES_FINGERPRINT_KEY
-from pipelines.config import Config
+from pipelines.config import DEFAULT_HOME
 
 METADATA_FILE = "metadata.sqlite"
 NOT_RUN = "not run"
@@ -87,7 +87,7 @@ class Record:
 
 def home_dir(home: Optional[str] = None) -> str:
     """Absolute Conveyor HOME: `home`, else the Config default (./conveyor_home)."""
-    return os.path.abspath(home or Config.home)
+    return os.path.abspath(home or DEFAULT_HOME)
 
 
 def sqlite_connection_config(metadata_path: str) -> mlmd_pb2.ConnectionConfig:
