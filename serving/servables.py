@@ -118,9 +118,16 @@ def _check_input_names(signature, inputs) -> None:
 
 
 def _as_array(key: str, value, dtype: tf.dtypes.DType) -> np.ndarray:
+    """`value` as an array of `dtype`. A tensor of another dtype (gRPC TensorProtos keep
+    theirs) is refused as TF's Session::Run refuses it."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+        if dtype == tf.string or value.dtype != dtype.as_numpy_dtype:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expects arg[{key}] to be {dtype.name} but "
+                               f"{tf.dtypes.as_dtype(value.dtype).name} is provided")
+        return value
     if dtype == tf.string:
-        array = np.asarray(value, dtype=object)
-        return array
+        return np.asarray(value, dtype=object)
     try:
         return np.asarray(value, dtype=dtype.as_numpy_dtype)
     except (TypeError, ValueError, OverflowError) as e:

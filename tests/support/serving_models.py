@@ -37,11 +37,11 @@ def tf1_graph_model(path: str) -> str:
     constants = v1.saved_model.signature_constants
     with tf.Graph().as_default() as graph:
         x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
-        w = v1.get_variable("w", initializer=tf.constant([[2.0]]))
-        y = tf.add(tf.matmul(x, w), 1.0, name="y")
+        w = v1.get_variable("w", initializer=tf.constant(2.0))
+        y = tf.add(x * w, 1.0, name="y")  # element-wise: a [3] tensor fed as sent works too
         serialized = v1.placeholder(tf.string, shape=[None], name="tf_example")
         parsed = v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})
-        value = tf.add(tf.matmul(parsed["x"], w), 1.0, name="regression")
+        value = tf.add(parsed["x"] * w, 1.0, name="regression")
         batch = tf.shape(value)[0]
         classes = tf.tile(tf.constant([["neg", "pos"]]), tf.stack([batch, 1]), name="classes")
         positive = tf.sigmoid(value)
