@@ -1,9 +1,10 @@
-"""Loads, versions and unloads SavedModels the way TF Serving's ServerCore does.
+"""Loads, versions and unloads models the way TF Serving 2.16's ServerCore does.
 
-TF Serving is a C++ binary, so locally we re-implement the parts Conveyor relies on:
-file-system polling of each model's base path, `model_version_policy`
-(latest / specific / all), `version_labels`, warmup replay and the
-GetModelStatus view of every version's state.
+TF Serving is a C++ binary, so this re-implements its model management: file-system polling
+of each model's base path with its version-directory parsing
+(file_system_storage_path_source.cc), `model_version_policy` (latest / specific / all),
+`version_labels` (which must name available versions, server_core.cc), load retries
+(loader_harness.cc), warmup replay and the GetModelStatus view of every version's state.
 
 Switching versions is atomic: a new version is loaded and warmed up before it is
 published, and an old one is only removed from the routing table afterwards, so a
@@ -13,7 +14,8 @@ holding an old Servable keep running on it.
 One deliberate difference from TF Serving: a version directory that fails to load
 is skipped when applying the version policy, so a corrupt newest version leaves the
 previous one serving instead of leaving the model with nothing (TF Serving unloads
-the old version once it stops being aspired).
+the old version once it stops being aspired). A failed version is tried again whenever
+its directory changes, so a version that was still being copied in is never skipped for good.
 """
 import ctypes
 import gc

@@ -1,7 +1,10 @@
-"""`conveyor serve`: a TF Serving-compatible model server (REST + gRPC) for local use and tests.
+"""`conveyor serve` / `tensorflow_model_server`: a TF Serving 2.16-compatible model server
+(REST + gRPC).
 
-Flags are named after tensorflow_model_server's, so the same command lines and
-manifests work against either server.
+Every flag of tensorflow_model_server 2.16 (model_servers/main.cc) is accepted with the same
+name and meaning, or logged once as ignored where it has no meaning here (IGNORED_FLAGS), so
+the same command lines and manifests work against either server. Conveyor's own flags are
+listed in the README's table of deliberate differences; any other flag is an error.
 """
 import argparse
 import dataclasses
@@ -24,7 +27,7 @@ from serving.errors import ServingError
 from serving.grpc_service import make_grpc_server, parse_channel_arguments
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
-from serving.model_manager import LoadOptions, ModelManager
+from serving.model_manager import LoadOptions, ModelManager, version_dirs
 from serving.predictor import Predictor
 from serving.rest import RestApi, make_http_server
 
@@ -108,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag(src, "enable_model_warmup", bool, True,
          "replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE")
     flag(src, "num_request_iterations_for_warmup", int, 1, "times each warmup request is replayed")
-    flag(src, "max_num_load_retries", int, 5, "retries of a failed version load")
+    flag(src, "max_num_load_retries", int, 0,
+         "retries of a failed version load (TF Serving's default: 5; see README)")
     flag(src, "load_retry_interval_micros", int, 60_000_000, "interval between load retries")
     flag(src, "allow_version_labels_for_unavailable_models", bool, False,
          "allow new version labels to name versions that are not available yet")
@@ -164,8 +168,7 @@ class ServerOptions:
     Exactly one model source: `home` (serves HOME/serving/models.config), `model_config_file`
     (a ModelServerConfig text proto) or `model_base_path` (one model named `model_name`).
     Ports of 0 disable that API; a port of 0 is never "pick a free port".
-    Defaults are TF Serving's flag defaults except `max_num_load_retries` (0 here, so a
-    programmatic caller such as the infra validator fails fast; the flag's default is 5).
+    Defaults are the flags' defaults.
     """
     home: Optional[str] = None
     model_config_file: Optional[str] = None
@@ -356,12 +359,14 @@ class ModelServer:
             lines.append((logging.INFO if served else logging.WARNING,
                           f"Model {config.name}: serving version(s) "
                           f"{', '.join(map(str, served)) or 'NONE'} from {config.base_path}"))
+            dirs = version_dirs(config.base_path)
             for s in sorted(statuses, key=lambda s: s.version):
                 if s.status.error_code != 0:
                     reason = (s.status.error_message.splitlines() or ["unknown error"])[0]
+                    path = os.path.join(config.base_path, dirs.get(s.version, str(s.version)))
                     lines.append((logging.WARNING,
                                   f"Model {config.name}: skipped version {s.version}, "
-                                  f"{os.path.join(config.base_path, str(s.version))} failed to load: {reason}"))
+                                  f"{path} failed to load: {reason}"))
         return lines
 
     def start(self) -> None:
