@@ -33,5 +33,9 @@ setup(
         "pydantic>=2,<3",
         "scikit-learn",
     ],
-    entry_points={"console_scripts": ["conveyor=conveyor.cli:main"]},
+    entry_points={"console_scripts": [
+        "conveyor=conveyor.cli:main",
+        # The same server under TF Serving's binary name, so TF Serving command lines run unedited.
+        "tensorflow_model_server=serving.server:tensorflow_model_server",
+    ]},
 )

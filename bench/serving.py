@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from serving import testing as demo_models  # noqa: E402
-from serving.model_manager import versions_on_disk  # noqa: E402
+from serving.model_manager import version_dirs  # noqa: E402
 from serving.net import free_port  # noqa: E402
 
 
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     if not args.home:
         demo_models.build_home(home)
     base = os.path.join(home, "serving", args.model)
-    version_dir = os.path.join(base, str(versions_on_disk(base)[-1]))
+    dirs = version_dirs(base)
+    version_dir = os.path.join(base, dirs[max(dirs)])
     direct = tf.saved_model.load(version_dir).signatures["serving_default"]
     key = next(iter(direct.structured_input_signature[1]))  # "images" or "text"
     if args.sample and os.path.isfile(args.sample):

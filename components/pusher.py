@@ -23,10 +23,10 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from serving.model_config import register_model
-from serving.model_manager import versions_on_disk
+from serving.model_manager import version_dirs
 
 PUSH_RECORD = os.path.join("assets.extra", "conveyor_push.json")
-TMP_PREFIX = ".tmp-"  # never all digits, so servers and versions_on_disk() ignore it
+TMP_PREFIX = ".tmp-"  # never a number, so servers and version_dirs() ignore it
 # Fault-injection tests only (tests/test_faults.py): seconds to sleep after the new version
 # is complete in its temp dir and before the rename, giving the test a deterministic
 # moment to SIGKILL the run in the middle of a push. Unset in normal use.
@@ -73,8 +73,9 @@ class Executor(tfx_executor.Executor):
         with open(os.path.join(base, ".push.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             remove_stale_temp_dirs(base)
-            versions = versions_on_disk(base)
-            if versions and _pushed_source(os.path.join(base, str(versions[-1]))) == model.uri:
+            dirs = version_dirs(base)  # {version: directory name}; names may have leading zeros
+            versions = sorted(dirs)
+            if versions and _pushed_source(os.path.join(base, dirs[versions[-1]])) == model.uri:
                 logging.info("Model %s is already served as version %d; not pushing it again.",
                              model.uri, versions[-1])
                 self._MarkNotPushed(pushed)

@@ -6,7 +6,9 @@ Rules implemented:
   * one-input signatures may omit the input name; `{"b64": "..."}` is binary DT_STRING;
   * row responses: `predictions` is a list of values for one output, a list of
     {name: value} objects for several; columnar: `outputs` is the value or {name: value};
-  * output tensors whose name ends in `_bytes` are returned as `{"b64": ...}`.
+  * output tensors whose name ends in `_bytes` are returned as `{"b64": ...}`;
+  * :classify / :regress take `examples` (+ optional `context`) as tf.Example features and
+    answer `{"results": ...}`.
 """
 import base64
 import binascii
@@ -16,6 +18,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from serving.errors import ServingError
 
@@ -35,10 +38,7 @@ def _leaf(value: Any, dtype: tf.dtypes.DType, name: str) -> Any:
         if _is_b64(value):
             if not isinstance(value["b64"], str):
                 raise _bad(f"'b64' value of '{name}' must be a string")
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise _bad(f"Unable to base64 decode value of '{name}': {e}") from e
+            return b64decode(value["b64"], name)
         if isinstance(value, str):
             try:
                 return value.encode("utf-8")
@@ -58,6 +58,28 @@ def _leaf(value: Any, dtype: tf.dtypes.DType, name: str) -> Any:
         raise _bad(f"JSON Value: {_short(value)} is not of expected type: {dtype.name} "
                    f"for input '{name}'")
     return value
+
+
+_WHITESPACE = str.maketrans("", "", " \t\n\v\f\r")
+
+
+def b64decode(text: str, name: str) -> bytes:
+    """Decodes base64 as abseil's Base64Unescape (TF Serving's JsonDecodeBase64Object) does:
+    ASCII whitespace anywhere is skipped (`base64 FILE` wraps lines at 76 columns) and the
+    trailing `=` padding may be left out. Anything else not in the standard alphabet fails.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): "Unable to base64 decode value of '<name>': <why>".
+    """
+    data = text.translate(_WHITESPACE)
+    stripped = data.rstrip("=")
+    padding = len(data) - len(stripped)
+    if padding > 2 or len(stripped) % 4 == 1 or (padding and (len(stripped) + padding) % 4):
+        raise _bad(f"Unable to base64 decode value of '{name}': bad length or padding")
+    try:
+        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _bad(f"Unable to base64 decode value of '{name}': {e}") from e
 
 
 def _short(value: Any) -> str:
@@ -171,9 +193,6 @@ def format_predict_response(outputs: Dict[str, np.ndarray], fmt: str) -> Dict[st
             (name, value), = outputs.items()
             return {"outputs": _jsonable(value, name)}
         return {"outputs": {k: _jsonable(v, k) for k, v in outputs.items()}}
-    if len(outputs) == 1:
-        (name, value), = outputs.items()
-        return {"predictions": _jsonable(value, name)}
     batch = None
     for name, value in outputs.items():
         if np.ndim(value) == 0:
@@ -184,4 +203,97 @@ def format_predict_response(outputs: Dict[str, np.ndarray], fmt: str) -> Dict[st
             raise _bad(f"Tensor name: {name} has inconsistent batch size: {len(value)} "
                        f"expecting: {batch}")
     columns = {k: _jsonable(v, k) for k, v in outputs.items()}
+    if len(columns) == 1:  # a single output: the list of its per-row values
+        (values,) = columns.values()
+        return {"predictions": values}
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(batch or 0)]}
+
+
+def _feature(name: str, value: Any, feature: Dict[str, list], kind: List[str]) -> None:
+    """json_tensor.cc AddValueToFeature: one JSON value into a tf.train.Feature's list."""
+    def want(k: str) -> None:
+        if kind[0] not in ("", k):
+            raise _bad(f"Unexpected element type in feature: {name} expecting type: {kind[0]}")
+        kind[0] = k
+
+    if isinstance(value, bool):
+        want("int64")
+        feature.setdefault("int64", []).append(int(value))
+    elif _is_b64(value) and isinstance(value["b64"], str):
+        want("bytes")
+        feature.setdefault("bytes", []).append(b64decode(value["b64"], name))
+    elif isinstance(value, str):
+        want("bytes")
+        try:
+            feature.setdefault("bytes", []).append(value.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise _bad(f"Feature: {name} has a string that is not valid UTF-8: {e.reason}") from e
+    elif isinstance(value, float):
+        want("float")
+        feature.setdefault("float", []).append(value)
+    elif isinstance(value, int):
+        want("int64")
+        if not -(2 ** 63) <= value < 2 ** 63:
+            raise _bad(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        feature.setdefault("int64", []).append(value)
+    else:
+        raise _bad(f"Feature: {name} has element with unexpected JSON type: {type(value).__name__}")
+
+
+def _example(value: Any) -> tf.train.Example:
+    """json_tensor.cc MakeExampleFromJsonObject: {feature: value or [values]} -> tf.Example."""
+    if not isinstance(value, dict):
+        raise _bad(f"Example must be JSON object but got JSON {_short(value)}")
+    example = tf.train.Example()
+    for name, content in value.items():
+        values: Dict[str, list] = {}
+        kind = [""]
+        for item in (content if isinstance(content, list) else [content]):
+            _feature(name, item, values, kind)
+        feature = example.features.feature[name]
+        if kind[0] == "bytes":
+            feature.bytes_list.value.extend(values["bytes"])
+        elif kind[0] == "float":
+            feature.float_list.value.extend(values["float"])
+        elif kind[0] == "int64":
+            feature.int64_list.value.extend(values["int64"])
+    return example
+
+
+def parse_examples_request(body: Dict[str, Any], model_input: input_pb2.Input) -> None:
+    """:classify / :regress JSON ({"examples": [...], "context": {...}}) -> Input proto.
+
+    Rules of json_tensor.cc FillClassifyRegressRequestFromJson: optional `context` (one
+    example merged into each), required non-empty `examples` list of objects; a feature's
+    values are a value or a list of one kind: JSON integers and booleans are int64, other
+    numbers float, strings and {"b64": ...} bytes.
+    """
+    if "context" in body:
+        model_input.example_list_with_context.context.CopyFrom(_example(body["context"]))
+    if "examples" not in body:
+        raise _bad(f"JSON Value: {_short(body)} When method is classify, key 'examples' is "
+                   "expected and was not found")
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise _bad(f"JSON Value: {_short(body)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _bad(f"JSON Value: {_short(body)} 'examples' value is an empty array")
+    target = (model_input.example_list_with_context.examples if "context" in body
+              else model_input.example_list.examples)
+    for value in examples:
+        target.add().CopyFrom(_example(value))
+
+
+def format_classification(result: classification_pb2.ClassificationResult) -> Dict[str, Any]:
+    """MakeJsonFromClassificationResult: {"results": [[[label, score], ...], ...]}."""
+    if not result.classifications:
+        raise _bad("Cannot convert empty ClassificationResults to JSON")
+    return {"results": [[[c.label, c.score] for c in entry.classes]
+                        for entry in result.classifications]}
+
+
+def format_regression(result: regression_pb2.RegressionResult) -> Dict[str, Any]:
+    """MakeJsonFromRegressionResult: {"results": [value, ...]}."""
+    if not result.regressions:
+        raise _bad("Cannot convert empty RegressionResults to JSON")
+    return {"results": [r.value for r in result.regressions]}

@@ -1,7 +1,9 @@
-"""Prometheus metrics served at /monitoring/prometheus/metrics (TF Serving's default path)."""
+"""Prometheus metrics served at /monitoring/prometheus/metrics (TF Serving's default path, or
+the path of --monitoring_config_file). Series of unloaded versions are dropped."""
+import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Dict, Iterator, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -39,6 +41,8 @@ class Metrics:
             "conveyor_serving_request_latency_seconds", "End-to-end request latency.",
             ["model_name", "version", "api", "protocol"], buckets=_LATENCY_BUCKETS,
             registry=self.registry)
+        self._series_lock = threading.Lock()
+        self._series: Dict[Tuple[str, str], Set[Tuple[str, str, str]]] = {}
         self.loaded_versions = Gauge(
             "conveyor_serving_loaded_versions", "Versions currently AVAILABLE per model.",
             ["model_name"], registry=self.registry)
@@ -60,6 +64,22 @@ class Metrics:
                           api=api, protocol=protocol)
             self.latency.labels(**labels).observe(time.perf_counter() - start)
             self.requests.labels(status=outcome.status, **labels).inc()
+            if outcome.model_name:
+                with self._series_lock:
+                    self._series.setdefault((outcome.model_name, outcome.version), set()).add(
+                        (api, protocol, outcome.status))
+
+    def forget_version(self, model_name: str, version: int) -> None:
+        """Drops the series of an unloaded version, so label sets do not grow with reloads."""
+        with self._series_lock:
+            series = self._series.pop((model_name, str(version)), set())
+        for api, protocol, status in series:
+            for metric, values in ((self.requests, (model_name, str(version), api, protocol, status)),
+                                   (self.latency, (model_name, str(version), api, protocol))):
+                try:
+                    metric.remove(*values)
+                except KeyError:  # already removed (several statuses share a latency series)
+                    pass
 
     def render(self, loaded: dict) -> bytes:
         """Text exposition; `loaded` is {model_name: [versions]} at scrape time."""

@@ -8,33 +8,38 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
+                                     model_pb2, regression_pb2)
 
+from serving import inference
 from serving.batching import Batcher
 from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import ServingError
-from serving.model_manager import ModelManager, Servable
+from serving.model_manager import ModelManager
+from serving.servables import Servable
 
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
 class Predictor:
-    """Resolves a ModelSpec to a loaded Servable and runs signatures on numpy inputs.
+    """Resolves a ModelSpec to a loaded Servable and runs its signatures.
 
     Args:
       manager: the ModelManager holding the loaded versions.
-      batcher: merges concurrent requests when given (--enable_batching).
+      batcher: merges concurrent predict requests when given (--enable_batching).
       on_predict: called as on_predict(model, version, inputs) after each successful predict;
         it must be cheap and must not raise (serving.server.PredictHook).
+      method_name_check: --enable_signature_method_name_check (TF Serving's default: off, so
+        Classify/Regress accept any signature shaped like a classify/regress one).
     Thread safe: the front ends call it from many threads.
     """
 
-    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, on_predict=None):
+    def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, on_predict=None,
+                 method_name_check: bool = False):
         self.manager = manager
         self.batcher = batcher
         self.on_predict = on_predict
+        self.method_name_check = method_name_check
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:
@@ -43,8 +48,21 @@ class Predictor:
         return self.manager.get_servable(spec.name, version, spec.version_label or None)
 
     def predict(self, servable: Servable, signature_name: str, inputs: Dict[str, np.ndarray],
-                output_filter: Iterable[str] = ()) -> Dict[str, np.ndarray]:
-        """Runs a predict signature; `output_filter` keeps only the named outputs (gRPC)."""
+                output_filter: Iterable[str] = (), timeout_ms: int = 0) -> Dict[str, np.ndarray]:
+        """Runs a predict signature with TF Serving's feeding rules (the tensors as sent).
+
+        Args:
+          servable: from `servable()`.
+          signature_name: '' = serving_default.
+          inputs: {input alias: array}, exactly the signature's inputs.
+          output_filter: output aliases to return (gRPC `output_filter`); all when empty.
+          timeout_ms: > 0 bounds the run (REST: --rest_api_timeout_in_ms).
+        Returns:
+          {output alias: array} as the graph computed them.
+        Raises:
+          ServingError: TF Serving's codes; when TF rejects an input whose shape the signature
+            does not allow, the message starts by naming that input and both shapes.
+        """
         signature_name = signature_name or DEFAULT_SIGNATURE
         signature = servable.signature(signature_name)
         wanted = list(output_filter)
@@ -53,43 +71,55 @@ class Predictor:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {alias} Outputs "
                                    f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-        _check_shapes(signature, inputs)
         try:
             if self.batcher is not None:
-                key = (servable.name, servable.version, signature_name)
-                outputs = self.batcher.run(key, lambda x: servable.run(signature_name, x), inputs)
+                key = (servable.name, servable.version, signature_name, tuple(wanted))
+                outputs = self.batcher.run(
+                    key, lambda x: servable.run(signature_name, x, wanted, timeout_ms), inputs)
             else:
-                outputs = servable.run(signature_name, inputs)
+                outputs = servable.run(signature_name, inputs, wanted, timeout_ms)
         except ServingError as e:
-            raise ServingError(e.code, _one_line(e)) from e
+            raise ServingError(e.code, _shape_hint(signature, inputs) + _one_line(e)) from e
         if self.on_predict is not None:
             self.on_predict(servable.name, servable.version, inputs)
-        if wanted:
-            outputs = {k: v for k, v in outputs.items() if k in wanted}
         return outputs
 
-    @staticmethod
-    def check_method(servable: Servable, signature_name: str, api: str) -> None:
-        """Classify/Regress need classify/regress signatures, as in TF Serving.
+    def classify(self, request: classification_pb2.ClassificationRequest
+                 ) -> Tuple[Servable, classification_pb2.ClassificationResponse]:
+        """TF Serving's Classify (servables/tensorflow/classifier.cc RunClassify)."""
+        servable = self.servable(request.model_spec)
+        signature = inference.classification_signature(
+            servable, request.model_spec.signature_name, self.method_name_check)
+        response = classification_pb2.ClassificationResponse()
+        _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        response.result.CopyFrom(_one_line_errors(
+            lambda: inference.classify(servable, signature, request.input)))
+        return servable, response
 
-        Conveyor's models only export predict signatures, so this always ends in
-        TF Serving's INVALID_ARGUMENT; running real classify/regress signatures is not
-        implemented (UNIMPLEMENTED) because no Conveyor model has one.
-        """
-        name = signature_name or DEFAULT_SIGNATURE
-        if name not in servable.signature_defs:
+    def regress(self, request: regression_pb2.RegressionRequest
+                ) -> Tuple[Servable, regression_pb2.RegressionResponse]:
+        """TF Serving's Regress (servables/tensorflow/regressor.cc RunRegress)."""
+        servable = self.servable(request.model_spec)
+        signature = inference.regression_signature(
+            servable, request.model_spec.signature_name, self.method_name_check)
+        response = regression_pb2.RegressionResponse()
+        _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        response.result.CopyFrom(_one_line_errors(
+            lambda: inference.regress(servable, signature, request.input)))
+        return servable, response
+
+    def multi_inference(self, request: inference_pb2.MultiInferenceRequest
+                        ) -> Tuple[Servable, inference_pb2.MultiInferenceResponse]:
+        """TF Serving's MultiInference (servables/tensorflow/multi_inference.cc); every task
+        must name the same model, whose version the first task's ModelSpec selects."""
+        if not request.tasks:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"No signature was found with the name: {name}")
-        expected = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
-        method = servable.signature_defs[name].method_name
-        if method != expected:
-            kind = "classification" if api == "classify" else "regression"
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Expected {kind} signature method_name to be {expected}. "
-                               f"Was: {method}")
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                           f"Conveyor's model server does not run {api} signatures; "
-                           "use :predict or TF Serving")
+                               "MultiInferenceRequest must contain at least one task.")
+        servable = self.servable(request.tasks[0].model_spec)
+        response = _one_line_errors(lambda: inference.multi_inference(servable, request))
+        for result in response.results:
+            result.model_spec.version.value = servable.version
+        return servable, response
 
     def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                  ) -> Tuple[Servable, get_model_metadata_pb2.GetModelMetadataResponse]:
@@ -111,23 +141,38 @@ class Predictor:
         return servable, response
 
 
-def _check_shapes(signature, inputs: Dict[str, np.ndarray]) -> None:
-    """Rejects inputs whose shape the signature does not accept (-1 matches any size).
 
-    TF Serving leaves this to the graph, whose error names an internal op ("input must be a
-    vector, got shape: [1,1]"); checking up front gives the same INVALID_ARGUMENT with a
-    message that names the input.
+def _fill_spec(spec: model_pb2.ModelSpec, servable: Servable, signature_name: str) -> None:
+    """util.cc MakeModelSpec: name, signature name (default filled in) and version."""
+    spec.name = servable.name
+    spec.signature_name = signature_name or DEFAULT_SIGNATURE
+    spec.version.value = servable.version
+
+
+def _one_line_errors(fn):
+    try:
+        return fn()
+    except ServingError as e:
+        raise ServingError(e.code, _one_line(e)) from e
+
+
+def _shape_hint(signature, inputs: Dict[str, np.ndarray]) -> str:
+    """"Input 'x' has shape [2, 1]; the signature expects [-1] (-1: any size): " for the
+    first input whose shape the signature does not allow, else "".
+
+    Only used once TF has rejected the request: TF Serving feeds tensors as sent, and the
+    graph's own error names an internal op ("input must be a vector, got shape: [1,1]").
     """
-    for key, value in inputs.items():
+    for key, value in sorted(inputs.items()):
         info = signature.inputs.get(key)
         if info is None or info.tensor_shape.unknown_rank:
-            continue  # unknown names are reported by Servable.run
+            continue
         expected = [d.size for d in info.tensor_shape.dim]
         shape = list(np.shape(value))
         if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape)):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Input '{key}' has shape {shape}; the signature expects "
-                               f"{expected} (-1: any size)")
+            return (f"Input '{key}' has shape {shape}; the signature expects {expected} "
+                    "(-1: any size): ")
+    return ""
 
 
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node |Node: |<stack traces unavailable>|\s+File \")")
@@ -145,7 +190,8 @@ def _one_line(error: ServingError) -> str:
         text = cause.object.decode("utf-8", errors="replace")
     else:
         text = error.message
-    node = re.search(r"Detected at node '?([^\s']+)", text)
+    node = (re.search(r"Detected at node '?([^\s']+)", text)
+            or re.search(r"\{\{node ([^}]+)\}\}", text))
     text = re.sub(r"\[\[\{\{.*?\}\}\]\]|\[Op:[^\]]*\]", "", text)
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not _TF_NOISE.match(line)]

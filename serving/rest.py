@@ -15,7 +15,8 @@ from typing import Any, Optional, Tuple
 
 import grpc
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, model_pb2,
+                                     regression_pb2)
 
 from serving import json_tensors
 from serving.metrics import PROMETHEUS_PATH, Metrics
@@ -65,9 +66,10 @@ def _proto_json(message, preserve_names: bool) -> Any:
 class RestApi:
     """Maps (method, path, body) to (HTTP status, JSON object); independent of the socket layer."""
 
-    def __init__(self, predictor: Predictor, metrics: Metrics):
+    def __init__(self, predictor: Predictor, metrics: Metrics, timeout_ms: int = 0):
         self.predictor = predictor
         self.metrics = metrics
+        self.timeout_ms = timeout_ms  # --rest_api_timeout_in_ms: bounds each predict run
 
     def handle(self, method: str, path: str, body: bytes) -> Tuple[int, Any]:
         try:
@@ -120,19 +122,35 @@ class RestApi:
             signature_name = request.get("signature_name", "")
             if not isinstance(signature_name, str):
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "'signature_name' key must be a string value.")
+                                   f"JSON Value: {json_tensors._short(request)} not formatted "
+                                   "correctly. 'signature_name' key must be a string value.")
+            if api != "predict":
+                return self._classify_or_regress(api, spec, signature_name, request, outcome)
             servable = self.predictor.servable(spec)
             outcome.model_name, outcome.version = servable.name, str(servable.version)
-            if api != "predict":
-                self.predictor.check_method(servable, signature_name, api)
             name = signature_name or DEFAULT_SIGNATURE
             if name not in servable.signature_defs:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f'Serving signature name: "{name}" not found in signature def')
             inputs, fmt = json_tensors.parse_predict_request(
                 request, servable.signature_defs[name].inputs)
-            outputs = self.predictor.predict(servable, name, inputs)
+            outputs = self.predictor.predict(servable, name, inputs, timeout_ms=self.timeout_ms)
             return json_tensors.format_predict_response(outputs, fmt)
+
+    def _classify_or_regress(self, api: str, spec: model_pb2.ModelSpec, signature_name: str,
+                             request: dict, outcome) -> Any:
+        """POST :classify / :regress (http_rest_api_handler.cc ProcessClassifyRequest)."""
+        spec.signature_name = signature_name
+        proto = (classification_pb2.ClassificationRequest(model_spec=spec) if api == "classify"
+                 else regression_pb2.RegressionRequest(model_spec=spec))
+        json_tensors.parse_examples_request(request, proto.input)
+        if api == "classify":
+            servable, response = self.predictor.classify(proto)
+            outcome.model_name, outcome.version = servable.name, str(servable.version)
+            return json_tensors.format_classification(response.result)
+        servable, response = self.predictor.regress(proto)
+        outcome.model_name, outcome.version = servable.name, str(servable.version)
+        return json_tensors.format_regression(response.result)
 
     @staticmethod
     def _parse_body(body: bytes) -> dict:
@@ -153,6 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Set on the subclass built by make_http_server.
     api: RestApi
     max_body_bytes: int
+    metrics_path: Optional[str]   # None: Prometheus export disabled (monitoring config)
+    cors: bool                    # --rest_api_enable_cors_support
 
     def setup(self) -> None:
         super().setup()
@@ -162,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        if path == PROMETHEUS_PATH:
+        if self.metrics_path and path == self.metrics_path:
             manager = self.api.predictor.manager
             loaded = {n: manager.loaded_versions(n) for n in manager.model_names()}
             self._reply(200, self.api.metrics.render(loaded), self.api.metrics.content_type)
@@ -172,6 +192,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         self._api_with_body("POST", path)
+
+    def do_OPTIONS(self) -> None:
+        """CORS preflight as http_server.cc answers it: 200 with an empty body when the
+        Origin header holds an http(s) URL, else 400; the body is read and ignored."""
+        path = urllib.parse.urlsplit(self.path).path
+        try:
+            self._read_body()
+        except (_BodyTooLarge, ValueError):
+            self.close_connection = True
+        if not re.match(r"(?i)/v1/", path):
+            self._json(404, {"error": f"Not found: OPTIONS {path}"})
+        elif re.search(r"https?://", self.headers.get("Origin", "")):
+            self._reply(200, b"", "application/json")
+        else:
+            self._json(400, {"error": "Origin header is missing in CORS preflight"})
 
     def _other_method(self) -> None:
         # TF Serving answers any other method on /v1/ with 400 "Malformed request: PUT /v1/...";
@@ -287,6 +322,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if self.cors and re.match(r"(?i)/v1/", urllib.parse.urlsplit(getattr(self, "path", "")).path):
+            # http_rest_api_util.cc AddCORSHeaders, on every REST API response
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Methods", "POST, GET")
+            self.send_header("Access-Control-Allow-Headers", "Content-Type")
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -302,8 +342,22 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
-def make_http_server(host: str, port: int, api: RestApi, max_body_bytes: int) -> ThreadingHTTPServer:
-    handler = type("RestHandler", (_Handler,), {"api": api, "max_body_bytes": max_body_bytes})
+def make_http_server(host: str, port: int, api: RestApi, max_body_bytes: int,
+                     metrics_path: Optional[str] = PROMETHEUS_PATH, cors: bool = False,
+                     timeout_seconds: float = 60) -> ThreadingHTTPServer:
+    """The REST server (not started).
+
+    Args:
+      host, port: where to listen.
+      api: answers /v1/ requests.
+      max_body_bytes: larger bodies get 413.
+      metrics_path: Prometheus page path (None: not served).
+      cors: add TF Serving's CORS headers to REST responses.
+      timeout_seconds: a connection idle this long mid-request is closed.
+    """
+    handler = type("RestHandler", (_Handler,), {"api": api, "max_body_bytes": max_body_bytes,
+                                                "metrics_path": metrics_path, "cors": cors,
+                                                "timeout": timeout_seconds})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -1,7 +1,10 @@
-"""`conveyor serve`: a TF Serving-compatible model server (REST + gRPC) for local use and tests.
+"""`conveyor serve` / `tensorflow_model_server`: a TF Serving 2.16-compatible model server
+(REST + gRPC).
 
-Flags are named after tensorflow_model_server's, so the same command lines and
-manifests work against either server.
+Every flag of tensorflow_model_server 2.16 (model_servers/main.cc) is accepted with the same
+name and meaning, or logged once as ignored where it has no meaning here (IGNORED_FLAGS), so
+the same command lines and manifests work against either server. Conveyor's own flags are
+listed in the README's table of deliberate differences; any other flag is an error.
 """
 import argparse
 import dataclasses
@@ -15,12 +18,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from tensorflow.core.protobuf import config_pb2
+
 from serving.batching import Batcher
-from serving.grpc_service import make_grpc_server
+from serving.config_protos import (BatchingParameters, ConfigFileError, MonitoringConfig,
+                                   read_text_proto)
+from serving.errors import ServingError
+from serving.grpc_service import make_grpc_server, parse_channel_arguments
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
-from serving.errors import ServingError
-from serving.model_manager import ModelManager
+from serving.model_manager import LoadOptions, ModelManager, version_dirs
 from serving.predictor import Predictor
 from serving.rest import RestApi, make_http_server
 
@@ -28,49 +35,128 @@ log = logging.getLogger("conveyor.serving")
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 USAGE = """\
-conveyor serve [--home DIR | --model_config_file FILE | --model_name NAME --model_base_path PATH]
-               [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1] [flags]
+tensorflow_model_server | conveyor serve
+    [--model_config_file FILE | --model_name NAME --model_base_path PATH | --home DIR]
+    [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1] [flags]
 
-Serves SavedModels over TF Serving's gRPC (--port) and REST (--rest_api_port) APIs.
-A model's base path holds one integer-named directory per version; new versions are
-picked up every --file_system_poll_wait_seconds."""
+Serves SavedModels (and TFLite models) over TF Serving's gRPC (--port) and REST
+(--rest_api_port) APIs. A model's base path holds one directory per version, named by an
+integer (leading zeros allowed); new versions are picked up every
+--file_system_poll_wait_seconds. Flags take --flag=value or --flag value; booleans also --flag.
+Without a model source, MODEL_NAME (default "model") and MODEL_BASE_PATH (default /models)
+name the model and its base path MODEL_BASE_PATH/MODEL_NAME, as in the tensorflow/serving image."""
+
+# tensorflow_model_server 2.16 flags that have no effect here: accepted and logged once
+# (model_servers/main.cc). Value: why it has no meaning here.
+IGNORED_FLAGS = {
+    "rest_api_num_threads": "the REST server runs one thread per connection",
+    "num_load_threads": "versions load one at a time on the polling thread",
+    "num_unload_threads": "versions unload on the polling thread",
+    "flush_filesystem_caches": "no file system cache to flush",
+    "per_process_gpu_memory_fraction": "no GPU session options",
+    "remove_unused_fields_from_bundle_metagraph": "the MetaGraphDef is not kept",
+    "xla_cpu_compilation_enabled": "XLA is TF's default here",
+    "enable_profiler": "no profiler service",
+    "thread_pool_factory_config_file": "no custom thread pools",
+    "mixed_precision": "no mixed-precision rewrite",
+    "skip_initialize_tpu": "no TPU",
+    "enable_per_model_batching_parameters": "batching parameters are server-wide",
+    "num_tflite_interpreters_per_pool": "no batch splitting across interpreters",
+    "use_alts_credentials": "ALTS is not available (false is the only accepted value)",
+}
+# Flags whose meaning cannot be honoured safely: a non-default value is an error.
+UNSUPPORTED_FLAGS = {
+    "ssl_config_file": "TLS for gRPC is not implemented; terminate TLS in front of the server",
+    "platform_config_file": "only the tensorflow and tflite platforms are built in",
+}
+
+
+def _bool(text: str) -> bool:
+    """tensorflow::Flags booleans: true/false/1/0 (any case)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (true, false, 1 or 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="conveyor serve", usage=USAGE, allow_abbrev=False,
+    """The command line of tensorflow_model_server 2.16 plus Conveyor's extension flags."""
+    p = argparse.ArgumentParser(prog="tensorflow_model_server", usage=USAGE, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_argument_group("models (pick one)")
-    src.add_argument("--home", metavar="DIR",
-                     help=f"Conveyor home; serves DIR/serving/{MODELS_CONFIG}")
-    src.add_argument("--model_config_file", metavar="FILE",
-                     help="ModelServerConfig in protobuf text format (several models, version "
-                          "policies, labels)")
-    src.add_argument("--model_name", default="default",
-                     help="name of the model (used with --model_base_path)")
-    src.add_argument("--model_base_path", metavar="PATH",
-                     help="path to export; it holds one directory per integer version")
-    net = p.add_argument_group("network")
-    net.add_argument("--port", type=int, default=8500, help="port for the gRPC API (0 disables it)")
-    net.add_argument("--rest_api_port", type=int, default=8501,
-                     help="port for the HTTP/REST API (0 disables it)")
-    net.add_argument("--host", default="127.0.0.1",
-                     help="address to bind both APIs to (0.0.0.0 for all interfaces)")
-    net.add_argument("--rest_api_max_body_bytes", type=int, default=64 * 1024 * 1024,
-                     help="larger REST bodies get HTTP 413 (also the gRPC max message size)")
-    net.add_argument("--grpc_max_threads", type=int, default=16,
-                     help="threads answering gRPC requests")
-    load = p.add_argument_group("loading")
-    load.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                      help="interval between polls of the model base paths for new versions")
-    load.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-                      help="interval between re-reads of --model_config_file (0: read once)")
-    batch = p.add_argument_group("batching")
-    batch.add_argument("--enable_batching", action="store_true",
-                       help="merge concurrent requests to the same model version and signature")
-    batch.add_argument("--max_batch_size", type=int, default=32, help="rows per merged batch")
-    batch.add_argument("--batch_timeout_micros", type=int, default=2000,
-                       help="how long a batch waits to fill up")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    def flag(group, name, kind=str, default=None, help="", metavar=None):
+        if kind is bool:
+            group.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=default,
+                               metavar="true|false", help=help)
+        else:
+            group.add_argument(f"--{name}", type=kind, default=default, help=help, metavar=metavar)
+
+    src = p.add_argument_group("models (TF Serving)")
+    flag(src, "model_config_file", help="ModelServerConfig text proto (several models, version "
+         "policies, labels); --model_name/--model_base_path are then ignored", metavar="FILE")
+    flag(src, "model_config_file_poll_wait_seconds", int, 0,
+         "interval between re-reads of --model_config_file (0: read once)")
+    flag(src, "model_name", str, "default", "name of the model served from --model_base_path")
+    flag(src, "model_base_path", help="path to export: one directory per integer version",
+         metavar="PATH")
+    flag(src, "file_system_poll_wait_seconds", float, 1.0,
+         "interval between polls of the base paths for new versions (0: poll once)")
+    flag(src, "saved_model_tags", str, "serve", "comma-separated tags of the MetaGraphDef to load")
+    flag(src, "prefer_tflite_model", bool, False,
+         "serve <version>/model.tflite with the TFLite interpreter when present")
+    flag(src, "num_tflite_pools", int, os.cpu_count() or 1,
+         "TFLite interpreters per model version (concurrent requests)")
+    flag(src, "enable_model_warmup", bool, True,
+         "replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE")
+    flag(src, "num_request_iterations_for_warmup", int, 1, "times each warmup request is replayed")
+    flag(src, "max_num_load_retries", int, 0,
+         "retries of a failed version load (TF Serving's default: 5; see README)")
+    flag(src, "load_retry_interval_micros", int, 60_000_000, "interval between load retries")
+    flag(src, "allow_version_labels_for_unavailable_models", bool, False,
+         "allow new version labels to name versions that are not available yet")
+    flag(src, "enable_signature_method_name_check", bool, False,
+         "Classify/Regress require classify/regress signature method names")
+    net = p.add_argument_group("network (TF Serving)")
+    flag(net, "port", int, 8500, "gRPC port (0 disables it)")
+    flag(net, "grpc_socket_path", str, "", "also serve gRPC on this UNIX socket")
+    flag(net, "rest_api_port", int, 8501, "HTTP/REST port (0 disables it; TF Serving's default is 0)")
+    flag(net, "rest_api_timeout_in_ms", int, 30000, "run timeout of a REST predict (DEADLINE_EXCEEDED)")
+    flag(net, "rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses")
+    flag(net, "grpc_channel_arguments", str, "", "k=v,... gRPC server arguments")
+    flag(net, "grpc_max_threads", int, 16, "threads answering gRPC requests")
+    flag(net, "enable_grpc_healthcheck_service", bool, False, "serve grpc.health.v1.Health")
+    flag(net, "monitoring_config_file", str, "", "MonitoringConfig text proto (Prometheus path)")
+    batch = p.add_argument_group("batching (TF Serving)")
+    flag(batch, "enable_batching", bool, False,
+         "merge concurrent requests to the same model version and signature")
+    flag(batch, "batching_parameters_file", str, "",
+         "BatchingParameters text proto (max_batch_size, batch_timeout_micros)")
+    tf_group = p.add_argument_group("TensorFlow session (TF Serving)")
+    flag(tf_group, "tensorflow_session_parallelism", int, 0, "threads of a session (0: auto)")
+    flag(tf_group, "tensorflow_intra_op_parallelism", int, 0, "threads within an op (0: auto)")
+    flag(tf_group, "tensorflow_inter_op_parallelism", int, 0, "ops run at once (0: auto)")
+    flag(tf_group, "tensorflow_session_config_file", str, "", "ConfigProto text proto for sessions")
+    flag(p, "version", bool, False, "print the version and exit")
+    ignored = p.add_argument_group("accepted and ignored (no meaning here)")
+    for name, why in IGNORED_FLAGS.items():
+        kind = bool if name in ("flush_filesystem_caches", "remove_unused_fields_from_bundle_metagraph",
+                                "xla_cpu_compilation_enabled", "enable_profiler",
+                                "skip_initialize_tpu", "enable_per_model_batching_parameters",
+                                "use_alts_credentials") else str
+        flag(ignored, name, kind, None, why)
+    for name, why in UNSUPPORTED_FLAGS.items():
+        flag(ignored, name, str, "", f"must be empty: {why}")
+    ext = p.add_argument_group("Conveyor extensions")
+    flag(ext, "home", help=f"Conveyor home; serves DIR/serving/{MODELS_CONFIG}", metavar="DIR")
+    flag(ext, "host", str, "127.0.0.1", "address to bind both APIs to (0.0.0.0: all interfaces)")
+    flag(ext, "rest_api_max_body_bytes", int, 64 * 1024 * 1024,
+         "larger REST bodies get HTTP 413 (also the gRPC max message size)")
+    flag(ext, "max_batch_size", int, 32, "rows per merged batch (batching_parameters_file wins)")
+    flag(ext, "batch_timeout_micros", int, 2000, "how long a batch waits to fill up")
+    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="Conveyor extension: log level")
     return p
 
 
@@ -82,21 +168,42 @@ class ServerOptions:
     Exactly one model source: `home` (serves HOME/serving/models.config), `model_config_file`
     (a ModelServerConfig text proto) or `model_base_path` (one model named `model_name`).
     Ports of 0 disable that API; a port of 0 is never "pick a free port".
+    Defaults are the flags' defaults.
     """
     home: Optional[str] = None
     model_config_file: Optional[str] = None
     model_name: str = "default"
     model_base_path: Optional[str] = None
     port: int = 8500                      # gRPC
+    grpc_socket_path: str = ""
     rest_api_port: int = 8501
     host: str = "127.0.0.1"
     rest_api_max_body_bytes: int = 64 * 1024 * 1024
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
     grpc_max_threads: int = 16
+    grpc_channel_arguments: str = ""
+    enable_grpc_healthcheck_service: bool = False
+    monitoring_config_file: str = ""
     file_system_poll_wait_seconds: float = 1.0
     model_config_file_poll_wait_seconds: float = 0.0   # 0: read the config file once
     enable_batching: bool = False
+    batching_parameters_file: str = ""
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = 1
+    saved_model_tags: str = "serve"
+    max_num_load_retries: int = 0
+    load_retry_interval_micros: int = 60_000_000
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    tensorflow_session_config_file: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -112,10 +219,70 @@ class ServerOptions:
             return os.path.join(self.home, "serving", MODELS_CONFIG)
         return self.model_config_file
 
+    def session_config(self) -> config_pb2.ConfigProto:
+        """The sessions' ConfigProto: --tensorflow_session_config_file, then the parallelism flags
+        (server.cc: session_parallelism sets both pools unless intra/inter are given)."""
+        config = config_pb2.ConfigProto()
+        if self.tensorflow_session_config_file:
+            config = read_text_proto(self.tensorflow_session_config_file, config_pb2.ConfigProto)
+        if self.tensorflow_session_parallelism:
+            config.intra_op_parallelism_threads = self.tensorflow_session_parallelism
+            config.inter_op_parallelism_threads = self.tensorflow_session_parallelism
+        if self.tensorflow_intra_op_parallelism:
+            config.intra_op_parallelism_threads = self.tensorflow_intra_op_parallelism
+        if self.tensorflow_inter_op_parallelism:
+            config.inter_op_parallelism_threads = self.tensorflow_inter_op_parallelism
+        return config
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            max_num_load_retries=self.max_num_load_retries,
+            load_retry_interval_micros=self.load_retry_interval_micros,
+            enable_model_warmup=self.enable_model_warmup,
+            num_request_iterations_for_warmup=self.num_request_iterations_for_warmup,
+            prefer_tflite_model=self.prefer_tflite_model,
+            num_tflite_interpreters=max(1, self.num_tflite_pools),
+            session_config=self.session_config(),
+            saved_model_tags=tuple(t.strip() for t in self.saved_model_tags.split(",") if t.strip()),
+            allow_version_labels_for_unavailable_models=self.allow_version_labels_for_unavailable_models)
+
+    def metrics_path(self) -> Optional[str]:
+        """Where Prometheus metrics are served: the monitoring config's path when a
+        --monitoring_config_file is given (None if it disables Prometheus), else TF Serving's
+        default path (Conveyor serves metrics by default)."""
+        if not self.monitoring_config_file:
+            return PROMETHEUS_PATH
+        config = read_text_proto(self.monitoring_config_file, MonitoringConfig)
+        if not config.prometheus_config.enable:
+            return None
+        return config.prometheus_config.path or PROMETHEUS_PATH
+
+    def batcher(self) -> Optional[Batcher]:
+        if not self.enable_batching:
+            return None
+        size, timeout = self.max_batch_size, self.batch_timeout_micros
+        if self.batching_parameters_file:
+            params = read_text_proto(self.batching_parameters_file, BatchingParameters)
+            if params.HasField("max_batch_size"):
+                size = params.max_batch_size.value
+            if params.HasField("batch_timeout_micros"):
+                timeout = params.batch_timeout_micros.value
+            used = {"max_batch_size", "batch_timeout_micros"}
+            others = [f.name for f, _ in params.ListFields() if f.name not in used]
+            if others:
+                log.info("Batching parameters %s are ignored (Conveyor batches by size and "
+                         "timeout only)", ", ".join(others))
+        return Batcher(size, timeout)
+
 
 def load_model_configs(options: ServerOptions) -> List[model_server_config_pb2.ModelConfig]:
-    """The ModelConfigs to serve. Raises ModelConfigError for an unreadable or unsupported file."""
-    if options.model_base_path:
+    """The ModelConfigs to serve: the config file's (it wins over --model_base_path, as in TF
+    Serving), else one model named --model_name at --model_base_path.
+
+    Raises:
+      ModelConfigError: an unreadable or unsupported file.
+    """
+    if not options.config_path and options.model_base_path:
         config = model_server_config_pb2.ModelConfig(
             name=options.model_name, base_path=os.path.abspath(options.model_base_path),
             model_platform="tensorflow")
@@ -145,24 +312,36 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions, on_predict: Optional[PredictHook] = None):
         self.options = options
-        source = options.config_path if not options.model_base_path else None
         self.configs = load_model_configs(options)
+        self.metrics = Metrics()
+        metrics_path = options.metrics_path()
+        batcher = options.batcher()
+        channel_arguments = parse_channel_arguments(options.grpc_channel_arguments)
         self.manager = ModelManager(
             self.configs, options.file_system_poll_wait_seconds,
-            config_loader=(lambda: load_model_configs(options)) if source else None,
-            config_poll_wait_seconds=options.model_config_file_poll_wait_seconds)
-        batcher = (Batcher(options.max_batch_size, options.batch_timeout_micros)
-                   if options.enable_batching else None)
-        self.metrics = Metrics()
-        predictor = Predictor(self.manager, batcher, on_predict)
+            config_loader=(lambda: load_model_configs(options)) if options.config_path else None,
+            config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
+            load_options=options.load_options(), on_unload=self.metrics.forget_version)
+        predictor = Predictor(self.manager, batcher, on_predict,
+                              method_name_check=options.enable_signature_method_name_check)
+        self.metrics_path = metrics_path
         self.http = None
         self.grpc = None
         if options.rest_api_port:
-            self.http = make_http_server(options.host, options.rest_api_port,
-                                         RestApi(predictor, self.metrics), options.rest_api_max_body_bytes)
+            self.http = make_http_server(
+                options.host, options.rest_api_port,
+                RestApi(predictor, self.metrics, options.rest_api_timeout_in_ms),
+                options.rest_api_max_body_bytes, metrics_path=metrics_path,
+                cors=options.rest_api_enable_cors_support)
+        addresses = []
         if options.port:
-            self.grpc = make_grpc_server(options.host, options.port, predictor, self.metrics,
-                                         options.rest_api_max_body_bytes, options.grpc_max_threads)
+            addresses.append(f"{options.host}:{options.port}")
+        if options.grpc_socket_path:
+            addresses.append(f"unix:{os.path.abspath(options.grpc_socket_path)}")
+        if addresses:
+            self.grpc = make_grpc_server(addresses, predictor, self.metrics,
+                                         options.rest_api_max_body_bytes, options.grpc_max_threads,
+                                         channel_arguments, options.enable_grpc_healthcheck_service)
 
     def startup_report(self) -> List[Tuple[int, str]]:
         """(log level, line) per model: what is served, and each version directory skipped.
@@ -180,12 +359,14 @@ class ModelServer:
             lines.append((logging.INFO if served else logging.WARNING,
                           f"Model {config.name}: serving version(s) "
                           f"{', '.join(map(str, served)) or 'NONE'} from {config.base_path}"))
+            dirs = version_dirs(config.base_path)
             for s in sorted(statuses, key=lambda s: s.version):
                 if s.status.error_code != 0:
                     reason = (s.status.error_message.splitlines() or ["unknown error"])[0]
+                    path = os.path.join(config.base_path, dirs.get(s.version, str(s.version)))
                     lines.append((logging.WARNING,
                                   f"Model {config.name}: skipped version {s.version}, "
-                                  f"{os.path.join(config.base_path, str(s.version))} failed to load: {reason}"))
+                                  f"{path} failed to load: {reason}"))
         return lines
 
     def start(self) -> None:
@@ -194,11 +375,14 @@ class ModelServer:
         self.manager.start()
         if self.grpc:
             self.grpc.start()
-            log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.options.port)
+            if self.options.port:
+                log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.options.port)
+            if self.options.grpc_socket_path:
+                log.info("Running gRPC ModelServer at UNIX socket %s ...", self.options.grpc_socket_path)
         if self.http:
             threading.Thread(target=self.http.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s:%d ... (metrics at %s)",
-                     self.options.host, self.options.rest_api_port, PROMETHEUS_PATH)
+                     self.options.host, self.options.rest_api_port, self.metrics_path or "nowhere")
 
     def stop(self) -> None:
         if self.http:
@@ -209,21 +393,48 @@ class ModelServer:
         self.manager.stop()
 
 
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits (status 2) on a command line TF Serving would also refuse or that cannot be
+    honoured here; logs each accepted-but-ignored flag once."""
+    for name, why in UNSUPPORTED_FLAGS.items():
+        if getattr(args, name):
+            parser.error(f"--{name} is not supported: {why}")
+    if args.use_alts_credentials:
+        parser.error("--use_alts_credentials=true is not supported: ALTS is not available")
+    for name, why in IGNORED_FLAGS.items():
+        if getattr(args, name) is not None:
+            log.info("Flag --%s is accepted and ignored: %s", name, why)
+    if args.home and (args.model_config_file or args.model_base_path):
+        parser.error("--home serves HOME/serving/models.config: give it without "
+                     "--model_config_file / --model_base_path")
+    if not (args.home or args.model_config_file or args.model_base_path):
+        parser.error("give --model_config_file, --model_base_path (with --model_name) or --home")
+    if args.model_config_file and args.model_base_path:
+        log.info("--model_config_file is set: --model_name and --model_base_path are ignored")
+    if args.batching_parameters_file and not args.enable_batching:
+        parser.error("--batching_parameters_file is set without --enable_batching=true")
+    if not args.port and not args.rest_api_port and not args.grpc_socket_path:
+        parser.error("both APIs disabled: set --port and/or --rest_api_port")
+    if args.port and args.port == args.rest_api_port:
+        parser.error("--rest_api_port cannot be the same as --port")
+
+
 def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = None) -> int:
-    """Parses TF Serving's flags, serves until SIGINT/SIGTERM; returns the exit status."""
+    """Parses TF Serving's flags, serves until SIGINT/SIGTERM; returns the exit status
+    (0 after a signal or --version, 1 when the server cannot start, 2 for a bad command line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    sources = [bool(args.home), bool(args.model_config_file), bool(args.model_base_path)]
-    if sum(sources) != 1:
-        parser.error("give exactly one of --home, --model_config_file or --model_base_path")
-    if not args.port and not args.rest_api_port:
-        parser.error("both APIs disabled: set --port and/or --rest_api_port")
+    if args.version:
+        print(f"TensorFlow ModelServer: conveyor (TF Serving 2.16 API)\n"
+              f"TensorFlow Library: {tf_version()}")
+        return 0
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_flags(parser, args)
     try:
         server = ModelServer(ServerOptions.from_args(args), on_predict)
-    except (ModelConfigError, ServingError, OSError) as e:
-        log.error("%s", e)
+    except (ModelConfigError, ConfigFileError, ServingError, OSError, ValueError) as e:
+        log.error("Failed to start server. Error: %s", getattr(e, "message", e))
         return 1
     server.start()
     stop = threading.Event()
@@ -235,5 +446,34 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
     return 0
 
 
+def tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def tensorflow_model_server() -> int:
+    """The `tensorflow_model_server` console script: main() on sys.argv, with the official
+    image's MODEL_NAME / MODEL_BASE_PATH environment variables used when the command line
+    names no model (the image runs --model_name=$MODEL_NAME
+    --model_base_path=$MODEL_BASE_PATH/$MODEL_NAME; defaults "model" and /models)."""
+    return main(with_env_model(sys.argv[1:], os.environ))
+
+
+def with_env_model(argv: List[str], environ) -> List[str]:
+    """`argv` plus --model_name/--model_base_path from MODEL_NAME/MODEL_BASE_PATH when argv
+    has no model source and either variable is set."""
+    named = any(a.split("=", 1)[0] in ("--model_config_file", "--model_base_path", "--home")
+                for a in argv)
+    if named or not ({"MODEL_NAME", "MODEL_BASE_PATH"} & set(environ)):
+        return list(argv)
+    name = environ.get("MODEL_NAME") or "model"
+    base = environ.get("MODEL_BASE_PATH") or "/models"
+    extra = [f"--model_base_path={os.path.join(base, name)}"]
+    if not any(a.split("=", 1)[0] == "--model_name" for a in argv):
+        extra.append(f"--model_name={name}")
+    return extra + list(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(tensorflow_model_server())

@@ -26,7 +26,8 @@ def reload_server(tmp_path_factory):
     config = write_config(str(root / "models.config"),
                           "model_config_list {\n" + model_entry("image", base) + "}\n")
     proc = ServerProcess(["--model_config_file", config, "--enable_batching",
-                          "--max_batch_size", "8", "--batch_timeout_micros", "3000"],
+                          "--max_batch_size", "8", "--batch_timeout_micros", "3000",
+                          "--max_num_load_retries=1", "--load_retry_interval_micros=100000"],
                          str(root / "server.log"))
     try:
         proc.wait_ready("image")
@@ -107,6 +108,7 @@ def test_corrupt_version_is_skipped_while_others_serve(reload_server):
                              json={"instances": [{"b64": base64.b64encode(RED).decode()}]})
     assert response.json()["predictions"][0]["class_names"] == "red"
     assert f"Loading servable version {{name: image version: {bad}}} failed" in server.log()
+    assert "retry 1 of 1" in server.log()  # --max_num_load_retries=1 before giving up
     assert "99" not in str(versions_by_state(server.url, "image"))
 
     # A fixed (newer) version still loads after the failure.

@@ -12,7 +12,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import server as server_lib
 from serving import warmup
 from serving.batching import Batcher
-from serving.model_manager import ModelManager, Servable, aspired_versions
+from serving.model_manager import ModelManager, aspired_versions
+from serving.servables import SavedModelServable
 from tests.support.serving_harness import REPO, install, model_entry, wait_for, write_config
 
 
@@ -24,7 +25,7 @@ def test_warmup_file_round_trip_and_replay(tmp_path):
     requests = warmup.read_warmup_requests(path)
     assert [r.model_spec.signature_name for r in requests] == ["serving_default"] * 2
     assert requests[0].model_spec.name == "text"
-    servable = Servable("text", 1, path)
+    servable = SavedModelServable("text", 1, path)
     seen = []
 
     def run(signature, inputs):
@@ -107,7 +108,8 @@ def test_serve_help_and_flag_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         server_lib.main(["--port", "8500"])
     assert exit_info.value.code == 2
-    assert "exactly one of --home" in capsys.readouterr().err
+    assert "give --model_config_file, --model_base_path (with --model_name) or --home" \
+        in capsys.readouterr().err
     assert server_lib.main(["--model_config_file", "/nonexistent/models.config"]) == 1
 
 
