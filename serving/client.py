@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from serving import contract
+
 
 class PredictError(RuntimeError):
     """The server answered with an error; `status` is the HTTP code (0 if unreachable)."""
@@ -105,12 +107,13 @@ class PredictClient:
 def _summarize(predictions: List[Dict[str, Any]], top_k: int) -> List[Prediction]:
     results = []
     for row in predictions:
-        if not isinstance(row, dict) or "probabilities" not in row:
-            raise PredictError(200, "response lacks the 'probabilities' output; is this a Conveyor model?")
-        probabilities = row["probabilities"]
+        if not isinstance(row, dict) or contract.PROBABILITIES not in row:
+            raise PredictError(200, f"response lacks the '{contract.PROBABILITIES}' output; "
+                                    "is this a Conveyor model?")
+        probabilities = row[contract.PROBABILITIES]
         ranked = sorted(enumerate(probabilities), key=lambda p: p[1], reverse=True)[:top_k]
-        class_id = int(row.get("class_ids", ranked[0][0]))
-        results.append(Prediction(class_name=str(row.get("class_names", class_id)), class_id=class_id,
+        class_id = int(row.get(contract.CLASS_IDS, ranked[0][0]))
+        results.append(Prediction(class_name=str(row.get(contract.CLASS_NAMES, class_id)), class_id=class_id,
                                   probability=float(probabilities[class_id]), top=ranked))
     return results
 
