@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as F
+from modules import image_contract
 from modules.settings import ModuleSettings
 
 
@@ -18,9 +19,14 @@ def dense_1d(x: tf.Tensor) -> tf.Tensor:
 
 
 def decode_images(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor:
-    """Encoded images [N] -> float32 [N, size, size, channels] in [0, 1]."""
+    """Encoded images [N] -> float32 [N, size, size, channels] in [0, 1].
+
+    Decodes with the image contract's graph decoder (modules/image_contract.py: PNG, grey/RGB
+    JPEG, GIF, 24-bit BMP; alpha dropped; grey <-> RGB to `channels`), then resizes
+    bilinearly. Raises InvalidArgumentError (when run) for bytes of any other format.
+    """
     def decode_one(data):
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = image_contract.to_channels(image_contract.served_pixels(data), channels)
         image = tf.image.resize(image, [size, size])
         image.set_shape([size, size, channels])
         return image / 255.0

@@ -71,3 +71,53 @@ def digit_like(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarr
     start = label * band
     image[start:start + band, 2:size - 2] = 220
     return image
+
+
+def _encode(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def image_files(pixels: np.ndarray) -> Dict[str, Tuple[str, bytes]]:
+    """One uint8 [h, w] grey image in every variant ingestion accepts: name -> (file
+    extension, bytes). Served formats (PNG, grey/RGB JPEG, GIF, 24-bit BMP) and formats only
+    ingestion reads (WebP, TIFF, CMYK JPEG, 1-bit / palette BMP, 16-bit TIFF)."""
+    from PIL import Image
+    grey = Image.fromarray(pixels)
+    rgb = grey.convert("RGB")
+    return {
+        "png_grey": (".png", _encode(grey, "PNG")),
+        "png_rgba": (".png", _encode(rgb.convert("RGBA"), "PNG")),
+        "png_palette": (".png", _encode(rgb.convert("P"), "PNG")),
+        "png_16bit": (".png", _encode(Image.fromarray(pixels.astype(np.uint16) * 257), "PNG")),
+        "jpeg_grey": (".jpg", _encode(grey, "JPEG", quality=95)),
+        "jpeg_rgb": (".jpeg", _encode(rgb, "JPEG", quality=95)),
+        "gif": (".gif", _encode(grey, "GIF")),
+        "bmp_24bit": (".bmp", _encode(rgb, "BMP")),
+        "jpeg_cmyk": (".jpg", _encode(rgb.convert("CMYK"), "JPEG", quality=95)),
+        "bmp_8bit": (".bmp", _encode(grey, "BMP")),
+        "bmp_1bit": (".bmp", _encode(grey.convert("1"), "BMP")),
+        "webp": (".webp", _encode(rgb, "WEBP", lossless=True)),
+        "tiff": (".tif", _encode(rgb, "TIFF")),
+        "tiff_16bit": (".tiff", _encode(Image.fromarray(pixels.astype(np.uint16) * 257), "TIFF")),
+    }
+
+
+SERVED = ("png_grey", "png_rgba", "png_palette", "png_16bit", "jpeg_grey", "jpeg_rgb", "gif", "bmp_24bit")
+INGEST_ONLY = ("jpeg_cmyk", "bmp_8bit", "bmp_1bit", "webp", "tiff", "tiff_16bit")
+
+
+def image_class_folders(root: str, classes: int, per_class: int, seed: int) -> str:
+    """Class folders '0'..'classes-1' of digit_like images, the variants of image_files in
+    turn (every variant in every class once per_class >= 14); returns root."""
+    rng = np.random.default_rng(seed)
+    names = SERVED + INGEST_ONLY
+    for label in range(classes):
+        os.makedirs(os.path.join(root, str(label)), exist_ok=True)
+        for i in range(per_class):
+            name = names[(i + label) % len(names)]
+            extension, data = image_files(digit_like(label, rng))[name]
+            with open(os.path.join(root, str(label), f"{seed}-{i}-{name}{extension}"), "wb") as f:
+                f.write(data)
+    return root
