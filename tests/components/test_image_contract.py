@@ -142,3 +142,24 @@ def test_image_example_gen_trains_on_normalised_pngs_and_names_every_bad_file(tm
         # The Trainer sees the graph's decode of this PNG: the promised pixels, any format.
         label = record.features.feature["label_name"].bytes_list.value[0].decode()
         assert _graph_pixels(png, 1).shape == (16, 16, 1) and label in ("0", "1")
+
+
+@pytest.mark.parametrize("name", SERVED + INGEST_ONLY)
+def test_predict_client_sends_what_the_model_decodes_to_the_trained_pixels(name, tmp_path):
+    """`conveyor predict` (serving/client.py) mirrors ingestion for every accepted file."""
+    from serving.client import read_image_file
+    extension, data = FILES[name]
+    path = tmp_path / f"{name}{extension}"
+    path.write_bytes(data)
+    sent = read_image_file(str(path))
+    assert (sent == data) == (name in SERVED)
+    for channels in (1, 3):
+        assert np.array_equal(_graph_pixels(sent, channels), _graph_pixels(contract.normalize(data), channels))
+
+
+def test_predict_client_names_a_file_it_cannot_send(tmp_path):
+    from serving.client import read_image_file
+    path = tmp_path / "notes.png"
+    path.write_text("not a picture")
+    with pytest.raises(OSError, match=rf"{path}: not an image Conveyor can send"):
+        read_image_file(str(path))
