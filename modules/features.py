@@ -42,7 +42,7 @@ _STOPWORDS = frozenset(
 
 def profile_image(data: bytes) -> dict:
     """Height, width and mean grey intensity of encoded image bytes (PIL decodes them, as
-    the ingest's validity check does). Raises PIL's errors for bytes that are no image."""
+    ingestion (modules/image_contract.py) does). Raises PIL's errors for bytes that are no image."""
     import io
 
     import numpy as np
