@@ -34,21 +34,32 @@ from tfx.utils import json_utils, path_utils, writer_utils
 
 from components.errors import DataValidationError
 from modules import features as F
-from modules.training_schema import BASELINE_SCHEMA_FILE, feature_stats
+from modules.training_schema import BASELINE_SCHEMA_FILE, drop_free_value_domains, feature_stats
 
 BASELINE_MODEL_KEY = "baseline_model"
 BLESSED = "blessed model's schema"
 
 
 def read_baseline_schema(model: types.Artifact) -> Optional[schema_pb2.Schema]:
-    """The schema saved in a model's export, or None when the model has none."""
+    """The schema saved in a model's export, or None when the model has none.
+
+    Value domains of free-value features (features.FREE_VALUE_FEATURES: text, image bytes)
+    are dropped as it is read: models blessed before the training schema left them out carry
+    the texts of their own training run as the only allowed values, which would refuse every
+    run on new data.
+
+    Args:
+      model: a Model artifact (the Trainer's output or a pushed copy of it).
+    Returns:
+      The schema from `<serving model dir>/assets.extra/conveyor_schema.pbtxt`, or None.
+    """
     path = os.path.join(path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),
                         BASELINE_SCHEMA_FILE)
     if not tf.io.gfile.exists(path):
         logging.warning("Blessed model %s has no %s; validating against this run's schema only",
                         model.uri, BASELINE_SCHEMA_FILE)
         return None
-    return tfdv.load_schema_text(path)
+    return drop_free_value_domains(tfdv.load_schema_text(path))
 
 
 def schema_classes(schema: schema_pb2.Schema) -> List[str]:

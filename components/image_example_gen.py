@@ -1,22 +1,22 @@
 """ImageExampleGen: labelled images from class folders, MNIST-style IDX files or TFRecords.
 
 Layouts (matched by the input pattern under `input_base`):
-  * class folders  <class>/<image>.png|jpg|jpeg|bmp|gif   (class name = folder name)
+  * class folders  <class>/<image>.png|jpg|jpeg|gif|bmp|webp|tif|tiff (class name = folder name)
   * IDX            *-images-idx3-ubyte[.gz] with the matching *-labels-idx1-ubyte[.gz]
   * TFRecord       *.tfrecord[.gz] of tf.Examples with `image_raw` bytes and an int64
                    `label` (named by `class_names`) or a bytes `label_name`
-Every image is decoded once while scanning, so a corrupt file stops ingestion with its
-path (or, with skip_bad_images, is skipped and recorded on the artifact).
+Every image is normalised to PNG while scanning (modules/image_contract.py: the one contract
+for an accepted image), so any problem with a file stops ingestion with its path and the
+reason (or, with skip_bad_images, the file is skipped and recorded on the artifact), and the
+examples only ever hold PNGs the exported graph decodes to the pixels the Trainer saw.
 """
 import functools
 import glob
-import io
 import os
 from typing import Any, Dict, List
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 
@@ -26,9 +26,12 @@ from components.labelled_example_gen import (LABEL, LABEL_NAME, PROFILE, Labelle
 from components.spans import latest_span_folder
 from data.idx import IdxError, labels_path_for, read_idx
 from modules import features as F
+from modules.image_contract import INGEST_EXTENSIONS, ImageRejected, encode_png, normalize
 
 IMAGE_KEY = F.IMAGE_RAW
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# A normalised PNG up to this size travels in its scan record (one decode per file); larger
+# ones are normalised again from the file inside Beam, so scans stay small.
+KEEP_NORMALISED_BYTES = 256 << 10
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
 IDX_FILE, IDX_ITEM = "idx_file", "idx_item"  # scan record keys of an IDX image
 
@@ -49,20 +52,14 @@ def detect_input_pattern(data_dir: str) -> str:
     return "*"
 
 
-def _check_image(path: str) -> str:
-    """Returns '' when the file decodes as an image, else the reason."""
+def _normalised(path: str) -> bytes:
+    """The file's image as the contract's PNG. Raises ImageRejected (reading errors included)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"not a readable image ({e})"
-    return ""
-
-
-def _png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageRejected(f"cannot be read ({e.strerror or e})") from None
+    return normalize(data)
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,17 +110,20 @@ class Executor(LabelledExamplesExecutor):
             parent = os.path.dirname(path)
             class_name = os.path.basename(parent)
             per_class.setdefault(class_name, 0)
-            if not path.lower().endswith(IMAGE_EXTENSIONS):
-                reason = f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"
-            else:
-                reason = _check_image(path)
-            if reason:
+            try:
+                if not path.lower().endswith(INGEST_EXTENSIONS):
+                    raise ImageRejected(f"not an image file (expected {', '.join(INGEST_EXTENSIONS)})")
+                png = _normalised(path)
+            except ImageRejected as e:
                 if not skip:
-                    raise IngestError(f"{path}: {reason}; fix or remove it, or pass --skip-bad-images")
-                scan.skipped.append((path, reason))
+                    raise IngestError(f"{path}: {e}; fix or remove it, or pass --skip-bad-images") from None
+                scan.skipped.append((path, str(e)))
                 continue
             per_class[class_name] += 1
-            scan.records.append({"path": path, LABEL_NAME: class_name})
+            record = {"path": path, LABEL_NAME: class_name}
+            if len(png) <= KEEP_NORMALISED_BYTES:
+                record[IMAGE_KEY] = png
+            scan.records.append(record)
         if not per_class:
             raise IngestError(f"{pattern}: no class folders with images found "
                               "(expected <data>/<class name>/<image files>)")
@@ -184,13 +184,14 @@ class Executor(LabelledExamplesExecutor):
                 else:
                     raise IngestError(f"{source}: missing int64 feature '{LABEL}' or bytes feature '{LABEL_NAME}'")
                 try:
-                    Image.open(io.BytesIO(image)).load()
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                    png = normalize(image)
+                except ImageRejected as e:
                     if not skip:
-                        raise IngestError(f"{source}: '{IMAGE_KEY}' is not a readable image ({e})") from e
-                    scan.skipped.append((source, f"not a readable image ({e})"))
+                        raise IngestError(f"{source}: '{IMAGE_KEY}' {e}; fix or remove it, "
+                                          "or pass --skip-bad-images") from None
+                    scan.skipped.append((source, str(e)))
                     continue
-                scan.records.append({IMAGE_KEY: image, LABEL_NAME: name})
+                scan.records.append({IMAGE_KEY: png, LABEL_NAME: name})
         return scan
 
     @staticmethod
@@ -199,9 +200,11 @@ class Executor(LabelledExamplesExecutor):
             return {IMAGE_KEY: record[IMAGE_KEY]}
         if IDX_FILE in record:
             pixels = _idx_images(record[IDX_FILE])[record[IDX_ITEM]]
-            return {IMAGE_KEY: _png_bytes(pixels.astype(np.uint8))}
-        with open(record["path"], "rb") as f:
-            return {IMAGE_KEY: f.read()}
+            return {IMAGE_KEY: encode_png(pixels.astype(np.uint8)[..., None])}
+        try:
+            return {IMAGE_KEY: _normalised(record["path"])}
+        except ImageRejected as e:  # the file changed since the scan accepted it
+            raise IngestError(f"{record['path']}: {e}") from None
 
 
 class ImageExampleGen(FileBasedExampleGen):
@@ -218,8 +221,10 @@ class ImageExampleGen(FileBasedExampleGen):
           input_pattern: glob of the inputs (class folders `*/*`, IDX files, TFRecords); may
             contain TFX span specs such as span-{SPAN} (see components/spans.py).
           eval_percent: share of examples, in percent (1..99), hashed into the eval split.
-          skip_bad_images: skip unreadable images (recorded on the artifact) instead of failing.
-          class_names: names of integer labels (IDX, TFRecord inputs), index = label.
+          skip_bad_images: skip files that are not accepted images (recorded on the artifact,
+            with the reason) instead of failing.
+          class_names: names of integer labels (IDX, TFRecord inputs), index = label, in the
+            given order.
         Outputs:
           `outputs['examples']`: Examples with splits train and eval of GZIP TFRecord
           tf.Examples (features: see components/labelled_example_gen.py), the sorted class

@@ -8,12 +8,12 @@ a message naming the file instead of a Beam traceback, then Beam turns the scann
 records into tf.Examples:
 
     <payload feature>  bytes   image bytes (`image_raw`) or review text (`text`)
-    label              int64   index of label_name in the sorted class names
+    label              int64   index of label_name in the class names
     label_name         bytes   the class name
     profile features   int64/float  image_height, image_width, image_mean / text_tokens,
                                     text_alpha_ratio, text_stopword_ratio (modules/features.py)
 
-The sorted class names are stored on the Examples artifact (`label_names` custom
+The class names (configured order, else sorted) are stored on the Examples artifact (`label_names` custom
 property and `label_names.json`), and skipped inputs in `skipped` / `skipped.json`.
 """
 import abc
@@ -23,6 +23,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
@@ -151,10 +152,11 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
         self._label_index = {name: i for i, name in enumerate(names)}
 
         super().Do(input_dict, output_dict, exec_properties)
-
-        skipped = [{"source": s, "reason": r} for scan in self._scans.values() for s, r in scan.skipped]
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
+        self._check_training_classes(examples.uri, names)
+
+        skipped = [{"source": s, "reason": r} for scan in self._scans.values() for s, r in scan.skipped]
         _write_json(os.path.join(examples.uri, LABEL_NAMES_FILE), names)
         _write_json(os.path.join(examples.uri, SKIPPED_FILE), skipped)
         examples.set_json_value_custom_property("label_names", names)
@@ -163,20 +165,62 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
             "example_count", sum(len(s.records) for s in self._scans.values()))
 
     def _label_names(self, options: Dict[str, Any]) -> List[str]:
+        """The class names; a label's id is its position in this list.
+
+        Configured class_names keep their given order (id = position = the integer label of
+        IDX/TFRecord/CSV inputs, e.g. Fashion-MNIST's published names). Inferred names:
+        integer names in numeric order (2 before 10), anything else alphabetically.
+
+        Raises:
+          IngestError: a label is not among class_names, or there are fewer than two classes.
+        """
         seen = {r[LABEL_NAME] for scan in self._scans.values() for r in scan.records}
         configured: Optional[List[str]] = options.get("class_names")
         if configured:
             unknown = sorted(seen - set(configured))
             if unknown:
                 raise IngestError(f"labels {unknown} are not among the configured class_names {configured}")
-            seen = set(configured)
-        # Integer class names sort numerically (2 before 10), anything else alphabetically.
-        numeric = all(n.lstrip("-").isdigit() for n in seen)
-        names = sorted(seen, key=int) if numeric else sorted(seen)
+            duplicates = sorted({n for n in configured if configured.count(n) > 1})
+            if duplicates:
+                raise IngestError(f"class_names {configured} name {duplicates} more than once")
+            names = list(configured)
+        elif all(n.lstrip("-").isdigit() for n in seen):
+            names = sorted(seen, key=int)
+        else:
+            names = sorted(seen)
         if len(names) < 2:
             raise IngestError(f"found a single class {names}: a classifier needs at least two "
                               "classes in the input data")
         return names
+
+    def _check_training_classes(self, examples_uri: str, names: List[str]) -> None:
+        """Every class must have examples in the written train split.
+
+        A class seen only in the eval split (aclImdb's test/neutral without train/neutral), a
+        configured class without examples, or one with so few examples that the hash split put
+        them all in eval would give a model that cannot predict it, which the Evaluator can
+        still bless. Only the int64 `label` of each example is read back.
+
+        Raises:
+          IngestError: naming each such class and where its examples are.
+        """
+        files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-train", "*"))
+        counts = [0] * len(names)
+        if files:
+            spec = {LABEL: tf.io.FixedLenFeature([], tf.int64)}
+            records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+            for batch in records.map(lambda b: tf.io.parse_example(b, spec)[LABEL]).as_numpy_iterator():
+                for label, count in zip(*np.unique(batch, return_counts=True)):
+                    counts[int(label)] += int(count)
+        total = {name: 0 for name in names}
+        for scan in self._scans.values():
+            for record in scan.records:
+                total[record[LABEL_NAME]] += 1
+        missing = [f"'{name}' ({total[name]} example(s) in all, none in train)"
+                   for name, count in zip(names, counts) if count == 0]
+        if missing:
+            raise IngestError(f"class(es) {', '.join(missing)} have no training examples: a model "
+                              "cannot learn them; add training examples or remove the class")
 
 
 def _write_json(path: str, value) -> None:

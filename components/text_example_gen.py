@@ -14,6 +14,7 @@ unknown label, wrong column count, bytes that are not UTF-8) stops ingestion wit
 and line, or, with skip_bad_rows, is skipped and recorded on the artifact.
 """
 import codecs
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -107,6 +108,16 @@ def resolve_label(raw: str, class_names: List[str]) -> Tuple[str, str]:
     return "", f"label {label!r} is neither one of class_names {class_names} nor an index into them"
 
 
+@contextlib.contextmanager
+def _field_limit(limit: int) -> Iterator[None]:
+    """csv.field_size_limit(limit) for the block (it is process-wide state)."""
+    previous = csv.field_size_limit(max(limit, csv.field_size_limit()))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _decoded_lines(lines: Iterable[bytes], bad: Dict[int, str]) -> Iterator[str]:
     """Decodes line by line so a non-UTF-8 byte is reported with its line (noted in `bad`)."""
     for number, raw in enumerate(lines, start=1):
@@ -163,41 +174,53 @@ class Executor(LabelledExamplesExecutor):
                 _find_column(header, options.get("label_column"), LABEL_COLUMNS) >= 0)
 
     def _scan_table(self, path: str, delimiter: str, options: Dict[str, Any], scan: Scan) -> None:
+        """Reads one RFC-4180 table (strict quoting). No field is too large: the csv module's
+        field limit (131,072 characters by default) is raised to the file's size for the read,
+        so memory, not a constant, bounds a field. A row the csv parser rejects is named by
+        its line and is skippable like any other bad row; a bad header is not."""
         class_names = options.get("class_names") or []
         bad_lines: Dict[int, str] = {}
         kind = "TSV" if delimiter == "\t" else "CSV"
-        with open(path, "rb") as f:
-            reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter)
+        with open(path, "rb") as f, _field_limit(os.fstat(f.fileno()).st_size + 1):
+            reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter, strict=True)
             try:
                 header = next(reader, None)
-                if header is None:
-                    raise IngestError(f"{path}: empty file, expected a header row")
-                if 1 in bad_lines:
-                    raise IngestError(f"{path} line 1: {bad_lines[1]}")
-                text_at = _find_column(header, options.get("text_column"), TEXT_COLUMNS)
-                label_at = _find_column(header, options.get("label_column"), LABEL_COLUMNS)
-                for index, what, key, candidates in ((text_at, "text", "text_column", TEXT_COLUMNS),
-                                                     (label_at, "label", "label_column", LABEL_COLUMNS)):
-                    if index < 0:
-                        expected = options.get(key) or " or ".join(candidates)
-                        raise IngestError(f"{path} line 1: the header {header} has no {what} column "
-                                          f"'{expected}' (set {key} to name it)")
-                last_line = reader.line_num
-                for row in reader:
-                    first_line, last_line = last_line + 1, reader.line_num
-                    if not row:  # blank line
-                        continue
-                    source = f"{path} line {first_line}"
-                    reason = self._row_problem(row, header, text_at, label_at, class_names,
-                                               [bad_lines[n] for n in range(first_line, last_line + 1)
-                                                if n in bad_lines])
-                    if reason:
-                        self._bad(scan, options, source, reason)
-                        continue
-                    name, _ = resolve_label(row[label_at], class_names)
-                    scan.records.append({TEXT_KEY: row[text_at], LABEL_NAME: name})
             except csv.Error as e:
-                raise IngestError(f"{path} line {reader.line_num}: not a valid {kind} row ({e})") from e
+                raise IngestError(f"{path} line 1: not a valid {kind} header ({e})") from e
+            if header is None:
+                raise IngestError(f"{path}: empty file, expected a header row")
+            if 1 in bad_lines:
+                raise IngestError(f"{path} line 1: {bad_lines[1]}")
+            text_at = _find_column(header, options.get("text_column"), TEXT_COLUMNS)
+            label_at = _find_column(header, options.get("label_column"), LABEL_COLUMNS)
+            for index, what, key, candidates in ((text_at, "text", "text_column", TEXT_COLUMNS),
+                                                 (label_at, "label", "label_column", LABEL_COLUMNS)):
+                if index < 0:
+                    expected = options.get(key) or " or ".join(candidates)
+                    raise IngestError(f"{path} line 1: the header {header} has no {what} column "
+                                      f"'{expected}' (set {key} to name it)")
+            last_line = reader.line_num
+            while True:
+                try:
+                    row = next(reader, None)
+                except csv.Error as e:  # the parser drops the rest of that line and goes on
+                    first_line, last_line = last_line + 1, reader.line_num
+                    self._bad(scan, options, f"{path} line {first_line}", f"not a valid {kind} row ({e})")
+                    continue
+                if row is None:
+                    break
+                first_line, last_line = last_line + 1, reader.line_num
+                if not row:  # blank line
+                    continue
+                source = f"{path} line {first_line}"
+                reason = self._row_problem(row, header, text_at, label_at, class_names,
+                                           [bad_lines[n] for n in range(first_line, last_line + 1)
+                                            if n in bad_lines])
+                if reason:
+                    self._bad(scan, options, source, reason)
+                    continue
+                name, _ = resolve_label(row[label_at], class_names)
+                scan.records.append({TEXT_KEY: row[text_at], LABEL_NAME: name})
 
     @staticmethod
     def _row_problem(row: List[str], header: List[str], text_at: int, label_at: int,

@@ -97,11 +97,12 @@ def drift_path(home: str, model: str, version: str) -> str:
 
 def _load_schema(served_dir: Optional[str], schema_uri: Optional[str]):
     import tensorflow_data_validation as tfdv
-    from modules.training_schema import BASELINE_SCHEMA_FILE
+    from modules.training_schema import BASELINE_SCHEMA_FILE, drop_free_value_domains
     for path in ([os.path.join(served_dir, BASELINE_SCHEMA_FILE)] if served_dir else []) + \
             ([os.path.join(schema_uri, "schema.pbtxt")] if schema_uri else []):
         if os.path.isfile(path):
-            return tfdv.load_schema_text(path), path
+            # Served texts / images are new values: no inferred value domain applies to them.
+            return drop_free_value_domains(tfdv.load_schema_text(path)), path
     raise DriftError(f"no schema found for the served model (looked in {served_dir} and {schema_uri})")
 
 

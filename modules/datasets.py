@@ -11,7 +11,7 @@ from tfx_bsl.public.tfxio import TensorFlowDatasetOptions
 
 from modules import features as F
 
-# Written by the ExampleGens next to the splits: the sorted class names (index = label).
+# Written by the ExampleGens next to the splits: the class names (index = label).
 LABEL_NAMES_FILE = "label_names.json"
 
 

@@ -1,5 +1,5 @@
 """Feature names shared by the ExampleGens, Transform, Trainer and serving signatures."""
-LABEL = "label"              # int64 index into the sorted class names
+LABEL = "label"              # int64 index into the class names (label_names.json)
 LABEL_NAME = "label_name"    # the class name itself
 IMAGE_RAW = "image_raw"      # encoded PNG/JPEG bytes
 TEXT = "text"                # raw review / sentence
@@ -8,6 +8,13 @@ TOKENS = "tokens"            # transformed: int64 [max_tokens] vocabulary ids, 0
 MULTI_HOT = "multi_hot"      # transformed: float32 [vocab + oov] bag of words
 
 RAW_INPUT = {"image": IMAGE_RAW, "text": TEXT}
+
+# Features whose values are expected to be new in every run (free text, encoded image bytes):
+# a value domain (the list of values one run happened to hold) never describes them, so the
+# training schema carries none for them and the gate drops any it finds in a blessed model's
+# schema (modules/training_schema.py: drop_free_value_domains). Drift in them shows in the
+# profile features below.
+FREE_VALUE_FEATURES = (TEXT, IMAGE_RAW)
 
 # Profile features: small numbers derived from the raw feature and added to every tf.Example
 # by the ExampleGens (and to logged serving requests by serving/request_log.py, through the
@@ -35,7 +42,7 @@ _STOPWORDS = frozenset(
 
 def profile_image(data: bytes) -> dict:
     """Height, width and mean grey intensity of encoded image bytes (PIL decodes them, as
-    the ingest's validity check does). Raises PIL's errors for bytes that are no image."""
+    ingestion (modules/image_contract.py) does). Raises PIL's errors for bytes that are no image."""
     import io
 
     import numpy as np

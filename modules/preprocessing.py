@@ -4,6 +4,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as F
+from modules import image_contract
 from modules.settings import ModuleSettings
 
 
@@ -18,9 +19,14 @@ def dense_1d(x: tf.Tensor) -> tf.Tensor:
 
 
 def decode_images(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor:
-    """Encoded images [N] -> float32 [N, size, size, channels] in [0, 1]."""
+    """Encoded images [N] -> float32 [N, size, size, channels] in [0, 1].
+
+    Decodes with the image contract's graph decoder (modules/image_contract.py: PNG, grey/RGB
+    JPEG, GIF, 24-bit BMP; alpha dropped; grey <-> RGB to `channels`), then resizes
+    bilinearly. Raises InvalidArgumentError (when run) for bytes of any other format.
+    """
     def decode_one(data):
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = image_contract.to_channels(image_contract.served_pixels(data), channels)
         image = tf.image.resize(image, [size, size])
         image.set_shape([size, size, channels])
         return image / 255.0
@@ -28,10 +34,33 @@ def decode_images(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor
                      fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
 
 
+VOCABULARY_NAME = "tokens"  # the text vocabulary's TFT asset (components/transform.py checks it)
+
+# Scripts written without spaces between words: each character is a token of its own
+# (unigrams; Korean Hangul is written with spaces and is split like other scripts).
+_ONE_CHARACTER_TOKENS = r"\p{Han}\p{Hiragana}\p{Katakana}"
+_WORD = r"\pL\pM\pN"  # letters, combining marks, digits of any script
+
+
 def normalize_text(text: tf.Tensor) -> tf.Tensor:
-    text = tf.strings.lower(text)
+    """Raw strings [N] -> normalised strings [N] whose space-separated words are the tokens.
+
+    Unicode-aware and part of the exported graph, so train and serve tokenise alike (RE2
+    character classes: \\pL letters, \\pM marks, \\pN digits, \\p{So} symbols such as emoji):
+      * lower-cased as UTF-8 (Cyrillic, Greek, accented Latin letters, not only ASCII);
+      * HTML line breaks removed;
+      * Chinese and Japanese characters (Han, Hiragana, Katakana) and symbols/emoji become
+        one-character tokens, so text without spaces still has words;
+      * variation selectors and zero-width joiners are dropped; every other character that
+        is not a letter, mark or digit (punctuation, any kind of space) separates words;
+      * apostrophes are kept inside words ("don't", "l'été") and dropped at word edges.
+    """
+    text = tf.strings.lower(text, encoding="utf-8")
     text = tf.strings.regex_replace(text, r"<br\s*/?>", " ")
-    return tf.strings.regex_replace(text, r"[^\w\s']|'(\s|$)|(^|\s)'", " ")
+    text = tf.strings.regex_replace(text, r"[\x{FE00}-\x{FE0F}\x{200D}]", "")
+    text = tf.strings.regex_replace(text, rf"([{_ONE_CHARACTER_TOKENS}\p{{So}}])", r" \1 ")
+    text = tf.strings.regex_replace(text, rf"[^{_WORD}\p{{So}}']", " ")
+    return tf.strings.regex_replace(text, rf"'([^{_WORD}]|$)|(^|[^{_WORD}])'", " ")
 
 
 def tokenize(text: tf.Tensor, max_tokens: int) -> tf.SparseTensor:
@@ -69,7 +98,7 @@ def preprocessing_fn(inputs, custom_config):
     tokens = tokenize(dense_1d(inputs[F.TEXT]), settings.max_tokens)
     ids = tft.compute_and_apply_vocabulary(
         tokens, top_k=settings.vocab_size, num_oov_buckets=settings.oov_buckets,
-        vocab_filename="tokens")
+        vocab_filename=VOCABULARY_NAME)
     # Id 0 is padding, so shift vocabulary and OOV ids up by one.
     ids = tf.SparseTensor(ids.indices, ids.values + 1, ids.dense_shape)
     outputs[F.TOKENS] = tf.sparse.to_dense(ids, default_value=0)

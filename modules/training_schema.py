@@ -31,6 +31,37 @@ def _num_stats(dataset: statistics_pb2.DatasetFeatureStatistics, name: str):
     return feature.num_stats if feature is not None and feature.HasField("num_stats") else None
 
 
+def drop_free_value_domains(schema: schema_pb2.Schema) -> schema_pb2.Schema:
+    """`schema` without value domains on features whose values are new in every run.
+
+    TFDV infers a categorical string domain for a BYTES feature with few distinct values (up
+    to `max_string_domain_size`, 100 by default), so a run on 80 reviews records those 80
+    texts as the only values `text` may take, and every later run on new reviews would be
+    an "Unexpected string values" anomaly. What a feature *is* decides, not how many values
+    one run had: features.FREE_VALUE_FEATURES (free text, encoded image bytes) never carry a
+    domain. Top-level string domains only they referenced are removed too.
+
+    Args:
+      schema: a TFDV schema (not changed).
+    Returns:
+      A new Schema; other features (label_name's class domain, numeric bounds) are untouched.
+    """
+    out = schema_pb2.Schema()
+    out.CopyFrom(schema)
+    dropped = set()
+    for feature in out.feature:
+        if feature.name not in F.FREE_VALUE_FEATURES:
+            continue
+        if feature.HasField("domain"):
+            dropped.add(feature.domain)
+        feature.ClearField("domain_info")
+    still_used = {f.domain for f in out.feature if f.HasField("domain")}
+    for i in reversed(range(len(out.string_domain))):
+        if out.string_domain[i].name in dropped - still_used:
+            del out.string_domain[i]
+    return out
+
+
 def tighten_schema(schema: schema_pb2.Schema, statistics: statistics_pb2.DatasetFeatureStatistics,
                    label_names: List[str]) -> schema_pb2.Schema:
     """The inferred schema made strict where drift must stop a later run.
@@ -45,10 +76,11 @@ def tighten_schema(schema: schema_pb2.Schema, statistics: statistics_pb2.Dataset
       * label_name: a string domain of exactly the model's classes, so a new class is an
         "unexpected string values" anomaly (a *missing* class is checked by the gate, see
         class_anomaly).
+      * text / image_raw (features.FREE_VALUE_FEATURES): no value domain, whatever SchemaGen
+        inferred (drop_free_value_domains).
     Returns a new Schema; the input is not changed.
     """
-    out = schema_pb2.Schema()
-    out.CopyFrom(schema)
+    out = drop_free_value_domains(schema)
     by_name = {f.name: f for f in out.feature}
     for name in (F.IMAGE_HEIGHT, F.IMAGE_WIDTH):
         stats = _num_stats(statistics, name)

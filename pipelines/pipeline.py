@@ -15,6 +15,7 @@ from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
 from components.spans import split_span_path
+from components.transform import CheckedTransform
 from pipelines.beam import PROJECT_ROOT, SETUP_FILE, with_worker_setup_file
 from pipelines.config import Config
 
@@ -84,13 +85,14 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     validator = GatedExampleValidator(statistics=statistics.outputs["statistics"],
                                       schema=schema.outputs["schema"],
                                       baseline_model=baseline.outputs["model"])
-    transform = tfx.components.Transform(
+    # TFX's Transform, then a check that a text vocabulary is not (nearly) empty.
+    transform = CheckedTransform(
         examples=examples.outputs["examples"], schema=schema.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=settings.to_custom_config(), materialize=False,
         # Pre-transform statistics would repeat StatisticsGen's; nothing reads post-transform
         # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
-        disable_statistics=True)
+        disable_statistics=True).with_id("Transform")
     transform.add_upstream_node(validator)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,

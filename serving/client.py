@@ -127,6 +127,52 @@ def format_prediction(source: str, prediction: Prediction) -> str:
     return f"{source}: {prediction.class_name} ({prediction.probability:.3f})  top: {top}"
 
 
+_SERVED_MAGIC = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
+
+
+def read_image_file(path: str) -> bytes:
+    """A file's bytes in a format every Conveyor model decodes, PNG for anything else.
+
+    Files the exported graph decodes (PNG, GIF, grey or RGB JPEG, 24-bit BMP; the contract is
+    modules/image_contract.py) are sent as they are, so the server sees the pixels ingestion
+    trained on. Any other file PIL reads (WebP, TIFF, CMYK JPEG, palette or 1-bit BMP, ...)
+    becomes an 8-bit grey or RGB PNG of its first frame with ingestion's mapping: 1-bit and
+    grey to grey, 16-bit grey to its high byte, palette/CMYK/YCbCr to RGB, alpha dropped.
+
+    Raises:
+      OSError: unreadable file, or one PIL cannot read or map (the message names the path).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(_SERVED_MAGIC) or (
+            data[:2] == b"BM" and data[28:30] == b"\x18\x00" and data[14:18] in (b"(\0\0\0", b"l\0\0\0", b"|\0\0\0")):
+        return data
+    import io
+
+    import numpy as np
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.format == "JPEG" and image.mode in ("L", "RGB"):
+                return data
+            if image.mode in ("1", "L"):
+                pixels = np.asarray(image.convert("L"))
+            elif image.mode in ("LA", "La"):
+                pixels = np.asarray(image.getchannel(0))
+            elif image.mode.startswith("I;16"):
+                pixels = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+            elif image.mode in ("I", "F"):
+                raise ValueError(f"pixel mode {image.mode} has no defined 8-bit mapping")
+            else:
+                pixels = np.asarray(image.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder failure: name the file
+        raise OSError(f"{path}: not an image Conveyor can send ({type(e).__name__}: {e})") from None
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="conveyor predict",
@@ -139,7 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--signature_name", default="", help="default: serving_default")
     parser.add_argument("--top_k", type=int, default=3)
     parser.add_argument("--text", action="append", default=[], help="text to classify (repeatable)")
-    parser.add_argument("files", nargs="*", help="image files (PNG/JPEG) to classify")
+    parser.add_argument("files", nargs="*", help="image files to classify (any format PIL reads; "
+                                                 "non-served formats are sent as PNG)")
     args = parser.parse_args(argv)
     if bool(args.files) == bool(args.text):
         parser.error("give image FILES or --text, not both and not neither")
@@ -148,10 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    top_k=args.top_k)
     try:
         if args.files:
-            images = []
-            for path in args.files:
-                with open(path, "rb") as f:
-                    images.append(f.read())
+            images = [read_image_file(path) for path in args.files]
             results = client.predict_images(args.model, images, **options)
             sources = args.files
         else:

@@ -76,7 +76,11 @@ def test_idx_files_with_class_names(tmp_path):
     examples = _ingest(str(data), tmp_path / "out", class_names=["cat", "dog", "bird"])
     records = read_examples(examples.uri, "train") + read_examples(examples.uri, "eval")
     assert len(records) == 30
-    assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == ["bird", "cat", "dog"]
+    # Configured names keep their order: id = position = the IDX label.
+    assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == ["cat", "dog", "bird"]
+    for r in records:
+        f = r.features.feature
+        assert ["cat", "dog", "bird"][f["label"].int64_list.value[0]] == f["label_name"].bytes_list.value[0].decode()
     pixels = {tf.io.decode_png(r.features.feature["image_raw"].bytes_list.value[0]).numpy().tobytes():
               r.features.feature["label_name"].bytes_list.value[0].decode() for r in records}
     for image, label in zip(images, labels):
@@ -176,7 +180,9 @@ def test_empty_data_dir(tmp_path):
 def test_integer_class_names_sort_numerically(tmp_path):
     data = tmp_path / "idx"
     data.mkdir()
-    write_idx(str(data / "a-images-idx3-ubyte"), np.zeros((24, 4, 4)))
+    # Distinct images: identical examples hash alike, and a class hashed into eval alone has
+    # no training examples (refused).
+    write_idx(str(data / "a-images-idx3-ubyte"), np.arange(24).reshape(24, 1, 1) * np.ones((24, 4, 4)))
     write_idx(str(data / "a-labels-idx1-ubyte"), np.arange(24) % 12)
     examples = _ingest(str(data), tmp_path / "out")
     assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == [str(i) for i in range(12)]

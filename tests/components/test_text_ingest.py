@@ -281,3 +281,64 @@ def test_download_aclimdb_rejects_path_traversal(tmp_path, evil):
     assert not os.path.exists(tmp_path / "out" / "acl")
     assert os.listdir(tmp_path / "out") == []
     assert not os.path.exists(tmp_path / "escape.txt")
+
+
+# --- real-world edge cases (field sizes, malformed rows, classes, configured order) -------
+
+def test_a_field_above_the_csv_module_default_limit_ingests(tmp_path):
+    long_review = "a wonderful film " * 12000  # ~200 KiB, above csv's default 131,072
+    path = _write(tmp_path / "long.csv", f'review,sentiment\n"{long_review}",positive\nshort,negative\n')
+    scan = _scan(path)
+    assert [r["text"] for r in scan.records] == [long_review, "short"]
+    import csv
+    assert csv.field_size_limit() == 131072  # the process-wide limit is restored
+
+
+def test_a_malformed_row_is_named_and_skippable(tmp_path):
+    path = _write(tmp_path / "m.csv", 'review,sentiment\nfine,positive\n"closed"then text,negative\nok,negative\n')
+    with pytest.raises(IngestError, match=r"m\.csv line 3: not a valid CSV row .*--skip-bad-rows"):
+        _scan(path)
+    scan = _scan(path, skip_bad_rows=True)
+    assert [r["text"] for r in scan.records] == ["fine", "ok"]
+    assert [s for s, _ in scan.skipped] == [f"{path} line 3"]
+
+
+def test_configured_class_names_keep_their_order(tmp_path):
+    names = ["T-shirt/top", "Trouser", "Pullover"]  # Fashion-MNIST's published order, not sorted
+    rows = "".join(f"review {i},{i % 3}\n" for i in range(30))
+    path = _write(tmp_path / "data" / "r.csv", "text,label\n" + rows)
+    examples = run_example_gen(TextExampleGen(input_base=path, class_names=names), str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == names
+    for example in read_examples(examples.uri, "train") + read_examples(examples.uri, "eval"):
+        text, label, name = _features(example)
+        assert label == int(text.split()[1]) % 3 and name == names[label]
+
+
+def test_a_class_only_in_the_eval_split_stops_ingestion(tmp_path):
+    root = _review_tree(tmp_path / "acl", counts={"pos": 4, "neg": 3})
+    for i in range(2):
+        _write(os.path.join(root, "test", "neutral", f"{i}_5.txt"), f"so-so review {i}")
+    with pytest.raises(IngestError, match=r"class\(es\) 'neutral' \(2 example\(s\) in all, none in train\) "
+                                          r"have no training examples"):
+        run_example_gen(TextExampleGen(input_base=root), str(tmp_path / "out"))
+
+
+def test_a_class_too_small_for_the_hash_split_stops_ingestion(tmp_path):
+    rows = "".join(f"common review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    # One 'rare' example whose content hashes into eval (TFX's split is a stable hash):
+    # search a few candidate texts for one that lands there.
+    for k in range(20):
+        path = _write(tmp_path / f"d{k}" / "r.csv", "text,label\n" + rows + f"rare review {k},rare\n")
+        try:
+            run_example_gen(TextExampleGen(input_base=path), str(tmp_path / f"out{k}"))
+        except IngestError as e:
+            assert "class(es) 'rare' (1 example(s) in all, none in train) have no training examples" in str(e)
+            return
+    pytest.fail("no candidate hashed into eval")
+
+
+def test_a_configured_class_without_examples_stops_ingestion(tmp_path):
+    rows = "".join(f"review {i},{i % 2}\n" for i in range(20))
+    path = _write(tmp_path / "data" / "r.csv", "text,label\n" + rows)
+    with pytest.raises(IngestError, match=r"'neutral' \(0 example\(s\) in all, none in train\)"):
+        run_example_gen(TextExampleGen(input_base=path, class_names=["neg", "pos", "neutral"]), str(tmp_path / "out"))

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
 from modules import models
 from modules.preprocessing import preprocessing_fn
@@ -90,3 +90,65 @@ def test_text_models_shapes_and_learning(name, num_classes):
     model.fit(inputs, labels, batch_size=32, epochs=8, verbose=0)
     after = model.evaluate(inputs, labels, verbose=0)[0]
     assert after < before * 0.9
+
+
+# --- text in any language (issue 13, case 4) ------------------------------------------------
+
+@pytest.mark.parametrize("raw, tokens", [
+    ("Schöner FILM!<br />Très BIEN, l'été", ["schöner", "film", "très", "bien", "l'été"]),
+    ("Прекрасный ФИЛЬМ, очень хороший!", ["прекрасный", "фильм", "очень", "хороший"]),
+    ("这部电影非常精彩！", ["这", "部", "电", "影", "非", "常", "精", "彩"]),  # one token per character
+    ("great🙂👍 film ❤️", ["great", "🙂", "👍", "film", "❤"]),  # emoji are tokens; VS16 dropped
+    ("don't 'quoted' it's\u00a0wide\u3000space", ["don't", "quoted", "it's", "wide", "space"]),
+])
+def test_normalisation_and_tokenisation_are_unicode_aware(raw, tokens):
+    from modules.preprocessing import tokenize
+    sparse = tokenize(tf.constant([raw]), 20)
+    assert [t.decode() for t in sparse.values.numpy()] == tokens
+
+
+def _analyze(rows, config, out):
+    """TFT analysis of raw texts like Transform does; writes the transform_fn to `out`."""
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
+    with tft_beam.Context(temp_dir=str(out / "tmp")):
+        transform_fn = ([{"text": [t.encode()], "label": [i % 2]} for i, t in enumerate(rows)], metadata) | \
+            tft_beam.AnalyzeDataset(lambda inputs: preprocessing_fn(inputs, config))
+        _ = transform_fn | tft_beam.WriteTransformFn(str(out / "graph"))
+    metadata_io.write_metadata(metadata, str(out / "graph" / "metadata"))  # the raw schema, as Transform writes it
+    return tft.TFTransformOutput(str(out / "graph"))
+
+
+def _train_files(rows, path):
+    from modules.features import to_example
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for text in rows:
+            writer.write(to_example({"text": text, "label": 0}).SerializeToString())
+    return str(path)
+
+
+def test_vocabulary_holds_the_words_of_every_language(tmp_path):
+    from tests.support.generated import reviews
+    config = ModuleSettings(kind="text", name="t", model="multihot").to_custom_config()
+    rows = [text for language in ("ru", "de", "zh") for text, _ in reviews(language, 40, 1)]
+    vocabulary = {t.decode() for t in _analyze(rows, config, tmp_path).vocabulary_by_name("tokens")}
+    assert {"прекрасный", "ужасный", "schöner", "öder", "精", "彩", "🙂"} <= vocabulary
+
+
+def test_an_empty_vocabulary_stops_the_run_naming_the_feature(tmp_path):
+    from components.transform import VocabularyError, check_vocabulary
+    config = ModuleSettings(kind="text", name="t", model="multihot").to_custom_config()
+    rows = ["!!! ...", "?? -- ??", "*** ***"] * 4  # no word survives normalisation
+    _analyze(rows, config, tmp_path)
+    with pytest.raises(VocabularyError, match=r"feature 'text': the Transform vocabulary is empty"):
+        check_vocabulary(str(tmp_path / "graph"), _train_files(rows, tmp_path / "train.gz"))
+
+
+def test_a_vocabulary_missing_most_training_tokens_stops_the_run(tmp_path):
+    from components.transform import VocabularyError, check_vocabulary
+    config = ModuleSettings(kind="text", name="t", model="multihot", vocab_size=3).to_custom_config()
+    rows = [f"word{i} other{i} more{i}" for i in range(30)]  # 90 distinct tokens, 3 kept
+    kept = [t.decode() for t in _analyze(rows, config, tmp_path).vocabulary_by_name("tokens")]
+    with pytest.raises(VocabularyError, match=r"feature 'text': 9\d% of the training tokens are outside"):
+        check_vocabulary(str(tmp_path / "graph"), _train_files(rows, tmp_path / "train.gz"))
+    ok = [" ".join(kept + kept[:1]), f"{kept[0]} unknown"]  # 1 of 6 tokens outside
+    assert check_vocabulary(str(tmp_path / "graph"), _train_files(ok, tmp_path / "ok.gz")) == pytest.approx(1 / 6)
