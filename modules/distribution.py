@@ -37,6 +37,17 @@ class DistributedTrainingError(RuntimeError):
     collective failed and that nothing was exported."""
 
 
+def peer_error_reason(message: str) -> str:
+    """The informative line of a TensorFlow error raised by a failed collective (which
+    peer, and how it was found out), at most 300 characters."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for key in ("aborted by", "heartbeat", "Connection reset", "failed to connect", "Deadline", "timed out"):
+        for line in lines:
+            if key in line:
+                return line[:300]
+    return (lines[-1] if lines else "no message")[:300]
+
+
 def strategy_for(settings: ModuleSettings) -> tf.distribute.Strategy:
     """The tf.distribute strategy of settings.distribution.
 

@@ -129,7 +129,7 @@ def run_fn(fn_args: FnArgs) -> None:
             raise
         raise distribution.DistributedTrainingError(
             f"multi_worker training failed: a worker was lost or unreachable "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0]}); nothing was exported") from None
+            f"({type(e).__name__}: {distribution.peer_error_reason(str(e))}); nothing was exported") from None
 
 
 def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.distribute.Strategy,

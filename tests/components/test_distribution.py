@@ -139,3 +139,12 @@ def test_batch_must_divide_over_the_replicas():
         num_replicas_in_sync = 3
     with pytest.raises(ValueError, match="batch_size 64 .* does not divide over 3 replicas; use a multiple of 3"):
         distribution.replica_batch_size(64, Three())
+
+
+def test_peer_error_reason_names_the_lost_peer():
+    from modules.distribution import peer_error_reason
+    message = ("Graph execution error:\n\nin user code:\n  File x.py\n{{function_node CollectiveBcastSend}} "
+               "Collective ops is aborted by: Error reported from /job:worker/task:1: Task "
+               "/job:worker/replica:0/task:1 heartbeat timeout.\n [Op:CollectiveBcastSend]")
+    assert "Error reported from /job:worker/task:1" in peer_error_reason(message)
+    assert peer_error_reason("one\ntwo") == "two"

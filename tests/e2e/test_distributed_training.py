@@ -78,11 +78,11 @@ def test_two_workers_train_one_model_like_one_process(job, tmp_path, caplog):
 
 def test_a_killed_worker_fails_the_run_and_nothing_is_exported(job, tmp_path):
     chief, worker = trainer_workers.start_workers(job, str(tmp_path / "multi"), 2, str(tmp_path),
-                                                  train_steps=100000, epochs=1)
+                                                  train_steps=100000, epochs=2)
     chief_log = tmp_path / "worker0.log"
     try:
         deadline = time.monotonic() + 600
-        while "Epoch 1/1" not in chief_log.read_text():  # Keras starts the epoch
+        while "Epoch 1/2" not in chief_log.read_text():  # Keras starts the first epoch
             assert chief.poll() is None and worker.poll() is None, chief_log.read_text()[-3000:]
             assert time.monotonic() < deadline, "training never started"
             time.sleep(1)
