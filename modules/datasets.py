@@ -1,8 +1,20 @@
 """The Trainer's input: raw examples of a split through the Transform graph, as
-(transformed feature, label) batches, cached in memory when they fit."""
+(transformed feature, label) batches, cached in memory when they fit.
+
+Under a tf.distribute strategy each worker builds its own input pipeline
+(Strategy.distribute_datasets_from_function) and reads its shard of the split; tf.data's
+auto-sharding is switched off because the sharding here is explicit:
+  * Examples are sharded one by one (example i goes to worker i mod workers) on the raw
+    records, before the Transform graph and the cache, so every worker transforms and keeps
+    in memory only its share, and the shards are disjoint and complete. Auto-sharding by
+    FILE would need at least as many files as workers (ExampleGen writes few) and by DATA
+    would shard after the cache and shuffle, where the workers' orders differ.
+  * A split too large for the cache that has at least as many files as workers is sharded
+    by file instead (no worker reads another's records).
+"""
 import json
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import absl.logging
 import tensorflow as tf
@@ -47,15 +59,33 @@ def _example_bytes(tf_transform_output: tft.TFTransformOutput, feature: str) -> 
 
 
 def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: int, feature: str,
-             shuffle: bool, cache_limit_bytes: int) -> Tuple[tf.data.Dataset, int]:
+            shuffle: bool, cache_limit_bytes: int,
+            input_context: Optional[tf.distribute.InputContext] = None) -> Tuple[tf.data.Dataset, int]:
     """Endless batches of (transformed feature, label) from the raw examples of a split, and
     the split's example count.
 
-    When the split's transformed (feature, label) pairs fit in `cache_limit_bytes`, every
-    raw example goes through the Transform graph once and the epochs replay that in-memory
-    copy (otherwise every epoch decodes the same images / tokenizes the same texts again);
-    larger splits are transformed batch by batch as they are read.
+    When this worker's share of the split, as transformed (feature, label) pairs, fits in
+    `cache_limit_bytes`, every raw example goes through the Transform graph once and the
+    epochs replay that in-memory copy (otherwise every epoch decodes the same images /
+    tokenizes the same texts again); larger splits are transformed batch by batch as read.
+
+    Args:
+      file_pattern: glob of the split's GZIP TFRecord files.
+      data_accessor: TFX's FnArgs.data_accessor.
+      tf_transform_output: the Transform graph.
+      batch_size: examples per batch yielded here: the global batch in one process, the
+        per-replica batch under a strategy (input_context.get_per_replica_batch_size).
+      feature: the transformed feature the model reads.
+      shuffle: shuffle (training) or keep the file order (evaluation).
+      cache_limit_bytes: cache this worker's transformed pairs when they fit.
+      input_context: from Strategy.distribute_datasets_from_function; this pipeline reads
+        shard input_pipeline_id of num_input_pipelines. None = the whole split.
+    Returns:
+      (dataset of (feature [batch_size, ...], label int64 [batch_size]) batches, the number
+      of examples in the whole split).
     """
+    shards, index = (input_context.num_input_pipelines, input_context.input_pipeline_id) \
+        if input_context else (1, 0)
     tft_layer = tf_transform_output.transform_features_layer()
 
     # The layer calls an already traced graph; autograph-converting the Keras code around it
@@ -67,17 +97,36 @@ def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: i
 
     schema = tf_transform_output.raw_metadata.schema
     count = count_records(file_pattern)
-    cached = count * _example_bytes(tf_transform_output, feature) <= cache_limit_bytes
+    share = -(-count // shards)  # this worker's examples (the first shards get one more)
+    cached = share * _example_bytes(tf_transform_output, feature) <= cache_limit_bytes
     if not cached:
         absl.logging.info("%s: %d examples exceed the %d MB cache; transforming every batch",
-                          file_pattern, count, cache_limit_bytes >> 20)
-        raw = data_accessor.tf_dataset_factory(
-            [file_pattern], TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None),
-            schema)
-        return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE), count
+                          file_pattern, share, cache_limit_bytes >> 20)
+        files = sorted(tf.io.gfile.glob(file_pattern))
+        if shards > 1 and len(files) >= shards:
+            raw = data_accessor.tf_dataset_factory(
+                files[index::shards],
+                TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None), schema)
+        else:
+            raw = data_accessor.tf_dataset_factory(
+                [file_pattern], TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle and shards == 1,
+                                                         num_epochs=None), schema)
+            if shards > 1:  # one stream in file order, dealt out example by example
+                raw = raw.unbatch().shard(shards, index)
+                raw = (raw.shuffle(10000) if shuffle else raw).batch(batch_size)
+        return _unsharded(raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)), count
     raw = data_accessor.tf_dataset_factory(
         [file_pattern], TensorFlowDatasetOptions(batch_size=256, shuffle=False, num_epochs=1), schema)
+    if shards > 1:  # deal the raw examples out before transforming them
+        raw = raw.unbatch().shard(shards, index).batch(256)
     pairs = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
     if shuffle:
-        pairs = pairs.shuffle(min(count, 10000), reshuffle_each_iteration=True)
-    return pairs.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE), count
+        pairs = pairs.shuffle(min(share, 10000), reshuffle_each_iteration=True)
+    return _unsharded(pairs.repeat().batch(batch_size).prefetch(tf.data.AUTOTUNE)), count
+
+
+def _unsharded(data: tf.data.Dataset) -> tf.data.Dataset:
+    """`data` with tf.data's auto-sharding off: dataset() shards explicitly (module docstring)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return data.with_options(options)

@@ -3,7 +3,7 @@ signatures of the served-model contract (serving/contract.py), so clients send w
 (image bytes / raw text) and TFMA sends serialized tf.Examples."""
 from typing import Dict, List
 
-import keras
+import tf_keras as keras
 import tensorflow as tf
 import tensorflow_transform as tft
 

@@ -4,9 +4,14 @@ compiled Keras model whose output is class probabilities (softmax, or sigmoid fo
 Every builder returns a compiled keras.Model (Adam at `learning_rate`; sparse categorical
 cross-entropy, or binary cross-entropy for the one-unit sigmoid head of two-class text models)
 whose input is named after the transformed feature it reads (modules/features.py).
+
+Keras here is tf_keras (Keras 2, what TFX 1.16 itself trains with): Keras 3's model.fit does
+not run under tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585; with Keras
+3.12 it fails building the model from a distributed batch and reducing the metrics), which
+distribution "multi_worker" needs (modules/distribution.py).
 """
-import keras
-from keras import layers
+import tf_keras as keras
+from tf_keras import layers
 
 from modules import features as F
 from modules.settings import ModuleSettings

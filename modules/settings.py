@@ -15,8 +15,16 @@ import os
 from typing import Any, Dict, Mapping
 
 IMAGE_MODELS = ("mlp", "cnn")
+# How run_fn spreads training (modules/distribution.py): one process, all local devices
+# (MirroredStrategy), or the workers of the TF_CONFIG cluster (MultiWorkerMirroredStrategy).
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 TEXT_MODELS = ("multihot", "embedding", "conv1d")
 MODELS = {"image": IMAGE_MODELS, "text": TEXT_MODELS}
+
+# Keys TFX's Vertex/AI Platform Trainer extension adds to the Trainer's custom_config
+# (tfx/extensions/google_cloud_ai_platform/constants.py, trainer/executor.py); its executor
+# passes the whole custom_config on to run_fn, so they are not ModuleSettings fields.
+CLOUD_TRAINER_KEY_PREFIX = "ai_platform_"
 
 # custom_config key holding modules_fingerprint(): TFX's cache key covers exec properties, so
 # edited user code re-runs Transform and Trainer instead of reusing their outputs.
@@ -48,6 +56,10 @@ class ModuleSettings:
       early_stopping_patience: epochs without val_loss improvement before stopping.
       trainer_cache_mb: splits whose transformed pairs fit in this many MB are cached in memory.
       warm_start: start from the base model's weights when it matches.
+      distribution: one of DISTRIBUTIONS (README "Scaling training").
+      collective_timeout_seconds: multi_worker: a cross-worker collective (gradient
+        all-reduce, barrier) that takes longer than this fails the run instead of waiting
+        forever for a lost worker; 0 = no limit.
       modules_sha256: modules_fingerprint() of the code that runs.
     """
     kind: str
@@ -64,6 +76,8 @@ class ModuleSettings:
     early_stopping_patience: int = 2
     trainer_cache_mb: int = 2048
     warm_start: bool = False
+    distribution: str = "none"
+    collective_timeout_seconds: float = 600.0
     modules_sha256: str = ""
 
     @property
@@ -77,9 +91,12 @@ class ModuleSettings:
 
     @classmethod
     def from_custom_config(cls, custom_config: Mapping[str, Any]) -> "ModuleSettings":
-        """Reads custom_config back. Raises ModuleSettingsError on missing or unknown keys."""
+        """Reads custom_config back, ignoring the keys of TFX's cloud Trainer extension
+        (CLOUD_TRAINER_KEY_PREFIX). Raises ModuleSettingsError on missing or unknown keys."""
         if isinstance(custom_config, cls):
             return custom_config
+        custom_config = {key: value for key, value in custom_config.items()
+                         if not key.startswith(CLOUD_TRAINER_KEY_PREFIX)}
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(custom_config) - fields)
         if unknown:

@@ -5,6 +5,12 @@ The Trainer reads the *raw* examples (Transform does not materialise transformed
 they go through the same TFT graph that serving uses (once, into memory, when the split
 fits `trainer_cache_mb`), so there is one code path for train and serve, and the class
 names travel from ExampleGen's artifact (label_names.json next to the splits) into the model.
+
+With ModuleSettings.distribution other than "none" the model is built, compiled and trained
+under a tf.distribute strategy (modules/distribution.py); batch_size is the global batch (each
+of the N replicas computes batch_size / N examples per step) and train_steps the number of
+optimisation steps, so a distributed run takes the same steps over the same examples as a
+single process.
 """
 import math
 import os
@@ -12,13 +18,13 @@ import time
 from typing import Optional
 
 import absl.logging
-import keras
+import tf_keras as keras
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from modules import models
-from modules.datasets import dataset, read_label_names
+from modules import distribution, models
+from modules.datasets import count_records, dataset, read_label_names
 from modules.export import export, warmup_inputs
 from modules.settings import ModuleSettings
 from modules.training_schema import save_training_schema
@@ -65,7 +71,8 @@ class ThroughputLogger(keras.callbacks.Callback):
     `examples_per_second`, which the TensorBoard callback after it then records.
 
     Args:
-      batch_size: examples per training batch (throughput = batches * batch_size / seconds).
+      batch_size: examples per training step, the global batch under a strategy
+        (throughput = steps * batch_size / seconds: all workers together).
     """
 
     def __init__(self, batch_size: int):
@@ -92,31 +99,64 @@ class ThroughputLogger(keras.callbacks.Callback):
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point (imported by name from the installed package).
 
+    Under distribution "multi_worker" every worker of the TF_CONFIG cluster runs this with
+    the same fn_args; they train one model together and only the chief writes the outputs.
+
     Args:
       fn_args: TFX's FnArgs. Reads train_files/eval_files (GZIP TFRecords of raw tf.Examples;
         label_names.json beside them), transform_output, schema_path, train_steps,
         eval_steps, base_model (warm start), custom_config (ModuleSettings.to_custom_config()).
-    Writes:
+    Writes (the chief only):
       fn_args.serving_model_dir: the SavedModel of the served-model contract
         (serving/contract.py) with assets.extra/conveyor_schema.pbtxt (training schema) and
         assets.extra/tf_serving_warmup_requests; fn_args.model_run_dir: TensorBoard logs.
     Raises:
       ModuleSettingsError: custom_config is not a ModuleSettings dict.
+      ValueError: batch_size does not divide over the replicas.
+      DistributedTrainingError: multi_worker lost a worker; nothing was exported.
     """
     settings = ModuleSettings.from_custom_config(fn_args.custom_config)
+    # First: MultiWorkerMirroredStrategy starts this worker's server before any other op runs.
+    strategy = distribution.strategy_for(settings)
+    chief = distribution.is_chief(strategy)
+    if settings.distribution != "none":
+        absl.logging.info("Distribution %s: %d replica(s) in sync, this worker is %s",
+                          settings.distribution, strategy.num_replicas_in_sync, "the chief" if chief else "not the chief")
+    try:
+        _train_and_export(fn_args, settings, strategy, chief)
+    except distribution.PEER_ERRORS as e:
+        if settings.distribution != "multi_worker":
+            raise
+        raise distribution.DistributedTrainingError(
+            f"multi_worker training failed: a worker was lost or unreachable "
+            f"({type(e).__name__}: {distribution.peer_error_reason(str(e))}); nothing was exported") from None
+
+
+def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.distribute.Strategy,
+                      chief: bool) -> None:
     label_names = read_label_names(fn_args.train_files[0])
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     feature = models.input_feature(settings)
     batch = settings.batch_size
+    replica_batch = distribution.replica_batch_size(batch, strategy)
     cache_limit = int(settings.trainer_cache_mb) << 20
-    train, _ = dataset(fn_args.train_files[0], fn_args.data_accessor, tf_transform_output, batch, feature,
-                        True, cache_limit)
-    evaluation, eval_count = dataset(fn_args.eval_files[0], fn_args.data_accessor, tf_transform_output,
-                                      batch, feature, False, cache_limit)
-    # Validating more than one pass over the eval split would only repeat the same examples.
-    validation_steps = max(1, min(fn_args.eval_steps, math.ceil(eval_count / batch)))
 
-    model = models.build(settings, len(label_names))
+    def split(file_pattern: str, shuffle: bool):
+        if settings.distribution == "none":
+            return dataset(file_pattern, fn_args.data_accessor, tf_transform_output, batch, feature, shuffle,
+                           cache_limit)[0]
+        # One input pipeline per worker, each reading its shard in per-replica batches.
+        return strategy.distribute_datasets_from_function(
+            lambda context: dataset(file_pattern, fn_args.data_accessor, tf_transform_output, replica_batch,
+                                    feature, shuffle, cache_limit, context)[0])
+
+    train = split(fn_args.train_files[0], True)
+    evaluation = split(fn_args.eval_files[0], False)
+    # Validating more than one pass over the eval split would only repeat the same examples.
+    validation_steps = max(1, min(fn_args.eval_steps, math.ceil(count_records(fn_args.eval_files[0]) / batch)))
+
+    with strategy.scope():
+        model = models.build(settings, len(label_names))
     model.summary(print_fn=absl.logging.info)
     if settings.warm_start:
         why_not = warm_start(model, fn_args.base_model, settings, len(label_names), tf_transform_output)
@@ -126,19 +166,29 @@ def run_fn(fn_args: FnArgs) -> None:
             absl.logging.info("Warm start: initialised from the base model %s", fn_args.base_model)
 
     epochs = max(1, min(settings.epochs, fn_args.train_steps))
+    run_dir = distribution.output_dir(fn_args.model_run_dir, chief)
+    absl.logging.info("Training: %d epochs of %d steps, global batch %d (%d per replica)",
+                      epochs, max(1, fn_args.train_steps // epochs), batch, replica_batch)
     model.fit(
         train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
         validation_data=evaluation, validation_steps=validation_steps, verbose=2,
         callbacks=[
+            # val_loss is reduced over all replicas, so every worker stops at the same epoch.
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                           restore_best_weights=True),
             ThroughputLogger(batch),  # before TensorBoard, which then records its figure
-            keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+            keras.callbacks.TensorBoard(log_dir=run_dir),
         ])
-    export(model, tf_transform_output, label_names, settings, fn_args.serving_model_dir)
-    save_training_schema(fn_args, label_names, settings.kind)
-    # TF Serving (and Conveyor's server) replay these before a version takes traffic.
-    write_warmup_requests(fn_args.serving_model_dir,
-                          [{contract.SERVING_INPUT[settings.kind]: [value]}
-                           for value in warmup_inputs(fn_args.eval_files, settings.kind)],
-                          model_name=settings.name)
+    distribution.discard(run_dir, chief)
+    # Every worker saves (saving may run collectives); only the chief's copy is kept.
+    export_dir = distribution.output_dir(fn_args.serving_model_dir, chief)
+    export(model, tf_transform_output, label_names, settings, export_dir)
+    distribution.discard(export_dir, chief)
+    if chief:
+        save_training_schema(fn_args, label_names, settings.kind)
+        # TF Serving (and Conveyor's server) replay these before a version takes traffic.
+        write_warmup_requests(fn_args.serving_model_dir,
+                              [{contract.SERVING_INPUT[settings.kind]: [value]}
+                               for value in warmup_inputs(fn_args.eval_files, settings.kind)],
+                              model_name=settings.name)
+    distribution.barrier(strategy)

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from components.spans import has_span_spec, split_span_path  # noqa: F401  (re-exported for users)
 from data.defaults import default_data
-from modules.settings import MODELS, ModuleSettings, modules_fingerprint
+from modules.settings import DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
 from pipelines.beam import BeamPresetError, preset_from_settings
 
 Kind = Literal["image", "text"]
@@ -104,6 +104,14 @@ class TrainingConfig(_Settings):
         by batch (0: never cache; >= 0).
       warm_start: start from the latest blessed model's weights when its architecture
         matches (else from scratch).
+      distribution: how the Trainer spreads training: "none" (one process, one device),
+        "mirrored" (all devices of the Trainer's machine, tf.distribute.MirroredStrategy) or
+        "multi_worker" (the workers of the TF_CONFIG cluster,
+        tf.distribute.MultiWorkerMirroredStrategy). batch_size stays the global batch and
+        train_steps the number of optimisation steps (README "Scaling training").
+      collective_timeout_seconds: multi_worker only: seconds a cross-worker collective may
+        take before the run fails (a lost worker must not hang the survivors); 0 = no limit
+        (>= 0).
     """
     image_size: Positive = 28
     channels: Annotated[int, _rule("expected 1 (grey) or 3 (RGB)", lambda v: v in (1, 3))] = 1
@@ -118,6 +126,8 @@ class TrainingConfig(_Settings):
     early_stopping_patience: int = 2
     trainer_cache_mb: Annotated[int, Field(ge=0)] = 2048
     warm_start: bool = False
+    distribution: Literal[DISTRIBUTIONS] = "none"
+    collective_timeout_seconds: Annotated[float, Field(ge=0)] = 600.0
 
 
 class EvaluationConfig(_Settings):
@@ -310,6 +320,7 @@ class Config(_Settings):
             max_tokens=self.max_tokens, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, early_stopping_patience=self.early_stopping_patience,
             trainer_cache_mb=self.trainer_cache_mb, warm_start=self.warm_start,
+            distribution=self.distribution, collective_timeout_seconds=self.collective_timeout_seconds,
             modules_sha256=modules_fingerprint())
 
 

@@ -2,7 +2,7 @@
 choose how to execute what this returns."""
 import dataclasses
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -52,7 +52,8 @@ def example_gen(config: Config):
 
 def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                     metadata_connection_config=None,
-                    worker_setup_file: Optional[str] = SETUP_FILE) -> pipeline.Pipeline:
+                    worker_setup_file: Optional[str] = SETUP_FILE,
+                    cloud_training: Optional[Dict[str, Any]] = None) -> pipeline.Pipeline:
     """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
     -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher.
 
@@ -62,6 +63,11 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     execution (about 2 s each, three times in Transform). `worker_setup_file` is what Beam
     workers install; None for pipelines compiled to run elsewhere (Kubeflow images have the
     package installed already).
+
+    `cloud_training`: the custom_config keys of TFX's Vertex/AI Platform Trainer extension
+    (tfx.extensions.google_cloud_ai_platform: ENABLE_VERTEX_KEY, VERTEX_REGION_KEY,
+    TRAINING_ARGS_KEY); with them the Trainer is that extension's, which runs the same run_fn
+    as a Vertex AI custom job on the worker pools they name (kubeflow/runner.py builds them).
     """
     from components.pusher import ServingPusher
 
@@ -94,7 +100,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
         disable_statistics=True).with_id("Transform")
     transform.add_upstream_node(validator)
-    trainer = tfx.components.Trainer(
+    trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer if cloud_training else tfx.components.Trainer
+    trainer = trainer_class(
         run_fn=RUN_FN,
         examples=examples.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -103,7 +110,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         base_model=baseline.outputs["model"] if config.warm_start else None,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-        custom_config=dataclasses.replace(settings, warm_start=config.warm_start).to_custom_config())
+        custom_config={**dataclasses.replace(settings, warm_start=config.warm_start).to_custom_config(),
+                       **(cloud_training or {})})
     evaluator = BaselineEvaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],

@@ -83,3 +83,37 @@ def test_cli_compile_writes_one_spec_per_pipeline(tmp_path, capsys):
     job = json.load(open(out / "text_classifier.json"))
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "s3://other/root/text_classifier"
     assert str(out / "image_classifier.json") in capsys.readouterr().out
+
+
+def test_vertex_worker_pools_reach_the_trainer(tmp_path):
+    """VertexTraining becomes the custom_config of TFX's Vertex Trainer extension: one chief
+    pool and replica_count - 1 workers, each on the machine type and the image; run_fn gets
+    the multi_worker settings (the extension passes custom_config on to it)."""
+    from kubeflow.runner import VertexTraining, compile_pipeline
+    from modules.settings import ModuleSettings
+    config = load_config("image", overrides={"distribution": "multi_worker"})
+    path = compile_pipeline(config, str(tmp_path), image=IMAGE, pipeline_root=ROOT,
+                            vertex_training=VertexTraining("my-project", "europe-west4", 3, "n1-standard-8"))
+    spec = json.load(open(path))["pipelineSpec"]
+    trainer = spec["root"]["dag"]["tasks"]["Trainer"]
+    container = spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]
+    assert container["args"][:2] == ["--executor_class_path",
+                                     "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"]
+    custom_config = json.loads(
+        trainer["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
+    assert custom_config["ai_platform_enable_vertex"] is True
+    assert custom_config["ai_platform_vertex_region"] == "europe-west4"
+    training = custom_config["ai_platform_training_args"]
+    assert training["project"] == "my-project"
+    pool = {"machine_spec": {"machine_type": "n1-standard-8"}, "container_spec": {"image_uri": IMAGE}}
+    assert training["job_spec"]["worker_pool_specs"] == [{**pool, "replica_count": 1}, {**pool, "replica_count": 2}]
+    settings = ModuleSettings.from_custom_config(custom_config)
+    assert settings.distribution == "multi_worker"
+    # The other steps stay where they were.
+    assert spec["deploymentSpec"]["executors"]["Transform_executor"]["container"]["image"] == IMAGE
+
+
+def test_vertex_replicas_need_multi_worker(tmp_path):
+    from kubeflow.runner import VertexTraining, compile_pipeline
+    with pytest.raises(ValueError, match="3 replicas needs distribution: multi_worker, got 'none'"):
+        compile_pipeline(load_config("image"), str(tmp_path), vertex_training=VertexTraining("p", "r", 3))
