@@ -9,7 +9,7 @@ import sys
 
 from conveyor.drift import DriftError, DriftRecord, check_drift
 from conveyor.metadata.store import LineageError, home_dir
-from pipelines.config import Config, ConfigError
+from pipelines.config import DEFAULT_HOME, Config, ConfigError
 
 
 def describe(record: DriftRecord) -> str:
@@ -32,7 +32,7 @@ def add_command(sub) -> None:
     """Adds the `drift` subcommand to an argparse subparsers object."""
     drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
     drift.add_argument("--model", required=True, help="model name (the pipeline name)")
-    drift.add_argument("--home", help=f"Conveyor HOME (default ./{Config.home})")
+    drift.add_argument("--home", help=f"Conveyor HOME (default ./{DEFAULT_HOME})")
     drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
     drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
     drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")

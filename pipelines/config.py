@@ -30,6 +30,7 @@ from pipelines.beam import BeamPresetError, preset_from_settings
 
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
+DEFAULT_HOME = "conveyor_home"
 DEFAULT_MODELS = {"image": "cnn", "text": "multihot"}
 
 
@@ -215,7 +216,7 @@ class Config(_Settings):
     """
     kind: Kind = "image"
     name: str = Field("", validate_default=True)
-    home: str = "conveyor_home"
+    home: str = DEFAULT_HOME
     model: str = Field("", validate_default=True)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

@@ -1,7 +1,6 @@
 """Builds the Conveyor TFX pipeline from a Config. Runners (local, Airflow, Kubeflow) only
 choose how to execute what this returns."""
 import dataclasses
-import os
 from typing import List, Optional
 
 from tfx import v1 as tfx
@@ -15,21 +14,12 @@ from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
 from components.spans import split_span_path
-from pipelines.beam import PROJECT_ROOT, SETUP_FILE, with_worker_setup_file
+from pipelines.beam import SETUP_FILE, with_worker_setup_file
 from pipelines.config import Config
+from pipelines.preflight import curated_schema
 
-SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
-
-
-def curated_schema(config: Config) -> Optional[str]:
-    """schemas/<name>.pbtxt in the repo, or HOME/schemas/<name>.pbtxt saved by an earlier run."""
-    for folder in (SCHEMAS, os.path.join(config.home_dir, "schemas")):
-        path = os.path.join(folder, f"{config.name}.pbtxt")
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def example_gen(config: Config):
