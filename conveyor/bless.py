@@ -176,10 +176,10 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
               _event(infra, mlmd_pb2.Event.INPUT, "infra_blessing")]
     if evaluation is not None:
         inputs.append(_event(evaluation, mlmd_pb2.Event.INPUT, "evaluation"))
-    _, [blessing_id], _ = store.put_execution(
+    _, artifact_ids, _ = store.put_execution(  # ids of every artifact given, the new blessing last
         blessing_exec, inputs + [_event(manual, mlmd_pb2.Event.OUTPUT, "blessing")],
         [pipeline_context, run_context])
-    manual.id = blessing_id
+    manual.id = blessing_id = artifact_ids[-1]
     pushed = _artifact(store, "PushedModel", pushed_uri, pushed=1, pushed_version=str(published.version),
                        pushed_destination=published.destination)
     push_exec = _execution(store, MANUAL_PUSH_TYPE, pushed_version=published.version)

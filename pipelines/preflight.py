@@ -51,7 +51,6 @@ PACKAGES = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-data-valida
 PIPELINE_CODE = ("components", "pipelines", "serving", "data")
 # Settings a local run does not read (drift/request logging, Airflow scheduling).
 _NOT_RUN_INPUTS = {"serving": None, "orchestration": ("schedule", "start_date", "retries", "catchup")}
-_DONE = (2, 3)  # mlmd Execution.COMPLETE, Execution.CACHED
 
 
 def curated_schema(config: Config) -> Optional[str]:
@@ -260,7 +259,8 @@ def check_unchanged(config: Config) -> Optional[Unchanged]:
     inputs = run_inputs(config, store)
     if last.custom_properties[FINGERPRINT_PROPERTY].string_value != inputs.fingerprint():
         return None
-    if any(e.last_known_state not in _DONE for e in store.get_executions_by_context(last.id)):
+    done = (mlmd_pb2.Execution.COMPLETE, mlmd_pb2.Execution.CACHED)
+    if any(e.last_known_state not in done for e in store.get_executions_by_context(last.id)):
         return None
     served = inputs.served.split(":", 1)[0] if inputs.served != "none" else ""
     execution_type = mlmd_pb2.ExecutionType(name=UNCHANGED_TYPE)
