@@ -195,14 +195,13 @@ def run(config: Config, stream=sys.stdout,
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     with home_lock(home):
-        if not force:
-            unchanged = preflight.check_unchanged(config)
-            if unchanged is not None:
-                if on_unchanged:
-                    return on_unchanged(config, unchanged)
-                stream.write(f"Nothing changed since run {unchanged.repeats_run}; nothing was run.\n")
-                return None
         inputs = preflight.inputs_before_run(config)
+        unchanged = None if force else preflight.check_unchanged(config, inputs)
+        if unchanged is not None:
+            if on_unchanged:
+                return on_unchanged(config, unchanged)
+            stream.write(f"Nothing changed since run {unchanged.repeats_run}; nothing was run.\n")
+            return None
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
                      f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
         stream.flush()

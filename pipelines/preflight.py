@@ -235,12 +235,12 @@ def _is_pipeline_run(store, run) -> bool:
     return REPEATS_PROPERTY not in run.custom_properties and "conveyor_action" not in run.custom_properties
 
 
-def check_unchanged(config: Config) -> Optional[Unchanged]:
+def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
     """Records a no-op rerun and returns it when nothing changed since the last run.
 
-    "Nothing changed": the RunInputs fingerprint equals the one recorded (record_run_inputs)
-    on the pipeline's newest DAG run, every execution of that run is COMPLETE or CACHED.
-    Call under the HOME lock.
+    "Nothing changed": `inputs` (inputs_before_run(config)) has the fingerprint recorded
+    (record_run_inputs) on the pipeline's newest DAG run, and every execution of that run is
+    COMPLETE or CACHED. Call under the HOME lock.
 
     Returns:
       the Unchanged run recorded in MLMD, or None (the pipeline must run): no store yet,
@@ -256,7 +256,6 @@ def check_unchanged(config: Config) -> Optional[Unchanged]:
     last = next((c for c in _run_contexts(store, pipeline.id) if _is_pipeline_run(store, c)), None)
     if last is None or FINGERPRINT_PROPERTY not in last.custom_properties:
         return None
-    inputs = run_inputs(config, store)
     if last.custom_properties[FINGERPRINT_PROPERTY].string_value != inputs.fingerprint():
         return None
     done = (mlmd_pb2.Execution.COMPLETE, mlmd_pb2.Execution.CACHED)
