@@ -26,6 +26,7 @@ import datetime
 import getpass
 import os
 import sys
+import time
 from typing import Optional
 
 from ml_metadata import metadata_store
@@ -33,7 +34,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from conveyor.metadata.runs import default_pipeline, resolve_run, run_executions
 from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, MANUAL_PUSH_TYPE, Graph, LineageError, home_dir, props)
-from pipelines.local_runner import ConveyorError, home_lock
+from pipelines.local_runner import ConveyorError, home_lock, output_to_log
 from pipelines.preflight import latest_blessed_model_id
 
 SERVING_MODEL_DIR = "Format-Serving"  # where TFX's Trainer writes the SavedModel (tfx/utils/path_utils.py)
@@ -204,10 +205,15 @@ def add_command(sub) -> None:
 
 
 def cmd_bless(args) -> int:
-    """`conveyor bless`: 0 when blessed and pushed, 1 (one line on stderr) when refused."""
+    """`conveyor bless`: 0 when blessed and pushed, 1 (one line on stderr) when refused.
+    TensorFlow's start-up output goes to HOME/logs/bless-<time>.log."""
+    home = home_dir(args.home)
+    log_dir = os.path.join(home, "logs")
     try:
-        with home_lock(home_dir(args.home)):
-            b = bless(args.run, args.reason, args.by, args.home, args.name)
+        with home_lock(home):
+            os.makedirs(log_dir, exist_ok=True)
+            with output_to_log(os.path.join(log_dir, f"bless-{time.strftime('%Y%m%d-%H%M%S')}.log")):
+                b = bless(args.run, args.reason, args.by, home, args.name)
     except (LineageError, ConveyorError) as e:
         print(f"conveyor bless: {e}", file=sys.stderr)
         return 1

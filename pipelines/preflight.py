@@ -156,13 +156,13 @@ class RunInputs:
         return [k for k, v in dataclasses.asdict(self).items() if recorded.get(k) != v]
 
 
-def _store(config: Config, create: bool = False):
+def _store(config: Config):
+    """A read-write store on the existing HOME/metadata.sqlite."""
     from ml_metadata import metadata_store
     from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
     connection = mlmd_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = (mlmd_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE if create
-                                         else mlmd_pb2.SqliteMetadataSourceConfig.READWRITE)
+    connection.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READWRITE
     return metadata_store.MetadataStore(connection)
 
 
@@ -230,7 +230,7 @@ def _run_contexts(store, pipeline_context_id: int):
     return sorted(runs.values(), key=lambda c: (c.create_time_since_epoch, c.id), reverse=True)
 
 
-def _is_pipeline_run(store, run) -> bool:
+def _is_pipeline_run(run) -> bool:
     """A run of the DAG (not a no-op rerun or a `conveyor bless`)."""
     return REPEATS_PROPERTY not in run.custom_properties and "conveyor_action" not in run.custom_properties
 
@@ -253,7 +253,7 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
     pipeline = store.get_context_by_type_and_name("pipeline", config.name)
     if pipeline is None:
         return None
-    last = next((c for c in _run_contexts(store, pipeline.id) if _is_pipeline_run(store, c)), None)
+    last = next((c for c in _run_contexts(store, pipeline.id) if _is_pipeline_run(c)), None)
     if last is None or FINGERPRINT_PROPERTY not in last.custom_properties:
         return None
     if last.custom_properties[FINGERPRINT_PROPERTY].string_value != inputs.fingerprint():
@@ -293,7 +293,7 @@ def record_run_inputs(config: Config, before: RunInputs, since_ms: int) -> Optio
     if pipeline is None:
         return None
     runs = [c for c in _run_contexts(store, pipeline.id)
-            if c.create_time_since_epoch >= since_ms and _is_pipeline_run(store, c)]
+            if c.create_time_since_epoch >= since_ms and _is_pipeline_run(c)]
     if not runs:
         return None
     after = run_inputs(config, store)
