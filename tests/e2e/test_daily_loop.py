@@ -129,7 +129,10 @@ def test_manual_blessing_lineage(loop, blessed):
                                    "reason": "accuracy is enough for the pilot"}
     assert row.blessed is True and row.pushed_version == "1"
     from conveyor.history_cli import format_lineage
+    from conveyor.report import render
     assert "BLESSED MANUALLY by reviewer" in format_lineage(lin)
+    assert "BLESSED MANUALLY</b> by reviewer" in render(store, NAME, row.run_id)
+    assert render(store, NAME, loop["c"].run_id)  # the no-op rerun has a report too
 
 
 def test_next_run_uses_the_manual_blessing_as_baseline(loop, blessed):
@@ -140,3 +143,4 @@ def test_next_run_uses_the_manual_blessing_as_baseline(loop, blessed):
     assert graph.input(evaluator, "baseline_model").id == b.model_id
     assert d.blessed is True and d.pushed_version == "2", d.table()
     assert f"conveyor predict --model {NAME} {loop['data']}/0/" in blessed["d_output"]
+    assert "report not written" not in blessed["d_output"]
