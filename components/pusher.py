@@ -7,6 +7,7 @@ deleted by the next push), no second push of a model that is already the latest 
 (a cached rerun re-blesses the same model), and an updated models.config next to the
 model folders.
 """
+import dataclasses
 import fcntl
 import json
 import os
@@ -53,6 +54,68 @@ def remove_stale_temp_dirs(base: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """The outcome of `publish`.
+
+    Fields:
+      version: the version now serving the model (new, or the existing latest one).
+      destination: that version's folder, <base>/<version>.
+      already_serving: True when the model already was the latest version (nothing copied).
+    """
+    version: int
+    destination: str
+    already_serving: bool
+
+
+def publish(source: str, base: str, model_uri: str, model_id: int) -> Published:
+    """Publishes a SavedModel as the next sequential version under `base` (see the module
+    docstring): under `base`/.push.lock, copy to a hidden temp folder, record the source in
+    assets.extra/conveyor_push.json, rename to <base>/<n+1>, then rewrite models.config in
+    the parent of `base`. Used by the Pusher and by `conveyor bless`.
+
+    Args:
+      source: the SavedModel folder (a Model artifact's Format-Serving folder).
+      base: the model's base path, <serving models dir>/<model name>.
+      model_uri, model_id: the Model artifact's uri and MLMD id (recorded with the version;
+        a model whose uri the latest version already records is not pushed again).
+    Returns:
+      the Published version.
+    Raises:
+      OSError: the copy, the rename or models.config failed (no partial version is left).
+    """
+    os.makedirs(base, exist_ok=True)
+    # One pusher at a time per model: the version number and the rename must not race.
+    with open(os.path.join(base, ".push.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_stale_temp_dirs(base)
+        dirs = version_dirs(base)  # {version: directory name}; names may have leading zeros
+        versions = sorted(dirs)
+        if versions and _pushed_source(os.path.join(base, dirs[versions[-1]])) == model_uri:
+            logging.info("Model %s is already served as version %d; not pushing it again.", model_uri, versions[-1])
+            return Published(versions[-1], os.path.join(base, dirs[versions[-1]]), True)
+        version = (versions[-1] + 1) if versions else 1
+        final = os.path.join(base, str(version))
+        tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
+        try:
+            shutil.copytree(source, tmp)
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
+                json.dump({"model_uri": model_uri, "model_id": model_id, "version": version,
+                           "pushed_at": time.time()}, f)
+            pause = float(os.environ.get(PAUSE_ENV) or 0)
+            if pause > 0:
+                logging.warning("%s: pausing %.0fs before publishing %s as %s", PAUSE_ENV, pause, tmp, final)
+                time.sleep(pause)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    config_path = register_model(os.path.dirname(base), os.path.basename(base))
+    logging.info("Pushed %s as version %d to %s (models.config: %s)", model_uri, version, final, config_path)
+    return Published(version, final, False)
+
+
 class Executor(tfx_executor.Executor):
     """Pushes a blessed model as the next sequential version (see the module docstring)."""
 
@@ -63,45 +126,16 @@ class Executor(tfx_executor.Executor):
             pushed.set_string_custom_property("reason", "not blessed")
             return
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        source = self.GetModelPath(input_dict)
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
-        base = destination.filesystem.base_directory
-        os.makedirs(base, exist_ok=True)
-
-        # One pusher at a time per model: the version number and the rename must not race.
-        with open(os.path.join(base, ".push.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            remove_stale_temp_dirs(base)
-            dirs = version_dirs(base)  # {version: directory name}; names may have leading zeros
-            versions = sorted(dirs)
-            if versions and _pushed_source(os.path.join(base, dirs[versions[-1]])) == model.uri:
-                logging.info("Model %s is already served as version %d; not pushing it again.",
-                             model.uri, versions[-1])
-                self._MarkNotPushed(pushed)
-                pushed.set_string_custom_property("reason", f"already serving as version {versions[-1]}")
-                pushed.set_string_custom_property("pushed_version", str(versions[-1]))
-                return
-            version = (versions[-1] + 1) if versions else 1
-            final = os.path.join(base, str(version))
-            tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
-            try:
-                shutil.copytree(source, tmp)
-                os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-                with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
-                    json.dump({"model_uri": model.uri, "model_id": model.id, "version": version,
-                               "pushed_at": time.time()}, f)
-                pause = float(os.environ.get(PAUSE_ENV) or 0)
-                if pause > 0:
-                    logging.warning("%s: pausing %.0fs before publishing %s as %s", PAUSE_ENV, pause, tmp, final)
-                    time.sleep(pause)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        config_path = register_model(os.path.dirname(base), os.path.basename(base))
-        logging.info("Pushed %s as version %d to %s (models.config: %s)", model.uri, version, final, config_path)
-        self._MarkPushed(pushed, pushed_destination=final, pushed_version=str(version))
+        published = publish(self.GetModelPath(input_dict), destination.filesystem.base_directory,
+                            model.uri, model.id)
+        if published.already_serving:
+            self._MarkNotPushed(pushed)
+            pushed.set_string_custom_property("reason", f"already serving as version {published.version}")
+            pushed.set_string_custom_property("pushed_version", str(published.version))
+            return
+        self._MarkPushed(pushed, pushed_destination=published.destination, pushed_version=str(published.version))
 
 
 class ServingPusher(Pusher):

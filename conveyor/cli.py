@@ -28,6 +28,8 @@ def _run_parser(sub) -> None:
                      help="skip unreadable images instead of stopping (recorded on the artifact)")
     run.add_argument("--skip-bad-rows", action="store_true", default=None,
                      help="skip malformed text rows instead of stopping (recorded on the artifact)")
+    run.add_argument("--force", action="store_true",
+                     help="run the pipeline even when nothing changed since the last run")
 
 
 def cmd_run(args) -> int:
@@ -45,7 +47,7 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--data {data}: no such file or directory")
     config = config.with_local_data(data)
     try:
-        run(config)
+        run(config, force=args.force)
     except ConveyorError as e:
         print(f"\nconveyor: run failed: {e}", file=sys.stderr)
         return 1
@@ -98,9 +100,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     history_cli.add_commands(sub)
     from conveyor import drift_cli
     drift_cli.add_command(sub)
+    from conveyor import bless
+    bless.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "drift":
         return drift_cli.cmd_drift(args)
+    if args.command == "bless":
+        return bless.cmd_bless(args)
     if args.command == "download":
         return cmd_download(args)
     if args.command in history_cli.COMMANDS:

@@ -9,7 +9,7 @@ import sys
 
 from conveyor.drift import DriftError, DriftRecord, check_drift
 from conveyor.metadata.store import LineageError, home_dir
-from pipelines.config import DEFAULT_HOME, ConfigError
+from pipelines.config import DEFAULT_HOME, Config, ConfigError
 
 
 def describe(record: DriftRecord) -> str:

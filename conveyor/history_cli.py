@@ -12,7 +12,7 @@ from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
 from conveyor.metadata.store import LineageError, Record, home_dir, open_store, to_json_value
-from pipelines.config import DEFAULT_HOME
+from pipelines.config import DEFAULT_HOME, Config
 
 COMMANDS = ("runs", "lineage", "diff", "report")
 _HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{DEFAULT_HOME})"
@@ -122,6 +122,9 @@ def format_runs(rows: List[RunRecord]) -> str:
             start = (r.start or "-")[:19].replace("T", " ")
             cells = " ".join(states.get(n, "not run").ljust(w) for n, w in zip(nodes, widths))
             pushed = r.pushed_version or (f"- ({r.push_note})" if r.push_note else "-")
+            if r.manual_blessing:
+                m = r.manual_blessing
+                pushed += f"  manual blessing of run {m['run_id']} by {m['by']}: {m['reason']}"
             lines.append(f"  {i:>2} {r.run_id:<27} {start:<20} {_fmt(r.duration_seconds, 1):>6}  "
                          f"{cells}  {_fmt(r.blessed):<7}  {pushed}")
         lines.append("")
@@ -147,7 +150,10 @@ def format_lineage(r: Lineage) -> str:
            f"  pushed      artifact {r.pushed.artifact_id} -> {r.pushed.destination}  "
            f"run {r.pushed.run_id}"]
     b = r.blessing
-    if b:
+    if b and b.manual:
+        out.append(f"  blessing    artifact {b.artifact_id}: BLESSED MANUALLY by {b.blessed_by} at {b.created}: "
+                   f"{b.reason}  (overrides the Evaluator's blessing artifact {b.overrides_blessing_id})")
+    elif b:
         out.append(f"  blessing    artifact {b.artifact_id}: {'BLESSED' if b.blessed else 'NOT blessed'}"
                    f"  (accuracy floor {_fmt(b.accuracy_floor)}, majority-class rate "
                    f"{_fmt(b.majority_baseline)})")

@@ -296,7 +296,11 @@ def _lineage_section(lin: Optional[Lineage], note: str) -> str:
     rows = [["pushed", f"version <b>{_e(lin.version)}</b> → <code>{_e(lin.pushed.destination)}</code> "
                        f"(artifact {lin.pushed.artifact_id}, run {_e(lin.pushed.run_id)})"]]
     b = lin.blessing
-    if b:
+    if b and b.manual:
+        rows.append(["blessing", f"<b>BLESSED MANUALLY</b> by {_e(b.blessed_by)} at {_e(b.created)}: "
+                                 f"{_e(b.reason)} (artifact {b.artifact_id}; overrides the Evaluator's "
+                                 f"blessing artifact {b.overrides_blessing_id})"])
+    elif b:
         rows.append(["blessing", f"{'BLESSED' if b.blessed else 'NOT blessed'} (artifact {b.artifact_id})"])
     infra = lin.infra_blessing
     if infra:
@@ -451,6 +455,11 @@ def write_run_report(config: Config, run: Optional[str] = None) -> str:
     """
     store = open_store(config.home_dir)
     context = resolve_run(Graph(store), config.name, run)
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", context.name)
-    path = os.path.join(config.home_dir, "reports", f"{config.name}-{safe}.html")
-    return write_report(store, path, config.name, context.name, config.home_dir)
+    return write_report(store, run_report_path(config, context.name), config.name, context.name, config.home_dir)
+
+
+def run_report_path(config: Config, run_id: str) -> str:
+    """HOME/reports/<name>-<run id>.html, the run id's characters outside [A-Za-z0-9._-]
+    replaced by "-" (where write_run_report writes a run's report)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id)
+    return os.path.join(config.home_dir, "reports", f"{config.name}-{safe}.html")

@@ -32,6 +32,7 @@ class RunSummary:
         or "<n> requests, p99 <ms> ms".
       pushed_version, pushed_path: the version pushed and its folder (None: nothing pushed).
       push_note: why nothing was pushed, for a person ("" when pushed).
+      unchanged_since: for a no-op rerun (nothing changed, nothing ran), the run it repeats.
     """
     pipeline: str
     run_id: str
@@ -47,6 +48,7 @@ class RunSummary:
     pushed_version: Optional[str] = None
     pushed_path: Optional[str] = None
     push_note: str = ""
+    unchanged_since: Optional[str] = None
 
     def node(self, name: str) -> Optional[NodeRun]:
         """The NodeRun of node id `name`, or None if it did not run."""

@@ -30,6 +30,7 @@ from pipelines.beam import BeamPresetError, preset_from_settings
 
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
+DEFAULT_HOME = "conveyor_home"
 DEFAULT_MODELS = {"image": "cnn", "text": "multihot"}
 DEFAULT_HOME = "conveyor_home"  # relative to the working directory
 

@@ -1,8 +1,16 @@
 """Runs the pipeline with TFX's LocalDagRunner under the HOME lock and reports progress.
 
+Before anything heavy is imported, the pre-flight check (pipelines/preflight.py) compares
+this run's inputs with the last run's; when nothing changed it records a no-op rerun in
+MLMD and runs nothing.
+
 TFX logs a lot; the full log goes to HOME/logs/, the console gets one line per component
-start/finish (with duration). What happens after the run (the summary table and report of
-`conveyor run`) is the caller's `on_finish`: this layer does not read MLMD back.
+start/finish (with duration) and the warnings Conveyor's own code logs (about the user's
+data and model). Third-party output written straight to the stderr file descriptor (TF's
+C++ start-up lines, FutureWarnings of Google client libraries) is redirected to the same
+log file at the descriptor level for the duration of the run. What happens after the run
+(the summary table and report of `conveyor run`) is the caller's `on_finish`: this layer
+does not read MLMD back.
 """
 import contextlib
 import fcntl
@@ -16,6 +24,8 @@ from typing import Callable, Optional, TypeVar
 from absl import logging as absl_logging
 
 from components.errors import ComponentError
+from pipelines import preflight
+from pipelines.beam import PROJECT_ROOT
 from pipelines.config import Config
 
 _NODE_EVENT = re.compile(r"^Component (\S+) is (running|finished)\.$")
@@ -73,15 +83,69 @@ def home_lock(home: str):
             f.truncate()
 
 
+# Warnings logged from these folders are about the user's data or model: they reach the terminal.
+_OWN_CODE = tuple(os.path.join(PROJECT_ROOT, folder) + os.sep
+                  for folder in ("components", "modules", "pipelines", "data"))
+
+
+class OwnWarningsHandler(logging.Handler):
+    """Copies WARNING+ records logged by Conveyor's own code (components/, modules/, ...) to
+    the terminal; third-party warnings stay in the log file only."""
+
+    def __init__(self, stream):
+        super().__init__(logging.WARNING)
+        self.stream = stream
+
+    def emit(self, record):
+        if not record.pathname.startswith(_OWN_CODE):
+            return
+        self.stream.write(f"  warning: {record.getMessage()}\n")
+        self.stream.flush()
+
+
 @contextlib.contextmanager
-def _logging_to(log_path: str, stream):
+def output_to_log(log_path: str):
+    """Sends third-party output to `log_path` (appending) until the block ends.
+
+    File descriptor 2 is pointed at the log, so what bypasses Python's logging lands there:
+    TF's C++ start-up lines, Python warnings (sys.stderr writes to fd 2), the stderr of
+    subprocesses. sys.stdout is swapped for the log too (Keras' per-epoch lines, prints in
+    libraries); callers keep their own reference to the terminal's stdout for progress.
+
+    Yields:
+      a text stream on the original stderr, for what a person must see.
+    """
+    sys.stderr.flush()
+    sys.stdout.flush()
+    saved = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    log_out = os.fdopen(os.dup(log_fd), "w", buffering=1)
+    stdout = sys.stdout
+    try:
+        os.dup2(log_fd, 2)
+        sys.stdout = log_out
+        yield terminal
+    finally:
+        sys.stdout = stdout
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        for fd in (saved, log_fd):
+            os.close(fd)
+        log_out.close()
+        terminal.close()
+
+
+@contextlib.contextmanager
+def _logging_to(log_path: str, stream, terminal):
     root = logging.getLogger()
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     progress = ProgressHandler(stream)
+    own_warnings = OwnWarningsHandler(terminal)
     absl_logging.set_verbosity(absl_logging.INFO)
     previous_handlers, previous_level = list(root.handlers), root.level
-    root.handlers = [file_handler, progress]
+    root.handlers = [file_handler, progress, own_warnings]
     root.setLevel(logging.INFO)
     try:
         yield
@@ -106,16 +170,22 @@ T = TypeVar("T")
 
 
 def run(config: Config, stream=sys.stdout,
-        on_finish: Optional[Callable[[Config, float], T]] = None) -> Optional[T]:
-    """Runs the pipeline once on the LocalDagRunner.
+        on_finish: Optional[Callable[[Config, float], T]] = None,
+        on_unchanged: Optional[Callable[[Config, preflight.Unchanged], T]] = None,
+        force: bool = False) -> Optional[T]:
+    """Runs the pipeline once on the LocalDagRunner, unless nothing changed since the last run.
 
     Args:
       config: the validated Config; `config.data` must be set.
       stream: where progress lines go.
       on_finish: called as on_finish(config, started unix time) after the DAG ran or failed,
         still under the HOME lock (e.g. to read the run back from MLMD).
+      on_unchanged: called as on_unchanged(config, Unchanged) instead, under the HOME lock,
+        when the pre-flight check found nothing changed (see pipelines/preflight.py) and
+        recorded a no-op rerun; without it a line is written to `stream`.
+      force: run the DAG even when nothing changed.
     Returns:
-      what on_finish returned (None without one).
+      what on_finish / on_unchanged returned (None without one).
     Raises:
       ConveyorError: HOME is in use, or the run failed; the message names the user error
         (file, row, anomaly) when there is one, else the exception and the log file.
@@ -125,21 +195,32 @@ def run(config: Config, stream=sys.stdout,
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     with home_lock(home):
-        # Imported under the lock so a second run on a busy HOME is refused at once,
-        # not after seconds of importing TFX.
-        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-        from pipelines.pipeline import create_pipeline
-
+        inputs = preflight.inputs_before_run(config)
+        unchanged = None if force else preflight.check_unchanged(config, inputs)
+        if unchanged is not None:
+            if on_unchanged:
+                return on_unchanged(config, unchanged)
+            stream.write(f"Nothing changed since run {unchanged.repeats_run}; nothing was run.\n")
+            return None
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
                      f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
-        started = time.time()
+        stream.flush()
         failure = None
-        with _logging_to(log_path, stream):
-            try:
-                LocalDagRunner().run(create_pipeline(config))
-            except Exception as e:  # the summary below says which component failed
-                failure = e
-        result = on_finish(config, started) if on_finish else None
+        with output_to_log(log_path) as terminal:
+            # Imported under the lock so a second run on a busy HOME is refused at once,
+            # and with stderr redirected: importing TF writes its C++ start-up lines to fd 2.
+            from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+            from pipelines.pipeline import create_pipeline
+
+            started = time.time()
+            with _logging_to(log_path, stream, terminal):
+                try:
+                    LocalDagRunner().run(create_pipeline(config))
+                except Exception as e:  # the summary below says which component failed
+                    failure = e
+            if failure is None:
+                preflight.record_run_inputs(config, inputs, int(started * 1000))
+            result = on_finish(config, started) if on_finish else None
     if failure is not None:
         reason = _user_error(failure)
         message = str(reason) if reason else f"{type(failure).__name__}: {failure} (details in {log_path})"

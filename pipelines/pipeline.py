@@ -1,13 +1,20 @@
 """Builds the Conveyor TFX pipeline from a Config. Runners (local, Airflow, Kubeflow) only
 choose how to execute what this returns."""
 import dataclasses
-import os
 from typing import Any, Dict, List, Optional
 
-from tfx import v1 as tfx
+# The component modules directly, not `tfx.v1`: tfx.v1 also imports tfx.v1.extensions, i.e. the
+# Vertex AI client library (google.cloud.aiplatform), about a third of TFX's import time,
+# which a local run never uses.
+from tfx.components.schema_gen.component import SchemaGen
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.components.statistics_gen.component import StatisticsGen
+from tfx.components.trainer.component import Trainer
+from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration import metadata, pipeline
-from tfx.proto import example_gen_pb2
+from tfx.proto.pusher_pb2 import PushDestination
+from tfx.proto.trainer_pb2 import EvalArgs, TrainArgs
 from tfx.types import Channel, standard_artifacts
 
 from components.evaluator import BaselineEvaluator, eval_config
@@ -16,21 +23,12 @@ from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
 from components.spans import split_span_path
 from components.transform import CheckedTransform
-from pipelines.beam import PROJECT_ROOT, SETUP_FILE, with_worker_setup_file
+from pipelines.beam import SETUP_FILE, with_worker_setup_file
 from pipelines.config import Config
+from pipelines.preflight import curated_schema
 
-SCHEMAS = os.path.join(PROJECT_ROOT, "schemas")
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
 RUN_FN = "modules.trainer.run_fn"
-
-
-def curated_schema(config: Config) -> Optional[str]:
-    """schemas/<name>.pbtxt in the repo, or HOME/schemas/<name>.pbtxt saved by an earlier run."""
-    for folder in (SCHEMAS, os.path.join(config.home_dir, "schemas")):
-        path = os.path.join(folder, f"{config.name}.pbtxt")
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def example_gen(config: Config):
@@ -75,14 +73,13 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     # warm-starts, so toggling warm_start does not re-run Transform.
     settings = dataclasses.replace(config.module_settings(), warm_start=False)
     examples = example_gen(config)
-    statistics = tfx.components.StatisticsGen(examples=examples.outputs["examples"])
+    statistics = StatisticsGen(examples=examples.outputs["examples"])
     schema_file = curated_schema(config)
     if schema_file:
-        schema = tfx.components.ImportSchemaGen(schema_file=schema_file)
+        schema = ImportSchemaGen(schema_file=schema_file)
     else:
-        schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
-                                          infer_feature_shape=True)
-    baseline = tfx.dsl.Resolver(
+        schema = SchemaGen(statistics=statistics.outputs["statistics"], infer_feature_shape=True)
+    baseline = Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
@@ -100,7 +97,9 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         # statistics of decoded pixels / multi-hot vectors, and computing them costs seconds.
         disable_statistics=True).with_id("Transform")
     transform.add_upstream_node(validator)
-    trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer if cloud_training else tfx.components.Trainer
+    trainer_class = Trainer
+    if cloud_training:  # imported only here: tfx.extensions pulls in the Vertex AI client library
+        from tfx.extensions.google_cloud_ai_platform.trainer.component import Trainer as trainer_class
     trainer = trainer_class(
         run_fn=RUN_FN,
         examples=examples.outputs["examples"],
@@ -108,8 +107,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         schema=schema.outputs["schema"],
         # Warm start: run_fn gets the latest blessed model as fn_args.base_model (none on a first run).
         base_model=baseline.outputs["model"] if config.warm_start else None,
-        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+        train_args=TrainArgs(num_steps=config.train_steps),
+        eval_args=EvalArgs(num_steps=config.eval_steps),
         custom_config={**dataclasses.replace(settings, warm_start=config.warm_start).to_custom_config(),
                        **(cloud_training or {})})
     evaluator = BaselineEvaluator(
@@ -123,8 +122,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     pusher = ServingPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+        push_destination=PushDestination(
+            filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
                         evaluator, infra, pusher]

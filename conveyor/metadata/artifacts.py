@@ -349,23 +349,36 @@ def examples_summary(graph: Graph, examples: mlmd_pb2.Artifact,
 
 @dataclasses.dataclass
 class BlessingSummary(ArtifactRef):
-    """A ModelBlessing (the Evaluator's verdict).
+    """A ModelBlessing: the Evaluator's verdict, or a manual blessing (`conveyor bless`).
 
     Fields (besides ArtifactRef's):
       blessed: whether the candidate was blessed.
       majority_baseline: majority-class rate on the eval split (0..1), None if not recorded.
       accuracy_floor: the configured minimum accuracy (0..1), None if not recorded.
+      manual: True for a manual blessing (then the next fields are set); left out of the
+        JSON for the Evaluator's.
+      blessed_by, reason: who blessed it and why.
+      overrides_blessing_id: the Evaluator's (not blessed) ModelBlessing it overrode.
     """
     blessed: bool = False
     majority_baseline: Optional[float] = None
     accuracy_floor: Optional[float] = None
+    manual: Optional[bool] = json_field(omit_if_none=True)
+    blessed_by: Optional[str] = json_field(omit_if_none=True)
+    reason: Optional[str] = json_field(omit_if_none=True)
+    overrides_blessing_id: Optional[int] = json_field(omit_if_none=True)
 
 
 def blessing_summary(graph: Graph, blessing: mlmd_pb2.Artifact) -> BlessingSummary:
-    """The verdict and reference rates recorded on a ModelBlessing artifact."""
+    """The verdict and reference rates recorded on a ModelBlessing artifact (and, for a
+    manual blessing, who, why and which blessing it overrode)."""
     p = props(blessing)
+    manual = p.get("manual") == 1
     return BlessingSummary(**artifact_ref(graph, blessing).ref_fields(), blessed=p.get("blessed") == 1,
-                           majority_baseline=p.get("majority_baseline"), accuracy_floor=p.get("accuracy_floor"))
+                           majority_baseline=p.get("majority_baseline"), accuracy_floor=p.get("accuracy_floor"),
+                           manual=True if manual else None, blessed_by=p.get("blessed_by") if manual else None,
+                           reason=p.get("reason") if manual else None,
+                           overrides_blessing_id=p.get("overrides_blessing_id") if manual else None)
 
 
 INFRA_MEASUREMENTS = ("num_requests", "num_failures", "p50_latency_ms", "p99_latency_ms", "p99_budget_ms", "reason")

@@ -13,8 +13,8 @@ from conveyor.metadata.artifacts import (AnomaliesSummary, ArtifactRef, Blessing
                                          ExamplesSummary, InfraSummary, SchemaSummary, StatisticsSummary,
                                          anomalies_summary, artifact_ref, blessing_summary, evaluation_metrics,
                                          examples_summary, infra_summary, schema_summary, statistics_summary)
-from conveyor.metadata.store import (Graph, LineageError, Record, exec_properties, iso_time, json_field, props,
-                                     state_name, user_code)
+from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, Graph, LineageError, Record, exec_properties, iso_time,
+                                     json_field, props, state_name, user_code)
 from modules.settings import MODULES_FINGERPRINT_KEY
 
 
@@ -218,8 +218,10 @@ class Lineage(Record):
       pushed_versions: every pushed version of the model (strings, ascending).
       pushed: the PushedModel artifact and its destination.
       model: the Model the Pusher read, with its Trainer.
-      blessing: the Evaluator's ModelBlessing (the one the Pusher read, else the newest).
-      evaluation: that Evaluator's evaluation, baseline and metrics.
+      blessing: the ModelBlessing the Pusher read (else the newest): the Evaluator's, or a
+        manual one (`conveyor bless`, `manual` true).
+      evaluation: that Evaluator's evaluation, baseline and metrics (for a manual blessing,
+        the evaluation it overrode).
       transform_graph, schema, statistics, anomalies, examples: the Trainer's inputs and
         the data-side artifacts they came from.
       infra_blessing: the InfraValidator's verdict the Pusher read.
@@ -259,6 +261,10 @@ def lineage_of_model(graph: Graph, model: mlmd_pb2.Artifact, blessing: Optional[
                       for b in graph.outputs_of_type(e, "ModelBlessing")]
         if evaluators:
             evaluator, blessing = evaluators[-1]
+    if evaluator is not None and graph.type_of(evaluator) == MANUAL_BLESSING_TYPE:
+        # A manual blessing (`conveyor bless`): the evaluation shown is the one it overrode.
+        overridden = graph.input(evaluator, "overridden_blessing")
+        evaluator = graph.producer(overridden) if overridden is not None else None
     if blessing is not None:
         out.blessing = blessing_summary(graph, blessing)
     if evaluator is not None:

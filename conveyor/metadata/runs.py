@@ -4,8 +4,9 @@ from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from conveyor.metadata.store import (RUN_CONTEXT_TYPES, Graph, LineageError, Record, iso_time, json_field, props,
-                                     seconds_of, state_name)
+from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, RUN_CONTEXT_TYPES, Graph, LineageError, Record, iso_time,
+                                     json_field, props, seconds_of, state_name)
+from pipelines.preflight import REPEATS_PROPERTY, UNCHANGED_TYPE
 
 
 def pipeline_executions(graph: Graph, pipeline: str) -> List[mlmd_pb2.Execution]:
@@ -21,6 +22,8 @@ def pipeline_nodes(graph: Graph, pipeline: str) -> List[str]:
     """Node ids of a pipeline in execution order (LocalDagRunner runs them topologically)."""
     nodes: List[str] = []
     for e in pipeline_executions(graph, pipeline):
+        if graph.is_action(e):
+            continue
         node = graph.node_of(e)
         if node not in nodes:
             nodes.append(node)
@@ -96,8 +99,8 @@ def run_executions(graph: Graph, run: mlmd_pb2.Context) -> List[mlmd_pb2.Executi
 
 
 def node_executions(graph: Graph, run: mlmd_pb2.Context) -> Dict[str, mlmd_pb2.Execution]:
-    """Node id -> its (last) execution in the run, in execution order."""
-    return {graph.node_of(e): e for e in run_executions(graph, run)}
+    """Node id -> its (last) execution in the run, in execution order (DAG nodes only)."""
+    return {graph.node_of(e): e for e in run_executions(graph, run) if not graph.is_action(e)}
 
 
 @dataclasses.dataclass
@@ -120,9 +123,11 @@ class NodeRun(Record):
 
 
 def node_runs(graph: Graph, run: mlmd_pb2.Context) -> List[NodeRun]:
-    """Every execution of a run as a NodeRun with its outputs by artifact type, oldest first."""
+    """Every DAG execution of a run as a NodeRun with its outputs by artifact type, oldest first."""
     out = []
     for e in run_executions(graph, run):
+        if graph.is_action(e):
+            continue
         outputs: Dict[str, List[mlmd_pb2.Artifact]] = {}
         for artifacts in graph.outputs(e).values():
             for a in artifacts:
@@ -147,6 +152,10 @@ class RunRecord(Record):
       pushed_version: the version pushed by the run (None: nothing pushed).
       push_note: why nothing was pushed: the Pusher's reason, "not pushed", or
         "run failed at <node>" (None when pushed or undetermined).
+      unchanged_since: for a no-op rerun (nothing changed, nothing ran), the run it repeats;
+        left out of the JSON otherwise.
+      manual_blessing: for a `conveyor bless`, {"run_id": the blessed run, "by", "reason"};
+        left out of the JSON otherwise.
     """
     run_id: str = ""
     pipeline: str = ""
@@ -158,6 +167,8 @@ class RunRecord(Record):
     infra_blessed: Optional[bool] = None
     pushed_version: Optional[str] = None
     push_note: Optional[str] = None
+    unchanged_since: Optional[str] = json_field(omit_if_none=True)
+    manual_blessing: Optional[Dict[str, str]] = json_field(omit_if_none=True)
 
 
 def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb2.Context,
@@ -169,7 +180,8 @@ def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb
     """
     nodes = nodes or pipeline_nodes(graph, pipeline)
     by_node = node_executions(graph, run)
-    executions = list(by_node.values())
+    everything = run_executions(graph, run)
+    executions = list(by_node.values()) + [e for e in everything if graph.is_action(e)]
     record.run_id, record.pipeline = run.name, pipeline
     if executions:
         start = min(e.create_time_since_epoch for e in executions)
@@ -195,6 +207,16 @@ def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb
             record.push_note = p.get("reason", "not pushed")
     elif any(n.state == "failed" for n in record.nodes):
         record.push_note = "run failed at " + next(n.node for n in record.nodes if n.state == "failed")
+    for e in everything:
+        kind, p = graph.type_of(e), props(e)
+        if kind == UNCHANGED_TYPE:
+            record.unchanged_since = p.get(REPEATS_PROPERTY)
+            served = p.get("served_version")
+            record.push_note = (f"nothing changed since run {record.unchanged_since}; "
+                                + (f"served version {served} unchanged" if served else "nothing served"))
+        elif kind == MANUAL_BLESSING_TYPE:
+            record.manual_blessing = {"run_id": p.get("blesses_run", ""), "by": p.get("blessed_by", ""),
+                                      "reason": p.get("reason", "")}
     return record
 
 

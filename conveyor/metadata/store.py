@@ -15,13 +15,20 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from modules.settings import MODULES_FINGERPRINT_KEY
-from pipelines.config import DEFAULT_HOME
+from pipelines.config import DEFAULT_HOME, Config
+from pipelines.preflight import UNCHANGED_TYPE
 
 METADATA_FILE = "metadata.sqlite"
 NOT_RUN = "not run"
 # Local/Kubeflow runs record a pipeline_run context; TFX's Airflow launcher records run
 # ("<pipeline>.<dag run>") + component_run ("<run>.<node>").
 RUN_CONTEXT_TYPES = ("pipeline_run", "run")
+# Executions Conveyor records itself, outside the DAG: a no-op rerun (pipelines/preflight.py)
+# and `conveyor bless` (conveyor/bless.py: a manual blessing, then its push). They have no
+# node; `conveyor runs` shows them as notes on their run, not as component columns.
+MANUAL_BLESSING_TYPE = "conveyor.ManualBlessing"
+MANUAL_PUSH_TYPE = "conveyor.ManualPush"
+ACTION_TYPES = (UNCHANGED_TYPE, MANUAL_BLESSING_TYPE, MANUAL_PUSH_TYPE)
 _STATE = {mlmd_pb2.Execution.COMPLETE: "complete",
           mlmd_pb2.Execution.CACHED: "cached",
           mlmd_pb2.Execution.FAILED: "failed",
@@ -286,6 +293,10 @@ class Graph:
                        key=lambda e: (e.create_time_since_epoch, e.id))
         self._executions.update((e.id, e) for e in found)
         return found
+
+    def is_action(self, execution: mlmd_pb2.Execution) -> bool:
+        """Whether an execution is one Conveyor recorded outside the DAG (ACTION_TYPES)."""
+        return self.execution_type.get(execution.type_id) in ACTION_TYPES
 
     def type_of(self, node) -> str:
         """Type name of an artifact or execution ("?" if unknown)."""

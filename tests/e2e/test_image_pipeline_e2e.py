@@ -74,11 +74,13 @@ def test_pushed_model_classifies_png_bytes(first_run, digits_dir):
     assert set(model.signatures) == {"serving_default", "serving_examples"}
 
 
-def test_unchanged_rerun_is_served_from_cache(first_run, digits_dir):
+def test_unchanged_rerun_runs_nothing_and_forced_rerun_is_served_from_cache(first_run, digits_dir):
     home, _ = first_run
     config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5,
                                              "data": digits_dir})
-    summary = local_runner.run(config, stream=io.StringIO())
+    noop = local_runner.run(config, stream=io.StringIO())
+    assert noop.unchanged_since and noop.nodes == [] and noop.pushed_version == "1"
+    summary = local_runner.run(config, stream=io.StringIO(), force=True)
     states = {n.node: n.state for n in summary.nodes}
     for node in ("ImageExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer"):
         assert states[node] == "cached", states
