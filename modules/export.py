@@ -21,11 +21,6 @@ class ServingModule(tf.Module):
                  label_names: List[str], kind: str, feature: str):
         super().__init__()
         self.model = model
-        # The Keras 3 model's tf.Variables must be tracked by this module itself: otherwise the
-        # SavedModel's graph reads them by a name no restore op creates, and every Session-based
-        # loader (TF Serving, saved_model_cli, Conveyor's server) fails with "Could not find
-        # variable ..." (tensorflow/tensorflow#72963, keras-team/keras#20095).
-        self.model_variables = [v.value for v in model.variables]
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.label_names = tf.constant(label_names)
         self._feature = feature
