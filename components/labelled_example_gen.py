@@ -38,7 +38,7 @@ LABEL = F.LABEL
 LABEL_NAME = F.LABEL_NAME
 PROFILE = "profile"  # optional record key: profile features a scan computed in bulk
 CHUNK_RECORDS = 1000
-LABEL_NAMES_FILE = "label_names.json"
+LABEL_NAMES_FILE = F.LABEL_NAMES_FILE
 SKIPPED_FILE = "skipped.json"
 
 

@@ -1,6 +1,6 @@
 """Compatibility re-export for users' scripts: the MLMD read side lives in conveyor/metadata/
 (store, runs, artifacts, lineage, diff). Results are dataclasses now; `.to_json()` gives the
-dicts these functions used to return. Import from conveyor.metadata in new code."""
+dicts these functions used to return, and `result["key"]` / `result.get("key")` still work. Import from conveyor.metadata in new code."""
 from conveyor.metadata.artifacts import (ACCURACY, AnomaliesSummary, ArtifactRef, BlessingSummary,  # noqa: F401
                                          EvaluationMetrics, ExamplesSummary, FeatureSchema, InfraSummary,
                                          SchemaSummary, SplitStatistics, StatisticsSummary, anomalies_summary,

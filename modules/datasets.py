@@ -23,9 +23,6 @@ from tfx_bsl.public.tfxio import TensorFlowDatasetOptions
 
 from modules import features as F
 
-# Written by the ExampleGens next to the splits: the class names (index = label).
-LABEL_NAMES_FILE = "label_names.json"
-
 
 def examples_artifact_dir(file_pattern: str) -> str:
     """'<examples uri>/Split-train/*' -> '<examples uri>' (where ExampleGen wrote label_names.json)."""
@@ -34,7 +31,7 @@ def examples_artifact_dir(file_pattern: str) -> str:
 
 def read_label_names(file_pattern: str) -> List[str]:
     """The class names ExampleGen stored beside the split that `file_pattern` globs."""
-    path = os.path.join(examples_artifact_dir(file_pattern), LABEL_NAMES_FILE)
+    path = os.path.join(examples_artifact_dir(file_pattern), F.LABEL_NAMES_FILE)
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 

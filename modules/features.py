@@ -8,6 +8,8 @@ TOKENS = "tokens"            # transformed: int64 [max_tokens] vocabulary ids, 0
 MULTI_HOT = "multi_hot"      # transformed: float32 [vocab + oov] bag of words
 
 RAW_INPUT = {"image": IMAGE_RAW, "text": TEXT}
+# Written by the ExampleGens beside the splits: the class names in label order (index = label).
+LABEL_NAMES_FILE = "label_names.json"
 
 # Features whose values are expected to be new in every run (free text, encoded image bytes):
 # a value domain (the list of values one run happened to hold) never describes them, so the

@@ -50,6 +50,16 @@ def _rule(expected: str, ok: Callable[[Any], bool]) -> AfterValidator:
 
 Positive = Annotated[int, Field(gt=0)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+def _iso_date(value: str) -> bool:
+    import datetime
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _Settings(BaseModel):
@@ -117,14 +127,14 @@ class TrainingConfig(_Settings):
     image_size: Positive = 28
     channels: Annotated[int, _rule("expected 1 (grey) or 3 (RGB)", lambda v: v in (1, 3))] = 1
     vocab_size: Positive = 10000
-    oov_buckets: int = 1
+    oov_buckets: NonNegative = 1
     max_tokens: Positive = 200
     train_steps: Positive = 2000
     eval_steps: Positive = 50
     epochs: Positive = 5
     batch_size: Positive = 64
     learning_rate: Annotated[float, Field(gt=0)] = 0.001
-    early_stopping_patience: int = 2
+    early_stopping_patience: NonNegative = 2
     trainer_cache_mb: Annotated[int, Field(ge=0)] = 2048
     warm_start: bool = False
     distribution: Literal[DISTRIBUTIONS] = "none"
@@ -150,7 +160,8 @@ class EvaluationConfig(_Settings):
     accuracy_floor: Share = 0.5
     regression_tolerance: Annotated[float, Field(ge=0)] = 0.01
     infra_requests: Positive = 50
-    infra_p99_budget_ms: float = 500.0
+    infra_p99_budget_ms: Annotated[float, _rule("expected a finite number of milliseconds > 0",
+                                                lambda v: 0 < v < float("inf"))] = 500.0
     infra_server: Literal["in_process", "subprocess"] = "in_process"
 
 
@@ -190,8 +201,8 @@ class OrchestrationConfig(_Settings):
     beam_settings: Optional[Dict[str, Any]] = None
     enable_cache: bool = True
     schedule: str = "@daily"
-    start_date: str = "2026-01-01"
-    retries: int = 1
+    start_date: Annotated[str, _rule("expected an ISO date YYYY-MM-DD", _iso_date)] = "2026-01-01"
+    retries: NonNegative = 1
     catchup: bool = False
 
 
@@ -468,8 +479,15 @@ def _read_file(path: str) -> Dict[str, Any]:
         loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from e
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {path}: not valid YAML/JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start}); expected YAML or JSON") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file {path}: not valid YAML{where}: {problem}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path}: not valid JSON: {e}") from None
     loaded = loaded or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path}: expected a mapping of key: value at the top level")

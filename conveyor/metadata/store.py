@@ -88,6 +88,15 @@ class Record:
             out[f.name] = to_json_value(value)
         return out
 
+    # Scripts written against the dict results of the old conveyor.lineage index them by key:
+    # record["run_id"] / record.get("pushed_version") keep working, reading the JSON form.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The JSON form's value of `key`, or `default` (dict-style access for old scripts)."""
+        return self.to_json().get(key, default)
+
 
 # ---------------------------------------------------------------------------------------
 # Connecting

@@ -12,6 +12,8 @@ from tests.support.helpers import SHARED_DATA
 @pytest.fixture
 def mirror(tmp_path):
     """A file:// mirror laid out like the public one (the t10k files stand in for train too)."""
+    if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
+        pytest.skip(f"the real MNIST files are not in {SHARED_DATA}/mnist")
     root = tmp_path / "mirror"
     root.mkdir()
     for name in IDX_FILES:

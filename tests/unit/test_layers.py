@@ -29,6 +29,15 @@ def imports_of(path: str):
                 yield node.lineno, alias.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.lineno, node.module.split(".")[0]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str) and _is_dynamic_import(node.func)):
+            yield node.lineno, node.args[0].value.split(".")[0]
+
+
+def _is_dynamic_import(func) -> bool:
+    """importlib.import_module("x.y") / import_module("x.y") / __import__("x.y")."""
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name in ("import_module", "__import__")
 
 
 def layer_violations(repo: str = REPO):
@@ -55,6 +64,8 @@ def test_no_import_goes_against_the_layers():
     ("serving/x.py", "from modules import features"),
     ("serving/x.py", "import data.idx"),
     ("pipelines/x.py", "from conveyor import run_summary"),
+    ("serving/x.py", "import importlib\nimportlib.import_module('modules.features')"),
+    ("data/x.py", "__import__('serving.contract')"),
 ])
 def test_the_check_catches_an_upward_import(tmp_path, source, target):
     folder = tmp_path / os.path.dirname(source)
