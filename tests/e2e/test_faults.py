@@ -81,6 +81,24 @@ class Run:
             time.sleep(0.1)
         raise AssertionError(f"no line matching {pattern!r} after {timeout}s:\n" + self.output[-3000:])
 
+    def wait_log_line(self, pattern: str, timeout: float = 300) -> str:
+        """Waits for a line of the run's log file (third-party output such as Keras's epoch
+        lines goes there, not to the terminal)."""
+        log_path = self.wait_line(r"^\s+log\s+\S+", timeout=timeout).split()[-1]
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    found = regex.search(f.read())
+            except FileNotFoundError:
+                found = None
+            if found:
+                return found.group(0)
+            assert self.proc.poll() is None, f"run exited ({self.proc.returncode}) before {pattern!r} in {log_path}"
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r} in {log_path} after {timeout}s")
+
     def wait(self, timeout: float = 400) -> int:
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout=10)
@@ -212,7 +230,7 @@ def chain(small_digits, tmp_path_factory):
         a.wait_line(r"^\[\d\d:\d\d:\d\d\] Trainer\s+started$")
         wait_until(lambda: [e for e in executions_by_node(home).get("Trainer", [])
                             if e.last_known_state == Execution.RUNNING], 120, "a RUNNING Trainer execution", a)
-        a.wait_line(r"^Epoch 1/", timeout=120)  # Keras is fitting: the kill lands mid-training
+        a.wait_log_line(r"^Epoch 1/", timeout=120)  # Keras is fitting: the kill lands mid-training
         with open(os.path.join(home, ".run.lock")) as f:
             seen["lock_after_a"] = f.read()
         seen["a_pid"] = a.proc.pid
