@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any, Callable, List
 
+from conveyor.metadata.artifacts import rule_line
 from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
@@ -151,6 +152,9 @@ def format_lineage(r: Lineage) -> str:
         out.append(f"  blessing    artifact {b.artifact_id}: {'BLESSED' if b.blessed else 'NOT blessed'}"
                    f"  (accuracy floor {_fmt(b.accuracy_floor)}, majority-class rate "
                    f"{_fmt(b.majority_baseline)})")
+        for i, rule in enumerate(b.rules):
+            blocked = " <- blocked the push" if b.blocked_by() and rule is b.blocked_by()[0] else ""
+            out.append(f"      rule {i + 1}: {rule_line(rule)}{blocked}")
     infra = r.infra_blessing
     if infra:
         out.append(f"  infra       artifact {infra.artifact_id}: {'BLESSED' if infra.blessed else 'NOT blessed'}"
@@ -169,6 +173,10 @@ def format_lineage(r: Lineage) -> str:
         for label, v in (ev.metrics.per_label if ev.metrics else {}).items():
             out.append(f"      accuracy[{label}]{'':<{max(0, 19 - len(label))}} candidate {_fmt(v.get('candidate'))}  "
                        f"baseline {_fmt(v.get('baseline'))}")
+        for label, v in (ev.metrics.per_class if ev.metrics else {}).items():
+            cand, base = v.get("candidate", {}), v.get("baseline", {})
+            out.append(f"      class {label}: " + ", ".join(
+                f"{k} {_fmt(cand[k])}" + (f" (baseline {_fmt(base[k])})" if k in base else "") for k in cand))
     m = r.model
     if m:
         out.append(f"  model       artifact {m.artifact_id} ({m.model_type}), run {m.run_id}, "
