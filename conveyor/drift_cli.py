@@ -32,7 +32,7 @@ def add_command(sub) -> None:
     """Adds the `drift` subcommand to an argparse subparsers object."""
     drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
     drift.add_argument("--model", required=True, help="model name (the pipeline name)")
-    drift.add_argument("--home", help=f"Conveyor HOME (default ./{Config.home})")
+    drift.add_argument("--home", help=f"Conveyor HOME (default ./{Config.model_fields['home'].default})")
     drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
     drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
     drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")

@@ -16,7 +16,7 @@ from conveyor.metadata.store import LineageError, Record, home_dir, open_store, 
 from pipelines.config import Config
 
 COMMANDS = ("runs", "lineage", "diff", "report")
-_HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{Config.home})"
+_HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{Config.model_fields['home'].default})"
 
 
 def add_commands(sub) -> None:

@@ -87,7 +87,7 @@ class Record:
 
 def home_dir(home: Optional[str] = None) -> str:
     """Absolute Conveyor HOME: `home`, else the Config default (./conveyor_home)."""
-    return os.path.abspath(home or Config.home)
+    return os.path.abspath(home or Config.model_fields["home"].default)
 
 
 def sqlite_connection_config(metadata_path: str) -> mlmd_pb2.ConnectionConfig:

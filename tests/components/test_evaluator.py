@@ -166,8 +166,12 @@ def test_metrics_are_tfmas_per_class_macro_weighted_and_calibration(runs):
              kv.value.double_value.value for kv in overall.metric_keys_and_values}
     # recall: common 190/190, rare 2/10 -> macro 0.6, weighted by label frequency 0.96.
     assert value["recall", None] == pytest.approx(0.6) and value["weighted_recall", None] == pytest.approx(0.96)
-    plots = list(tfma.load_plots(evaluation.uri))
-    assert any(kv.key.name == "calibration_plot" for p in plots for kv in p.plot_keys_and_values)
+    plots = [kv for p in tfma.load_plots(evaluation.uri) if not p.slice_key.single_slice_keys
+             for kv in p.plot_keys_and_values]
+    assert any(kv.key.name == "multi_class_confusion_matrix_plot" for kv in plots)
+    # TFMA stores the calibration plot unnamed, as histogram buckets, one per class.
+    assert {kv.key.sub_key.class_id.value for kv in plots if kv.value.HasField("calibration_histogram_buckets")
+            and kv.value.calibration_histogram_buckets.buckets} == {0, 1}
 
 
 def test_rules_become_tfma_thresholds_on_exactly_their_metric_key():
