@@ -30,7 +30,7 @@ from tfx.types import artifact_utils, channel, standard_artifacts, standard_comp
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components.blessing_rules import (MAJORITY, MAJORITY_MARGIN, METRICS, Rule, RuleError,
+from components.blessing_rules import (MAJORITY, MAJORITY_MARGIN, METRICS, Rule, RuleError, check_classes,
                                        parse_rules)
 from components.errors import ComponentError
 from modules import features as F
@@ -142,7 +142,7 @@ def metrics_specs(rules: Sequence[Rule], class_names: Sequence[str], majority: f
     weighted-average spec.
 
     Args:
-      rules: parsed rules whose classes are in class_names (parse_rules with class_names).
+      rules: parsed rules whose classes are in class_names (check_classes).
       class_names: the classes in label-index order (>= 2).
       majority: the eval split's majority-class rate (0..1), for `min: majority`.
     Returns:
@@ -280,7 +280,8 @@ class Executor(tfx_executor.Executor):
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         class_names = class_names_of(examples)
         try:
-            rules = parse_rules(json.loads(exec_properties[RULES_KEY]), class_names)
+            rules = parse_rules(json.loads(exec_properties[RULES_KEY]))
+            check_classes(rules, class_names)
         except RuleError as e:
             raise EvaluatorInputError(str(e)) from None
         majority = majority_class_rate(examples.uri)

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from components.blessing_rules import parse_rules
-from components.evaluator import BaselineEvaluator, metrics_specs
+from components.evaluator import BaselineEvaluator, EvaluatorInputError, metrics_specs
 from serving import contract
 
 CLASSES = ["common", "rare"]
@@ -99,7 +99,8 @@ AUC_RULES = [{"metric": "auc", "max_drop": 0.01}, {"metric": "accuracy", "max_dr
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def data(tmp_path_factory):
+    """(root folder, Examples, the `score` model, the `noise` model)."""
     from tfx.types import standard_artifacts
     root = str(tmp_path_factory.mktemp("evaluator"))
     examples = standard_artifacts.Examples()
@@ -107,9 +108,21 @@ def runs(tmp_path_factory):
     examples.split_names = json.dumps(["eval"])
     examples.set_json_value_custom_property("label_names", CLASSES)
     _write_examples(examples.uri)
-    good, noisy = _model(root, "score"), _model(root, "noise")
+    return root, examples, _model(root, "score"), _model(root, "noise")
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    root, examples, good, noisy = data
     return {"rare": _evaluate(root, "rare", examples, good, None, RARE_RULES),
             "regressed": _evaluate(root, "regressed", examples, noisy, good, AUC_RULES)}
+
+
+def test_a_class_the_data_lacks_stops_the_evaluator_naming_the_classes(data):
+    root, examples, good, _ = data
+    with pytest.raises(EvaluatorInputError, match=r"^blessing rule 1 \(recall\): slice 'fraud' is not a class "
+                                                  r"of the eval data \(classes: common, rare\)$"):
+        _evaluate(root, "unknown_class", examples, good, None, [{"metric": "recall", "slice": "fraud", "min": 0.9}])
 
 
 def _rules(blessing):
