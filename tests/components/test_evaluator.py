@@ -206,5 +206,5 @@ def test_rules_become_tfma_thresholds_on_exactly_their_metric_key():
                             ("weighted_f1_score", None, True, False, (("label_name", "ok"),))}
     assert summary["recall", 1, False, False, ()].lower_bound.value == 0.9
     assert summary["auc", None, True, True, ()].absolute.value == -0.01
-    assert summary["sparse_categorical_accuracy", None, False, False, ()].lower_bound.value == pytest.approx(0.95)
+    assert summary["sparse_categorical_accuracy", None, False, False, ()].lower_bound.value == pytest.approx(0.950001)
     assert summary["weighted_f1_score", None, True, False, (("label_name", "ok"),)].upper_bound.value == 0.99
