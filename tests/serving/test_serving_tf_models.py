@@ -219,7 +219,7 @@ CLASSIFY_REGRESS_ERRORS = [
     ("tf1:classify", {"signature_name": "classify_x", "examples": []}, "'examples' value is an empty array"),
     ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": [1.0, "a"]}]},
      "Unexpected element type in feature: x expecting type: float"),
-    ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": None}]}, "unexpected JSON type"),
+    ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": None}]}, "unexpected JSON type: null"),
     ("tf1:regress", {"signature_name": "nope", "examples": [{"x": 1.0}]}, "No signature was found with the name: nope"),
     ("tf1:regress", {"signature_name": "regress_x", "examples": [{"y": 1.0}]}, "Feature: x"),
 ]
