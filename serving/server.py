@@ -186,13 +186,50 @@ class ServerOptions:
     Exactly one model source: `home` (serves HOME/serving/models.config), `model_config_file`
     (a ModelServerConfig text proto) or `model_base_path` (one model named `model_name`).
     Ports of 0 disable that API; a port of 0 is never "pick a free port".
-    Defaults are the flags' defaults.
+    Defaults are `conveyor serve`'s flag defaults (REST on 8501, 127.0.0.1).
+
+    Attributes (each the flag of the same name; see build_parser and TF Serving's main.cc):
+      home: Conveyor home; serves HOME/serving/models.config.
+      model_config_file: ModelServerConfig text proto of the models to serve.
+      model_name: name of the single model at model_base_path.
+      model_base_path: directory of one model's integer-named version directories.
+      port: gRPC TCP port (0: no TCP gRPC).
+      grpc_socket_path: also serve gRPC on this UNIX socket ("": no).
+      rest_api_port: HTTP/REST port (0: no REST).
+      host: address both APIs bind to (0.0.0.0: all interfaces).
+      rest_api_max_body_bytes: larger REST bodies get HTTP 413; also the gRPC message limit.
+      rest_api_timeout_in_ms: run timeout of a REST call, ms (then DEADLINE_EXCEEDED).
+      rest_api_enable_cors_support: add CORS headers to REST answers.
+      grpc_max_threads: gRPC worker threads.
+      grpc_channel_arguments: "k=v,..." gRPC server options.
+      enable_grpc_healthcheck_service: serve grpc.health.v1.Health.
+      monitoring_config_file: MonitoringConfig text proto (Prometheus path; "": default path).
+      file_system_poll_wait_seconds: seconds between base-path polls (0: poll once).
+      model_config_file_poll_wait_seconds: seconds between config-file re-reads (0: read once).
+      enable_batching: merge concurrent requests per model version and signature.
+      batching_parameters_file: BatchingParameters text proto (needs enable_batching).
+      max_batch_size: rows per merged batch (the batching file wins).
+      batch_timeout_micros: how long a batch waits to fill up, µs (the batching file wins).
+      enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before AVAILABLE.
+      num_request_iterations_for_warmup: replays of each warmup request.
+      prefer_tflite_model: serve <version>/model.tflite when present.
+      num_tflite_pools: TFLite interpreters per version.
+      saved_model_tags: comma-separated MetaGraphDef tags to load.
+      max_num_load_retries: retries of a failed version load.
+      load_retry_interval_micros: interval between load retries, µs.
+      allow_version_labels_for_unavailable_models: new labels may name versions not loaded yet.
+      enable_signature_method_name_check: Classify/Regress require classify/regress method names.
+      tensorflow_session_parallelism: threads of both session pools (0: TF's choice).
+      tensorflow_intra_op_parallelism: threads within an op (0: TF's choice; wins over the above).
+      tensorflow_inter_op_parallelism: ops run at once (0: TF's choice; wins over the above).
+      tensorflow_session_config_file: ConfigProto text proto for the sessions.
+      log_level: Python logging level name (DEBUG, INFO, WARNING, ERROR).
     """
     home: Optional[str] = None
     model_config_file: Optional[str] = None
     model_name: str = "default"
     model_base_path: Optional[str] = None
-    port: int = 8500                      # gRPC
+    port: int = 8500
     grpc_socket_path: str = ""
     rest_api_port: int = 8501
     host: str = "127.0.0.1"
@@ -388,6 +425,8 @@ class ModelServer:
         return lines
 
     def start(self) -> None:
+        """Logs the startup report, starts version polling and opens the gRPC and REST ports
+        (the ports were bound in the constructor); returns at once, serving on threads."""
         for level, line in self.startup_report():
             log.log(level, "%s", line)
         self.manager.start()
@@ -403,6 +442,8 @@ class ModelServer:
                      self.options.host, self.options.rest_api_port, self.metrics_path or "nowhere")
 
     def stop(self) -> None:
+        """Closes the REST port, stops gRPC (in-flight calls get 2 s to finish), then stops
+        polling (waiting up to 30 s for a load in progress)."""
         if self.http:
             self.http.shutdown()
             self.http.server_close()

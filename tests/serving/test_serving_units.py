@@ -15,6 +15,7 @@ from serving import server as server_lib
 from serving import model_manager, warmup
 from serving.batching import Batcher
 from serving.errors import ServingError
+from serving.model_config import ModelConfigError, read_models_config
 from serving.model_manager import ModelManager, aspired_versions
 from serving.servables import SavedModelServable
 from tests.support.serving_harness import REPO, install, model_entry, wait_for, write_config
@@ -178,3 +179,19 @@ def test_deploy_manifests_agree():
     assert mount["name"] in {v["name"] for v in pod["volumes"]}
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8500, 8500), (8501, 8501)}
+
+
+def test_bad_models_config_files_are_one_line_errors(tmp_path):
+    cases = {"missing": (None, "no such model config file"),
+             "latin1": (b"model_config_list { config { name: \"caf\xe9\" } }", "not UTF-8 text (byte 39)"),
+             "garbage": (b"model_config_list {", "not a valid ModelServerConfig")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ModelConfigError) as error:
+            read_models_config(str(path))
+        assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ModelConfigError, match="cannot read the model config file"):
+        read_models_config(str(tmp_path))  # a directory
