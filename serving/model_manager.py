@@ -224,7 +224,8 @@ class ModelManager:
         TF Serving's ServerCore::ReloadConfig waits for new models. With `require_available`
         (ReloadConfig), a model left without an available version is an error.
         Raises:
-          ServingError(INVALID_ARGUMENT): bad platform or duplicate names (nothing changes).
+          ServingError(INVALID_ARGUMENT): bad platform or a name listed twice ("Illegal to list
+            model NAME multiple times in config list", server_core.cc; nothing changes).
           ServingError(FAILED_PRECONDITION): a version label names a version that is not
             available (the models are loaded; the labels of that model keep their old values).
           ServingError(UNKNOWN): "N model(s) did not become available: {...}" when a model of
@@ -236,9 +237,10 @@ class ModelManager:
                                    f"Model {config.name}: unsupported model_platform "
                                    f"'{config.model_platform}' (only 'tensorflow' or 'tflite')")
         names = [c.name for c in configs]
-        if len(names) != len(set(names)):
+        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if duplicate is not None:  # server_core.cc ValidateModelConfigList
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Duplicate model names in config: {sorted(names)}")
+                               f"Illegal to list model {duplicate} multiple times in config list")
         with self._reconcile_lock:
             with self._lock:
                 for config in configs:

@@ -118,6 +118,8 @@ def test_removed_models_states_are_bounded(tmp_path, monkeypatch):
         return [model_server_config_pb2.ModelConfig(name=n, base_path=base, model_platform="tensorflow")
                 for n in names]
 
+    with pytest.raises(ServingError, match="^Illegal to list model a multiple times in config list$"):
+        ModelManager(config("b", "a", "a"), poll_wait_seconds=0)
     manager = ModelManager(config("a", "b", "c"), poll_wait_seconds=0)
     manager.apply_config(config("c"))  # a and b removed: only the last removal is kept
     kept = [n for n in ("a", "b") if _has_status(manager, n)]
