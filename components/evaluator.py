@@ -1,26 +1,53 @@
-"""Evaluator whose accuracy floor also includes the eval split's majority-class baseline.
+"""TFX's Evaluator with Conveyor's metrics and blessing rules (components/blessing_rules.py).
 
-A TFMA threshold must be a number, but the majority-class rate is only known once
-ExampleGen has run, so this executor counts the eval labels, raises the accuracy lower
-bound to just above that rate, and hands the adjusted EvalConfig to TFX's Evaluator.
-The blessing records accuracy_floor, majority_baseline and the bound that was applied.
+Every run computes, with TFMA's own metric classes on the model's `probabilities` output
+against the int64 `label`:
+  * ExampleCount, SparseCategoricalAccuracy and MultiClassConfusionMatrixPlot;
+  * per class (TFMA BinarizationOptions.class_ids, one-vs-rest): Precision, Recall, F1Score,
+    AUC (ROC) and AUCPrecisionRecall (1000 thresholds), and Calibration, plus a
+    CalibrationPlot for two classes;
+  * their macro averages (AggregationOptions.macro_average) and the label-frequency weighted
+    averages of precision, recall and F1 (weighted_macro_average, stored as weighted_*);
+on all eval examples and per `label_name` (and any `feature=value` slice a rule names).
+
+The class count is only known once ExampleGen has run, and so is the majority-class rate a
+`min: majority` rule needs, so the executor reads both from the Examples artifact, writes
+the metrics specs and one TFMA threshold per rule into the EvalConfig, and hands it to
+TFX's Evaluator: the blessing is TFMA's validation result. Afterwards it records on the
+ModelBlessing what each rule saw (`rules`: rule, candidate, baseline, passed, note), the
+`majority_baseline`, `accuracy_floor` (the first plain accuracy `min`) and
+`has_baseline_model` (0/1).
 """
 import collections
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow_model_analysis as tfma
 from tfx.components.evaluator import executor as tfx_executor
 from tfx.components.evaluator.component import Evaluator
-from tfx.dsl.components.base import executor_spec
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import json_utils, proto_utils
 
+from components.blessing_rules import (MAJORITY, MAJORITY_MARGIN, METRICS, Rule, RuleError, check_classes,
+                                       parse_rules)
+from components.errors import ComponentError
 from modules import features as F
 from modules.splits import read_split_examples, split_pattern
 from serving import contract
 
-ACCURACY = "sparse_categorical_accuracy"
-# Strictly better than always answering the majority class.
-MAJORITY_MARGIN = 1e-6
+RULES_KEY = "blessing_rules"
+LABEL_NAMES_FILE = "label_names.json"  # written by components/labelled_example_gen.py
+BASELINE = tfma.BASELINE_KEY  # TFMA's model_name of the baseline once one is given
+# The metrics every run computes (besides the rules' own): TFMA class names.
+PER_CLASS = ("Precision", "Recall", "F1Score", "AUC", "AUCPrecisionRecall")
+WEIGHTED = ("weighted_precision", "weighted_recall", "weighted_f1")
+
+
+class EvaluatorInputError(ComponentError, ValueError):
+    """The eval split or a blessing rule cannot be evaluated; the message says which and why."""
 
 
 def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
@@ -32,89 +59,293 @@ def majority_class_rate(examples_uri: str, split: str = "eval") -> float:
     Returns:
       The commonest int64 `label`'s count over the split's example count, in (0, 1].
     Raises:
-      ValueError: the split has no examples.
+      EvaluatorInputError: the split has no examples.
     """
     pattern = split_pattern(examples_uri, split)
     counts = collections.Counter(example.features.feature[F.LABEL].int64_list.value[0]
                                  for example in read_split_examples(pattern))
     total = sum(counts.values())
     if not total:
-        raise ValueError(f"{pattern}: the eval split has no examples to evaluate on")
+        raise EvaluatorInputError(f"{pattern}: the eval split has no examples to evaluate on")
     return max(counts.values()) / total
 
 
-def eval_config(accuracy_floor: float, regression_tolerance: float) -> tfma.EvalConfig:
-    """TFMA EvalConfig: ExampleCount and accuracy overall and per label_name; blessing needs
-    overall accuracy >= accuracy_floor (0..1) and no drop below the baseline's minus
-    regression_tolerance (the majority-rate check is added by the executor)."""
+def class_names_of(examples) -> List[str]:
+    """The class names of an Examples artifact, in label-index order (ExampleGen's
+    `label_names` property, else its label_names.json).
+
+    Raises:
+      EvaluatorInputError: neither is there (not an Examples artifact of Conveyor's ExampleGens).
+    """
+    if examples.has_custom_property("label_names"):
+        return [str(n) for n in examples.get_json_value_custom_property("label_names")]
+    path = os.path.join(examples.uri, LABEL_NAMES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [str(n) for n in json.load(f)]
+    except OSError:
+        raise EvaluatorInputError(f"{examples.uri}: no class names (no `label_names` property nor "
+                                  f"{LABEL_NAMES_FILE}); the Examples must come from Conveyor's ExampleGens") from None
+
+
+def slicing_spec(rule: Rule) -> tfma.SlicingSpec:
+    """The slice a rule's threshold applies to: its `feature=value`, else all eval examples."""
+    return tfma.SlicingSpec(feature_values=rule.feature_slice or {})
+
+
+def base_eval_config(rules: Sequence[Rule]) -> tfma.EvalConfig:
+    """The class-independent part of the EvalConfig: the model (its `serving_examples`
+    signature, `label` against `probabilities`) and the slices (all examples, per
+    label_name, and each `feature=value` slice of a rule). The executor adds the metrics."""
+    slices = [tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[F.LABEL_NAME])]
+    for rule in rules:
+        spec = slicing_spec(rule)
+        if rule.feature_slice and rule.feature_slice.keys() != {F.LABEL_NAME} and spec not in slices:
+            slices.append(spec)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name=contract.EXAMPLES_SIGNATURE, label_key=F.LABEL,
                                     prediction_key=contract.PROBABILITIES)],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[F.LABEL_NAME])],
-        metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="ExampleCount"),
-            # Thresholds apply to the overall slice only: per-label accuracy is reported, and
-            # a class being harder than the majority rate must not veto a better model.
-            tfma.MetricConfig(
-                class_name="SparseCategoricalAccuracy",
-                per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                    slicing_specs=[tfma.SlicingSpec()],
-                    threshold=tfma.MetricThreshold(
-                        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
-                        change_threshold=tfma.GenericChangeThreshold(
-                            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                            absolute={"value": -regression_tolerance})))]),
-        ])])
+        slicing_specs=slices)
+
+
+# TFMA's AUCs default to 10000 thresholds; deriving their confusion matrices per class and
+# slice was most of the Evaluator's time on 10 classes (bucket width 0.001 is plenty here).
+METRIC_SETTINGS = {"AUC": {"num_thresholds": 1000}, "AUCPrecisionRecall": {"num_thresholds": 1000}}
+
+
+def _metric(class_name: str, name: Optional[str] = None, thresholds=()) -> tfma.MetricConfig:
+    settings = {**METRIC_SETTINGS.get(class_name, {}), **({"name": name} if name else {})}
+    return tfma.MetricConfig(class_name=class_name, config=json.dumps(settings) if settings else "",
+                             per_slice_thresholds=list(thresholds))
+
+
+def rule_threshold(rule: Rule, majority: float) -> tfma.MetricThreshold:
+    """The TFMA threshold of a rule: min/max as a GenericValueThreshold (`majority` = the
+    majority-class rate + MAJORITY_MARGIN), max_drop as a GenericChangeThreshold."""
+    threshold = tfma.MetricThreshold()
+    low = majority + MAJORITY_MARGIN if rule.min == MAJORITY else rule.min
+    if low is not None:
+        threshold.value_threshold.lower_bound.value = low
+    if rule.max is not None:
+        threshold.value_threshold.upper_bound.value = rule.max
+    if rule.max_drop is not None:
+        threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
+        threshold.change_threshold.absolute.value = -rule.max_drop
+    return threshold
+
+
+def _target(rule: Rule, class_names: Sequence[str]) -> Tuple[str, Optional[int]]:
+    """(rule metric, class index or None) — rules with the same target share one MetricConfig."""
+    return rule.metric, (class_names.index(rule.class_name) if rule.class_name is not None else None)
+
+
+def metrics_specs(rules: Sequence[Rule], class_names: Sequence[str], majority: float) -> List[tfma.MetricsSpec]:
+    """The MetricsSpecs of a run (see the module docstring) with one threshold per rule.
+
+    A rule's threshold sits on a MetricConfig whose spec yields exactly the rule's metric key
+    (TFMA applies a MetricConfig's thresholds to every key its spec produces): accuracy and
+    example count on the plain spec, a class rule on a spec binarized to that class only, a
+    per-class metric without class on a macro-average spec, a weighted one on a
+    weighted-average spec.
+
+    Args:
+      rules: parsed rules whose classes are in class_names (check_classes).
+      class_names: the classes in label-index order (>= 2).
+      majority: the eval split's majority-class rate (0..1), for `min: majority`.
+    Returns:
+      the MetricsSpecs, in the order TFMA should compute them.
+    """
+    ids = list(range(len(class_names)))
+    every_class = tfma.BinarizationOptions(class_ids={"values": ids})
+    weights = {i: 1.0 for i in ids}  # TFMA needs the classes to average over as weights
+    macro = tfma.AggregationOptions(macro_average=True, class_weights=weights)
+    weighted = tfma.AggregationOptions(weighted_macro_average=True, class_weights=weights)
+    by_target: Dict[Tuple[str, Optional[int]], List[tfma.PerSliceMetricThreshold]] = collections.defaultdict(list)
+    for rule in rules:
+        by_target[_target(rule, class_names)].append(tfma.PerSliceMetricThreshold(
+            slicing_specs=[slicing_spec(rule)], threshold=rule_threshold(rule, majority)))
+
+    plain = [_metric(METRICS[m].tfma_class, thresholds=by_target.pop((m, None), ()))
+             for m in ("example_count", "accuracy")]
+    specs = [
+        tfma.MetricsSpec(metrics=plain + [_metric("MultiClassConfusionMatrixPlot")]),
+        tfma.MetricsSpec(metrics=[_metric(c) for c in PER_CLASS], binarize=every_class, aggregate=macro),
+        # TFMA names weighted averages like macro ones (AggregationType macro_average), so
+        # they get their own metric names.
+        tfma.MetricsSpec(metrics=[_metric(METRICS[m].tfma_class, METRICS[m].key) for m in WEIGHTED],
+                         aggregate=weighted),
+        tfma.MetricsSpec(metrics=[_metric("Calibration")] + (
+            [_metric("CalibrationPlot")] if len(class_names) == 2 else []), binarize=every_class),
+    ]
+    for (metric, class_id), thresholds in by_target.items():
+        info = METRICS[metric]
+        config = _metric(info.tfma_class, info.key if info.weighted else None, thresholds)
+        if class_id is not None:
+            specs.append(tfma.MetricsSpec(metrics=[config], binarize=tfma.BinarizationOptions(
+                class_ids={"values": [class_id]})))
+        else:
+            specs.append(tfma.MetricsSpec(metrics=[config], aggregate=weighted if info.weighted else macro))
+    return specs
+
+
+# What each rule saw --------------------------------------------------------------------
+
+def _slice_dict(slice_key) -> Dict[str, str]:
+    return {s.column: (s.bytes_value.decode() if s.HasField("bytes_value") else
+                       str(s.int64_value) if s.HasField("int64_value") else f"{s.float_value:g}")
+            for s in slice_key.single_slice_keys}
+
+
+def _matches(key, rule: Rule, class_id: Optional[int]) -> bool:
+    """Whether a TFMA MetricKey proto is the value a rule bounds (any model, diff or not)."""
+    if key.name != METRICS[rule.metric].key:
+        return False
+    key_class = key.sub_key.class_id.value if key.sub_key.HasField("class_id") else None
+    if key_class != class_id or key.sub_key.HasField("top_k") or key.sub_key.HasField("k"):
+        return False
+    averaged = METRICS[rule.metric].weighted or (METRICS[rule.metric].per_class and class_id is None)
+    return bool(key.HasField("aggregation_type")) == averaged
+
+
+def _same_threshold(a: tfma.MetricThreshold, b: tfma.MetricThreshold, diff: bool) -> bool:
+    """The value (diff=False) or change part of two thresholds agree (bounds within 1e-9)."""
+    if diff:
+        return abs(a.change_threshold.absolute.value - b.change_threshold.absolute.value) < 1e-9
+    av, bv = a.value_threshold, b.value_threshold
+    return all(av.HasField(f) == bv.HasField(f) and abs(getattr(av, f).value - getattr(bv, f).value) < 1e-9
+               for f in ("lower_bound", "upper_bound"))
+
+
+def rule_results(evaluation_uri: str, rules: Sequence[Rule], class_names: Sequence[str], majority: float,
+                 has_baseline: bool) -> List[Dict[str, Any]]:
+    """What each rule saw, read back from TFMA's metrics and validation result.
+
+    Args:
+      evaluation_uri: the ModelEvaluation written by TFX's Evaluator with metrics_specs(...).
+      rules, class_names, majority: as given to metrics_specs.
+      has_baseline: a baseline model was evaluated (else max_drop is not checked).
+    Returns:
+      one dict per rule, in rule order: rule (Rule.text()), metric, slice, bound (the
+      resolved lower bound of `min: majority`, else absent), candidate and baseline (the
+      metric's value, None if not computed), passed (True/False; None when the rule has only
+      max_drop and there is no baseline), note ("" or why: "failed", "metric not found",
+      "slice has no eval examples", "max_drop not checked: no blessed baseline yet").
+    """
+    # (slice, is the baseline) -> [(MetricKey proto, value)]
+    values: Dict[Tuple[Any, bool], List[Tuple[Any, float]]] = collections.defaultdict(list)
+    for metrics in tfma.load_metrics(evaluation_uri):
+        where = tuple(sorted(_slice_dict(metrics.slice_key).items()))
+        for kv in metrics.metric_keys_and_values:
+            if not kv.key.is_diff and kv.value.HasField("double_value"):
+                values[where, kv.key.model_name == BASELINE].append((kv.key, kv.value.double_value.value))
+    validation = tfma.load_validation_result(evaluation_uri)
+    missing = list(validation.missing_slices)
+    out = []
+    for rule in rules:
+        _, class_id = _target(rule, class_names)
+        threshold = rule_threshold(rule, majority)
+        where = tuple(sorted((rule.feature_slice or {}).items()))
+
+        def value(of_baseline: bool) -> Optional[float]:
+            return next((v for key, v in values.get((where, of_baseline), []) if _matches(key, rule, class_id)), None)
+
+        candidate, baseline = value(False), value(True)
+        failed, note = False, ""
+        for per_slice in validation.metric_validations_per_slice:
+            if tuple(sorted(_slice_dict(per_slice.slice_key).items())) != where:
+                continue
+            for failure in per_slice.failures:
+                if (_matches(failure.metric_key, rule, class_id)
+                        and _same_threshold(failure.metric_threshold, threshold, failure.metric_key.is_diff)):
+                    failed = True
+                    note = note or ("metric not found" if failure.message == "Metric not found." else "failed")
+        if slicing_spec(rule) in missing:
+            failed, note = True, "slice has no eval examples"
+        only_drop = rule.min is None and rule.max is None
+        passed: Optional[bool] = not failed
+        if rule.max_drop is not None and not has_baseline:
+            note = note or "max_drop not checked: no blessed baseline yet"
+            passed = None if only_drop else passed
+        result = {"rule": rule.text(), "metric": rule.metric, "slice": rule.slice}
+        if rule.min == MAJORITY:
+            result["bound"] = majority + MAJORITY_MARGIN
+        out.append({**result, "candidate": candidate, "baseline": baseline, "passed": passed, "note": note})
+    return out
 
 
 class Executor(tfx_executor.Executor):
-    """TFX's Evaluator executor with the accuracy lower bound raised above the eval split's
-    majority-class rate; the blessing also records `majority_baseline`, `accuracy_floor` (the
-    configured bound) and `has_baseline_model` (0/1)."""
+    """TFX's Evaluator executor, given the full EvalConfig of the rules in exec property
+    `blessing_rules` (JSON list of rule mappings); see the module docstring for what the
+    blessing records.
+
+    Raises (from Do):
+      EvaluatorInputError: the eval split is empty, the Examples have no class names, or a
+        rule names a class the eval data does not have (the message lists the classes).
+    """
 
     def Do(self, input_dict, output_dict, exec_properties):
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
+        class_names = class_names_of(examples)
+        try:
+            rules = parse_rules(json.loads(exec_properties[RULES_KEY]))
+            check_classes(rules, class_names)
+        except RuleError as e:
+            raise EvaluatorInputError(str(e)) from None
         majority = majority_class_rate(examples.uri)
         config = tfma.EvalConfig()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.EVAL_CONFIG_KEY], config)
-        floor = None
-        for spec in config.metrics_specs:
-            for metric in spec.metrics:
-                if metric.class_name != "SparseCategoricalAccuracy":
-                    continue
-                for per_slice in metric.per_slice_thresholds:
-                    bound = per_slice.threshold.value_threshold.lower_bound
-                    floor = bound.value
-                    bound.value = max(floor, majority + MAJORITY_MARGIN)
+        del config.metrics_specs[:]
+        config.metrics_specs.extend(metrics_specs(rules, class_names, majority))
         exec_properties = dict(exec_properties)
         exec_properties[standard_component_specs.EVAL_CONFIG_KEY] = proto_utils.proto_to_json(config)
         super().Do(input_dict, output_dict, exec_properties)
+
+        has_baseline = bool(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY))
+        evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+        blessing.set_json_value_custom_property(
+            "rules", rule_results(evaluation.uri, rules, class_names, majority, has_baseline))
         blessing.set_float_custom_property("majority_baseline", majority)
+        floor = next((r.min for r in rules if r.metric == "accuracy" and r.slice is None
+                      and isinstance(r.min, float)), None)
         if floor is not None:
             blessing.set_float_custom_property("accuracy_floor", floor)
-        blessing.set_int_custom_property(
-            "has_baseline_model", int(bool(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY))))
+        blessing.set_int_custom_property("has_baseline_model", int(has_baseline))
+
+
+class BlessingEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+    """TFX's EvaluatorSpec plus the `blessing_rules` parameter (JSON list of rule mappings)."""
+    PARAMETERS = {**standard_component_specs.EvaluatorSpec.PARAMETERS,
+                  RULES_KEY: ExecutionParameter(type=str)}
 
 
 class BaselineEvaluator(Evaluator):
-    """TFX's Evaluator whose accuracy floor is at least the majority-class baseline.
-
-    The constructor is TFX's Evaluator's (tfx/components/evaluator/component.py); Conveyor's
-    pipeline passes:
+    """TFX's Evaluator that blesses by Conveyor's blessing rules (TFMA thresholds built when
+    it runs, once the classes and the majority-class rate are known).
 
     Args:
       examples: channel of ExampleGen's Examples; the eval split is evaluated.
       model: channel of the candidate Model (its `serving_examples` signature is called).
-      baseline_model: channel of the latest blessed Model, for the regression threshold;
-        an empty channel on a first run.
-      eval_config: usually `eval_config(accuracy_floor, regression_tolerance)`; each
-        SparseCategoricalAccuracy lower bound in it is raised to just above the eval split's
-        majority-class rate when the component runs.
+      baseline_model: channel of the latest blessed Model, for `max_drop` rules; an empty
+        channel on a first run.
+      rules: the blessing rules (Config.blessing_rules()).
     Outputs:
       `outputs['evaluation']` (ModelEvaluation) and `outputs['blessing']` (ModelBlessing,
       with the custom properties the Executor adds).
     Raises (when the component runs):
-      ValueError: the eval split has no examples.
+      EvaluatorInputError: see Executor.
     """
+    SPEC_CLASS = BlessingEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, examples: channel.BaseChannel, model: channel.BaseChannel,
+                 baseline_model: Optional[channel.BaseChannel], rules: Sequence[Rule]):
+        # TFX's Evaluator.__init__ builds its own EvaluatorSpec; this is that spec plus the rules.
+        spec = BlessingEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model,
+            eval_config=base_eval_config(rules), example_splits=json_utils.dumps(None),
+            fairness_indicator_thresholds=json_utils.dumps(None),
+            **{RULES_KEY: json.dumps([r.to_dict() for r in rules])},
+            evaluation=channel.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=channel.Channel(type=standard_artifacts.ModelBlessing))
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

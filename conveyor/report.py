@@ -12,7 +12,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor.drift import DriftRecord, read_drift
-from conveyor.metadata.artifacts import ACCURACY
+from conveyor.metadata.artifacts import ACCURACY, RuleResult
 from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
@@ -261,7 +261,7 @@ def _evaluation_section(details: RunDetails) -> str:
     out.append("<p>Baseline: " + (
         f"model artifact {base.artifact_id} from run {_e(base.run_id)}"
         + (f", served as version {_e(', '.join(base.pushed_versions))}" if base.pushed_versions else "")
-        if base else "none: no blessed model existed yet (first blessing needs only the floor)") + "</p>")
+        if base else "none: no blessed model existed yet (max_drop rules are not checked)") + "</p>")
     cand, basem = ev.candidate, ev.baseline
     rows = []
     for key in sorted(cand):
@@ -270,11 +270,9 @@ def _evaluation_section(details: RunDetails) -> str:
         delta = f"{cand[key] - b:+.{digits}f}" if b is not None else "-"
         rows.append([f"<code>{_e(key)}</code>", _num(cand[key], digits), _num(b, digits), delta])
     out.append(_table(["metric", "candidate", "baseline", "change"], rows, (1, 2, 3)))
-    out.append(f"<p class=\"muted\">accuracy floor {_num(ev.accuracy_floor)}, majority-class rate on eval "
-               f"{_num(ev.majority_baseline)} (blessing needs accuracy above both and no regression "
-               f"vs the baseline)</p>")
+    out.append(_rules_table(ev.rules, ev.majority_baseline))
     failures = ev.metrics.failures if ev.metrics else []
-    if failures:
+    if failures and not ev.rules:
         out.append("<p>Not blessed because:</p><ul class=\"reasons\">" +
                    "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
     per_label = ev.metrics.per_label if ev.metrics else {}
@@ -285,7 +283,35 @@ def _evaluation_section(details: RunDetails) -> str:
     rows = [[f"<b>{_e(k)}</b>", _num(v.get("candidate")), _num(v.get("baseline"))] for k, v in per_label.items()]
     out.append("<h3>Per-slice (per-label) accuracy</h3>")
     out.append(_table(["label_name slice", "candidate", "baseline"], rows, (1, 2)))
+    per_class = ev.metrics.per_class if ev.metrics else {}
+    if per_class:
+        names = sorted({m for v in per_class.values() for m in v.get("candidate", {})})
+        rows = [[f"<b>{_e(c)}</b>"] + [_num(v.get("candidate", {}).get(m)) + (
+            f" <span class=\"muted\">({_num(v['baseline'][m])})</span>" if m in v.get("baseline", {}) else "")
+            for m in names] for c, v in per_class.items()]
+        out.append("<h3 id=\"per-class\">Per-class metrics (one-vs-rest, TFMA; baseline in parentheses)</h3>")
+        out.append(_table(["class"] + names, rows, tuple(range(1, len(names) + 1))))
     return "".join(out)
+
+
+def _rules_table(rules: List[RuleResult], majority: Optional[float]) -> str:
+    """The blessing rules with candidate, baseline and verdict; the first failed rule is
+    marked as the one that blocked the push."""
+    if not rules:
+        return ""
+    blocked = next((r for r in rules if r.passed is False), None)
+    rows = []
+    for r in rules:
+        verdict = ("<span class=\"badge ok\">pass</span>" if r.passed else
+                   "<span class=\"badge neutral\">not checked</span>" if r.passed is None else
+                   "<span class=\"badge bad\">FAIL</span>")
+        note = r.note if r.note != "failed" else ""
+        if r is blocked:
+            note = "blocked the push" + (f"; {note}" if note else "")
+        rows.append([f"<code>{_e(r.rule)}</code>", _num(r.candidate), _num(r.baseline), verdict, _e(note)])
+    return ("<h3 id=\"blessing-rules\">Blessing rules</h3>" +
+            _table(["rule", "candidate", "baseline", "verdict", "note"], rows, (1, 2)) +
+            f"<p class=\"muted\">majority-class rate on eval {_num(majority)}</p>")
 
 
 def _lineage_section(lin: Optional[Lineage], note: str) -> str:

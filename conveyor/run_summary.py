@@ -11,6 +11,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from conveyor.metadata import artifacts, runs
+from conveyor.metadata.artifacts import RuleResult, rule_line
 from conveyor.metadata import store as mlmd
 from conveyor.metadata.runs import NodeRun
 from pipelines.config import Config
@@ -24,7 +25,9 @@ class RunSummary:
       pipeline, run_id: the pipeline and the run ("-" when the pipeline has no runs).
       nodes: every execution of the run, oldest first (NodeRun.seconds in seconds).
       blessed: the Evaluator's verdict (None: it did not run).
-      not_blessed_because: one sentence per failed TFMA threshold.
+      not_blessed_because: one sentence per failed blessing rule (per failed TFMA threshold
+        for blessings without rule results).
+      rules: every blessing rule with candidate, baseline and verdict (RuleResult).
       candidate, baseline: overall TFMA metrics (accuracies 0..1) of the candidate and the baseline.
       majority_baseline: majority-class rate on the eval split (0..1), from the ModelBlessing.
       per_class_accuracy: label name -> the candidate's accuracy (0..1).
@@ -39,6 +42,7 @@ class RunSummary:
     nodes: List[NodeRun]
     blessed: Optional[bool] = None
     not_blessed_because: List[str] = dataclasses.field(default_factory=list)
+    rules: List[RuleResult] = dataclasses.field(default_factory=list)
     candidate: Dict[str, float] = dataclasses.field(default_factory=dict)
     baseline: Dict[str, float] = dataclasses.field(default_factory=dict)
     majority_baseline: Optional[float] = None
@@ -69,6 +73,9 @@ class RunSummary:
                              f"{(f'{base:10.4f}' if base is not None else '         -')}")
             if self.majority_baseline is not None:
                 lines.append(f"  {'majority-class rate (eval)':<28} {self.majority_baseline:10.4f}")
+        if self.rules:
+            lines.append("\n  Blessing rules:")
+            lines.extend(f"    {rule_line(r)}" for r in self.rules)
         if self.blessed is not None:
             verdict = "BLESSED" if self.blessed else "NOT blessed"
             lines.append(f"\n  Model: {verdict}" + ("" if self.blessed else
@@ -116,6 +123,7 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
         for blessing in n.outputs.get("ModelBlessing", []):
             found = artifacts.blessing_summary(graph, blessing)
             summary.blessed = found.blessed
+            summary.rules = found.rules
             if found.majority_baseline is not None:
                 summary.majority_baseline = found.majority_baseline
         for evaluation in n.outputs.get("ModelEvaluation", []):
@@ -124,7 +132,8 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
             summary.baseline.update(metrics.baseline)
             summary.per_class_accuracy.update(
                 (label, v["candidate"]) for label, v in metrics.per_label.items() if "candidate" in v)
-            summary.not_blessed_because.extend(metrics.failures)
+            if not summary.rules:  # the blessing's rule results say it better
+                summary.not_blessed_because.extend(metrics.failures)
             if metrics.error:
                 summary.not_blessed_because.append(metrics.error)
         for infra in n.outputs.get("InfraBlessing", []):
@@ -137,8 +146,13 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
                 summary.pushed_path = p.get("pushed_destination")
             else:
                 summary.push_note = p.get("reason", "not pushed")
+    blocked = [r for r in summary.rules if r.passed is False]
+    summary.not_blessed_because[:0] = [f"rule {r.rule}: candidate " + (
+        f"{r.candidate:.4f}" if r.candidate is not None else "-") + (f" ({r.note})" if r.note != "failed" else "")
+        for r in blocked]
     if summary.blessed is False and summary.push_note == "not blessed":
-        summary.push_note = "not blessed by the Evaluator"
+        summary.push_note = (f"blocked by blessing rule {blocked[0].rule}" if blocked
+                             else "not blessed by the Evaluator")
     elif summary.infra_blessed is False and summary.push_note == "not blessed":
         summary.push_note = "infra validation failed"
     failed = [n.node for n in summary.nodes if n.state == "failed"]

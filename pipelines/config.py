@@ -23,6 +23,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
+from components.blessing_rules import Rule, RuleError, check_classes, default_rules, parse_rules
 from components.spans import has_span_spec, split_span_path  # noqa: F401  (re-exported for users)
 from data.defaults import default_data
 from modules.settings import DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
@@ -142,15 +143,20 @@ class TrainingConfig(_Settings):
 
 
 class EvaluationConfig(_Settings):
-    """Blessing and infra validation (config key `evaluation`). A model is blessed when
-    accuracy >= accuracy_floor AND > the majority-class baseline AND it does not regress by
-    more than regression_tolerance against the latest blessed model; the infra blessing needs
-    every request to succeed within the latency budget.
+    """Blessing and infra validation (config key `evaluation`). A model is blessed when it
+    meets every blessing rule; without `blessing`, the rules are accuracy >= accuracy_floor,
+    accuracy > the majority-class rate of the eval split, and no accuracy drop of more than
+    regression_tolerance against the latest blessed model. The infra blessing needs every
+    request to succeed within the latency budget.
 
     Attributes:
-      accuracy_floor: minimum eval accuracy, a fraction (0..1).
-      regression_tolerance: allowed accuracy drop against the latest blessed model, a
-        fraction (>= 0).
+      accuracy_floor: minimum eval accuracy of the default rules, a fraction (0..1).
+      regression_tolerance: allowed accuracy drop of the default rules against the latest
+        blessed model, a fraction (>= 0).
+      blessing: the blessing rules (components/blessing_rules.py), each a mapping
+        {metric, slice?, min?, max?, max_drop?}; None = the default rules above. Checked at
+        load: unknown metrics, slice features or (with ingest.class_names) classes are refused
+        with the valid ones.
       infra_requests: REST requests sent to the candidate model (> 0).
       infra_p99_budget_ms: p99 latency budget of those requests, in milliseconds.
       infra_server: "in_process" (the server runs inside the validating process, no second
@@ -159,10 +165,26 @@ class EvaluationConfig(_Settings):
     """
     accuracy_floor: Share = 0.5
     regression_tolerance: Annotated[float, Field(ge=0)] = 0.01
+    blessing: Optional[List[Rule]] = None
     infra_requests: Positive = 50
     infra_p99_budget_ms: Annotated[float, _rule("expected a finite number of milliseconds > 0",
                                                 lambda v: 0 < v < float("inf"))] = 500.0
     infra_server: Literal["in_process", "subprocess"] = "in_process"
+
+    @field_validator("blessing", mode="before")
+    @classmethod
+    def _rules(cls, rules: Any) -> Any:
+        if rules is None:
+            return None
+        try:
+            return parse_rules(rules)
+        except RuleError as e:
+            raise PydanticCustomError("blessing_rule", str(e)) from None
+
+    def blessing_rules(self) -> List[Rule]:
+        """The configured rules, else the default rules of accuracy_floor/regression_tolerance."""
+        return list(self.blessing) if self.blessing is not None else default_rules(
+            self.accuracy_floor, self.regression_tolerance)
 
 
 class ServingConfig(_Settings):
@@ -269,6 +291,21 @@ class Config(_Settings):
         if model not in models:
             raise PydanticCustomError("config_rule", f"expected one of {', '.join(models)}")
         return model
+
+    @field_validator("evaluation")
+    @classmethod
+    def _rule_classes(cls, evaluation: EvaluationConfig, info: ValidationInfo) -> EvaluationConfig:
+        ingest = info.data.get("ingest")
+        if evaluation.blessing and ingest is not None and ingest.class_names:
+            try:
+                check_classes(evaluation.blessing, ingest.class_names, "of ingest.class_names")
+            except RuleError as e:
+                raise PydanticCustomError("blessing_rule", str(e)) from None
+        return evaluation
+
+    def blessing_rules(self) -> List[Rule]:
+        """The blessing rules the Evaluator checks (see EvaluationConfig.blessing_rules)."""
+        return self.evaluation.blessing_rules()
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with `changes` applied.
@@ -426,6 +463,8 @@ def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Calla
     else:
         key, field, given = loc[0], Config.model_fields[loc[0]], nested
     value = given.get(key, error["input"])  # the whole list when one item is wrong
+    if error["type"] == "blessing_rule":  # the message names the rule and the valid choices
+        return f"{source_of('blessing')}: {error['msg']}"
     if error["type"] == "config_rule":
         return f"config key '{key}': {error['msg']}, got {value!r}"
     if error["type"] in _BOUND_ERRORS:
@@ -524,6 +563,12 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
     layers.append((given, "command line"))
     merged, sources = _merge(layers)
     config = _validated(merged, sources)
+    tuned = [key for key in ("accuracy_floor", "regression_tolerance") if key in sources]
+    if "blessing" in sources and tuned:
+        raise ConfigError(f"{sources[tuned[0]]}: key '{tuned[0]}' sets a default blessing rule, but "
+                          f"'blessing' ({sources['blessing']}) replaces the default rules; state it "
+                          "as a rule instead, e.g. {metric: accuracy, min: 0.8} or "
+                          "{metric: accuracy, max_drop: 0.01}")
     if config.beam_preset:
         explicit = config.beam_args if "beam_args" in sources else []
         config = config.replace(beam_args=_preset_beam_args(config, explicit))

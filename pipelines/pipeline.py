@@ -17,7 +17,7 @@ from tfx.proto.pusher_pb2 import PushDestination
 from tfx.proto.trainer_pb2 import EvalArgs, TrainArgs
 from tfx.types import Channel, standard_artifacts
 
-from components.evaluator import BaselineEvaluator, eval_config
+from components.evaluator import BaselineEvaluator
 from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
@@ -113,8 +113,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                        **(cloud_training or {})})
     evaluator = BaselineEvaluator(
         examples=examples.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"],
-        eval_config=eval_config(config.accuracy_floor, config.regression_tolerance))
+        baseline_model=baseline.outputs["model"], rules=config.blessing_rules())
     infra = ConveyorInfraValidator(
         model=trainer.outputs["model"], examples=examples.outputs["examples"],
         num_requests=config.infra_requests, p99_budget_ms=config.infra_p99_budget_ms,

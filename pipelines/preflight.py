@@ -110,7 +110,7 @@ def package_versions() -> str:
 
 def served_version(config: Config) -> Optional[int]:
     """The newest version folder under serving/<name>/ (what a server serves), None if none.
-    (serving.model_manager.versions_on_disk reads the same folders but imports TensorFlow.)"""
+    (serving.model_manager.version_dirs reads the same folders but imports TensorFlow.)"""
     base = config.serving_model_dir
     try:
         return max((int(n) for n in os.listdir(base) if n.isdigit() and os.path.isdir(os.path.join(base, n))),

@@ -18,6 +18,19 @@ _IDLE_EXIT_SECONDS = 5.0
 
 
 class Batcher:
+    """Merges concurrent requests with the same key (model version and signature) into one run.
+
+    Args:
+      max_batch_size: most rows (first dimension of every input) in one merged run; a
+        request larger than this runs alone.
+      batch_timeout_micros: how long the first request of a batch waits for others, in µs.
+    Raises:
+      ValueError: max_batch_size < 1.
+
+    `run` blocks until its own rows' outputs are ready; a request is batchable when all its
+    inputs share one non-zero first dimension. One worker thread per key, gone after 5 s idle.
+    """
+
     def __init__(self, max_batch_size: int = 32, batch_timeout_micros: int = 2000):
         if max_batch_size < 1:
             raise ValueError("--max_batch_size must be >= 1")

@@ -83,6 +83,20 @@ class PredictClient:
         return self._call(self._model_path(model, version, label))
 
     def metadata(self, model: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
+        """GET /v1/models/<model>[/versions/N | /labels/L]/metadata.
+
+        Args:
+          model: the model name.
+          version: one version (default: the latest available); not with `label`.
+          label: a version label; not with `version`.
+        Returns:
+          {"model_spec": {"name", "version", ...}, "metadata": {"signature_def":
+          {"signature_def": {name: {"inputs", "outputs", "method_name"}}}}} as TF Serving
+          answers it (api_rest.md "Model Metadata API").
+        Raises:
+          ValueError: both `version` and `label`.
+          PredictError: an HTTP error or an unreachable server (see the class).
+        """
         return self._call(self._model_path(model, version, label) + "/metadata")
 
     def predict(self, model: str, instances: List[Any], version: Optional[int] = None,
@@ -96,11 +110,37 @@ class PredictClient:
 
     def predict_images(self, model: str, images: Sequence[bytes], top_k: int = 3,
                        **kwargs: Any) -> List[Prediction]:
+        """Classifies encoded images with a Conveyor image model (sent as {"b64": ...}).
+
+        Args:
+          model: the model name.
+          images: encoded image files (PNG/JPEG/... bytes), one prediction each.
+          top_k: how many (class id, probability) pairs each Prediction keeps, best first.
+          **kwargs: version / label / signature_name, as for `predict`.
+        Returns:
+          One Prediction per image, in order.
+        Raises:
+          PredictError: an HTTP error, an unreachable server, or an answer without the
+            model contract's probabilities output (status 200: not a Conveyor model).
+        """
         instances = [{"b64": base64.b64encode(image).decode("ascii")} for image in images]
         return _summarize(self.predict(model, instances, **kwargs), top_k)
 
     def predict_texts(self, model: str, texts: Sequence[str], top_k: int = 3,
                       **kwargs: Any) -> List[Prediction]:
+        """Classifies raw texts with a Conveyor text model (sent as JSON strings).
+
+        Args:
+          model: the model name.
+          texts: the texts, one prediction each.
+          top_k: how many (class id, probability) pairs each Prediction keeps, best first.
+          **kwargs: version / label / signature_name, as for `predict`.
+        Returns:
+          One Prediction per text, in order.
+        Raises:
+          PredictError: an HTTP error, an unreachable server, or an answer without the
+            model contract's probabilities output (status 200: not a Conveyor model).
+        """
         return _summarize(self.predict(model, list(texts), **kwargs), top_k)
 
 

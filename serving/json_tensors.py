@@ -12,6 +12,7 @@ Rules implemented:
 """
 import base64
 import binascii
+import json
 from typing import Any, Dict, List, Tuple
 
 import grpc
@@ -50,7 +51,7 @@ def _leaf(value: Any, dtype: tf.dtypes.DType, name: str) -> Any:
     if dtype == tf.bool:
         if isinstance(value, bool):
             return value
-        raise _bad(f"JSON Value: {_short(value)} Type: {type(value).__name__} is not of expected type: bool")
+        raise _bad(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of expected type: bool")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"JSON Value: {_short(value)} is not of expected type: {dtype.name} "
                    f"for input '{name}'")
@@ -83,8 +84,27 @@ def b64decode(text: str, name: str) -> bytes:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A JSON value echoed into an error message as compact JSON, as TF Serving's
+    JsonValueToString (util/json_tensor.cc) prints it — never a Python repr — cut at 60
+    characters."""
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type name of a parsed JSON value: null, bool, number, string, array or object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _names(names: Any) -> str:
+    """Input names joined by commas, as json_tensor.cc prints them with absl::StrJoin."""
+    return ",".join(sorted(names))
 
 
 def _shape_and_leaves(value: Any, dtype: tf.dtypes.DType, name: str,
@@ -139,7 +159,7 @@ def _parse_rows(instances: Any, dtypes: Dict[str, tf.dtypes.DType]) -> Dict[str,
     if not named:
         if len(dtypes) != 1:
             raise _bad(f"Expecting object in 'instances' (signature has {len(dtypes)} inputs: "
-                       f"{sorted(dtypes)})")
+                       f"{_names(dtypes)})")
         (name, dtype), = dtypes.items()
         return {name: to_array(instances, dtype, name)}
     columns: Dict[str, list] = {}
@@ -149,7 +169,7 @@ def _parse_rows(instances: Any, dtypes: Dict[str, tf.dtypes.DType]) -> Dict[str,
                        "all instances must be objects when one is")
         if set(instance) != set(dtypes):
             raise _bad(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                       f"{_short(instance)} keys must be equal to: {sorted(dtypes)}")
+                       f"{_short(instance)} keys must be equal to: {_names(dtypes)}")
         for key, value in instance.items():
             columns.setdefault(key, []).append(value)
     return {k: to_array(v, dtypes[k], k) for k, v in columns.items()}
@@ -159,11 +179,11 @@ def _parse_columns(inputs: Any, dtypes: Dict[str, tf.dtypes.DType]) -> Dict[str,
     if isinstance(inputs, dict) and not _is_b64(inputs):
         unknown = sorted(set(inputs) - set(dtypes))
         if unknown:
-            raise _bad(f"'inputs' has keys {unknown} that are not inputs of the signature "
-                       f"{sorted(dtypes)}")
+            raise _bad(f"'inputs' has keys {_names(unknown)} that are not inputs of the signature "
+                       f"({_names(dtypes)})")
         return {k: to_array(v, dtypes[k], k) for k, v in inputs.items()}
     if len(dtypes) != 1:
-        raise _bad(f"Expecting 'inputs' to be an object with keys {sorted(dtypes)}")
+        raise _bad(f"Expecting 'inputs' to be an object with keys {_names(dtypes)}")
     (name, dtype), = dtypes.items()
     return {name: to_array(inputs, dtype, name)}
 
@@ -237,7 +257,7 @@ def _feature(name: str, value: Any, feature: Dict[str, list], kind: List[str]) -
             raise _bad(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
         feature.setdefault("int64", []).append(value)
     else:
-        raise _bad(f"Feature: {name} has element with unexpected JSON type: {type(value).__name__}")
+        raise _bad(f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
 
 
 def _example(value: Any) -> tf.train.Example:

@@ -18,12 +18,26 @@ class ModelConfigError(ValueError):
 
 
 def read_models_config(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """Reads a models.config file (--model_config_file).
+
+    Args:
+      path: a ModelServerConfig in protobuf text format, UTF-8.
+    Returns:
+      The parsed ModelServerConfig (`model_config_list` or `custom_model_config`, unchecked).
+    Raises:
+      ModelConfigError: the file is missing, unreadable, not UTF-8 or not a valid
+        ModelServerConfig; the one-line message names the file.
+    """
     config = model_server_config_pb2.ModelServerConfig()
     try:
         with open(path, encoding="utf-8") as f:
             text_format.Parse(f.read(), config)
     except FileNotFoundError as e:
         raise ModelConfigError(f"{path}: no such model config file") from e
+    except OSError as e:
+        raise ModelConfigError(f"{path}: cannot read the model config file: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ModelConfigError(f"{path}: not UTF-8 text (byte {e.start}): not a ModelServerConfig") from e
     except text_format.ParseError as e:
         raise ModelConfigError(f"{path}: not a valid ModelServerConfig: {e}") from e
     return config

@@ -23,7 +23,8 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import grpc
@@ -154,11 +155,6 @@ def version_dirs(base_path: str) -> Dict[int, str]:
     return found
 
 
-def versions_on_disk(base_path: str) -> List[int]:
-    """Sorted version numbers under `base_path` (see version_dirs); '.tmp-3' is ignored."""
-    return sorted(version_dirs(base_path))
-
-
 def aspired_versions(policy: model_server_config_pb2.ModelConfig, candidates: List[int]) -> List[int]:
     """Applies a model's model_version_policy (default: latest 1) to the loadable versions."""
     which = policy.model_version_policy.WhichOneof("policy_choice")
@@ -172,6 +168,12 @@ def aspired_versions(policy: model_server_config_pb2.ModelConfig, candidates: Li
         num = policy.model_version_policy.latest.num_versions
     return sorted(candidates)[-num:]
 
+
+# How many removed models keep answering GetModelStatus with their versions' END states.
+# TF Serving's ServableStateMonitor never forgets a servable (model_servers/server_core.cc
+# keeps one monitor for the server's life); a bound keeps a config that churns through model
+# names from growing without limit. The oldest removal is forgotten first.
+MAX_REMOVED_MODELS = 256
 
 # on_unload(model name, version) is called after a version leaves the routing table.
 UnloadHook = Callable[[str, int], None]
@@ -200,6 +202,8 @@ class ModelManager:
                  on_unload: Optional[UnloadHook] = None):
         self._lock = threading.Lock()
         self._models: Dict[str, _Model] = {}
+        # removed model name -> its versions' last states (all END), for model_status
+        self._removed: "OrderedDict[str, Dict[int, VersionStatus]]" = OrderedDict()
         self._poll_wait_seconds = poll_wait_seconds
         self._config_loader = config_loader
         self._config_poll_wait_seconds = config_poll_wait_seconds
@@ -220,7 +224,8 @@ class ModelManager:
         TF Serving's ServerCore::ReloadConfig waits for new models. With `require_available`
         (ReloadConfig), a model left without an available version is an error.
         Raises:
-          ServingError(INVALID_ARGUMENT): bad platform or duplicate names (nothing changes).
+          ServingError(INVALID_ARGUMENT): bad platform or a name listed twice ("Illegal to list
+            model NAME multiple times in config list", server_core.cc; nothing changes).
           ServingError(FAILED_PRECONDITION): a version label names a version that is not
             available (the models are loaded; the labels of that model keep their old values).
           ServingError(UNKNOWN): "N model(s) did not become available: {...}" when a model of
@@ -232,17 +237,21 @@ class ModelManager:
                                    f"Model {config.name}: unsupported model_platform "
                                    f"'{config.model_platform}' (only 'tensorflow' or 'tflite')")
         names = [c.name for c in configs]
-        if len(names) != len(set(names)):
+        duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if duplicate is not None:  # server_core.cc ValidateModelConfigList
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Duplicate model names in config: {sorted(names)}")
+                               f"Illegal to list model {duplicate} multiple times in config list")
         with self._reconcile_lock:
             with self._lock:
                 for config in configs:
+                    self._removed.pop(config.name, None)
                     if config.name in self._models:
                         self._models[config.name].config = config
                     else:
                         self._models[config.name] = _Model(config)
                 removed = [self._models.pop(n) for n in list(self._models) if n not in names]
+                for model in removed:  # in the same lock: a status request sees one or the other
+                    self._remember_removed(model)
             for model in removed:
                 for version in sorted(model.servables):
                     log.info("Unloading servable version {name: %s version: %d} "
@@ -271,6 +280,18 @@ class ModelManager:
                                f"{len([n for n in names if not self._models[n].servables])} "
                                f"model(s) did not become available: {{"
                                + "".join(f"{{{u}}}, " for u in unavailable) + "}")
+
+    def _remember_removed(self, model: _Model) -> None:
+        """Keeps a removed model's version states, every one END (errors kept), for
+        model_status; at most MAX_REMOVED_MODELS models, the oldest removal forgotten first.
+        The caller holds self._lock."""
+        if not model.status:
+            return
+        self._removed[model.config.name] = {
+            v: replace(s, state=_State.END) for v, s in model.status.items()}
+        self._removed.move_to_end(model.config.name)
+        while len(self._removed) > MAX_REMOVED_MODELS:
+            self._removed.popitem(last=False)
 
     def _update_labels(self) -> None:
         """ServerCore::UpdateModelVersionLabelMap: labels must point at available versions."""
@@ -467,12 +488,26 @@ class ModelManager:
 
     def model_status(self, name: str, version: Optional[int] = None,
                      label: Optional[str] = None) -> get_model_status_pb2.GetModelStatusResponse:
-        """GetModelStatusResponse with TF Serving's messages; versions newest first."""
+        """The GetModelStatus answer for a model, as TF Serving 2.16 gives it.
+
+        Args:
+          name: the model name.
+          version: one version, or None for all the model's versions.
+          label: a version label (resolved first; wins over `version`).
+        Returns:
+          GetModelStatusResponse, versions newest first. A model removed from the config
+          answers with its versions' last states, all END (TF Serving's servable state
+          monitor keeps them; see MAX_REMOVED_MODELS).
+        Raises:
+          ServingError(NOT_FOUND): the model was never configured (or its removal was
+            forgotten), or has no such version — TF Serving's messages.
+          ServingError(INVALID_ARGUMENT): an unknown label.
+        """
         if label:
             version = self.resolve_label(name, label)
         with self._lock:
             model = self._models.get(name)
-            statuses = dict(model.status) if model else {}
+            statuses = dict(model.status) if model else dict(self._removed.get(name, {}))
         if not statuses:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Could not find any versions of model {name}")

@@ -255,9 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(length_header)
         except ValueError:
-            raise ValueError(f"Invalid Content-Length: {length_header!r}")
+            raise ValueError(f"Invalid Content-Length: {json.dumps(length_header)}")
         if length < 0:
-            raise ValueError(f"Invalid Content-Length: {length_header!r}")
+            raise ValueError(f"Invalid Content-Length: {json.dumps(length_header)}")
         self._check_size(length, drain=length if length <= 4 * self.max_body_bytes else 0)
         return self.rfile.read(length)
 

@@ -112,9 +112,14 @@ def _check_input_names(signature, inputs) -> None:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({sorted(sent)}) != len({sorted(expected)}). "
-            f"Sent extra: {sorted(sent - expected)}. "
-            f"Missing but required: {sorted(expected - sent)}.")
+            f"len({_set(sent)}) != len({_set(expected)}). "
+            f"Sent extra: {_set(sent - expected)}. "
+            f"Missing but required: {_set(expected - sent)}.")
+
+
+def _set(names) -> str:
+    """`names` as predict_util.cc VerifyRequestInputsSize prints a std::set: "{a,b}"."""
+    return "{" + ",".join(sorted(names)) + "}"
 
 
 def _as_array(key: str, value, dtype: tf.dtypes.DType) -> np.ndarray:

@@ -37,14 +37,21 @@ _AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 USAGE = """\
 tensorflow_model_server | conveyor serve
     [--model_config_file FILE | --model_name NAME --model_base_path PATH | --home DIR]
-    [--port 8500] [--rest_api_port 8501] [--host 127.0.0.1] [flags]
+    [--port 8500] [--rest_api_port PORT] [--host ADDRESS] [flags]
 
 Serves SavedModels (and TFLite models) over TF Serving's gRPC (--port) and REST
 (--rest_api_port) APIs. A model's base path holds one directory per version, named by an
 integer (leading zeros allowed); new versions are picked up every
 --file_system_poll_wait_seconds. Flags take --flag=value or --flag value; booleans also --flag.
 Without a model source, MODEL_NAME (default "model") and MODEL_BASE_PATH (default /models)
-name the model and its base path MODEL_BASE_PATH/MODEL_NAME, as in the tensorflow/serving image."""
+name the model and its base path MODEL_BASE_PATH/MODEL_NAME, as in the tensorflow/serving image.
+`tensorflow_model_server` keeps TF Serving's defaults (REST off, all interfaces); `conveyor serve`
+defaults to REST on 8501 and 127.0.0.1."""
+
+# The defaults that differ between the drop-in `tensorflow_model_server` (TF Serving's own:
+# main.cc --rest_api_port=0, server.cc binds 0.0.0.0) and `conveyor serve` (a local tool).
+DROP_IN_DEFAULTS = {"rest_api_port": 0, "host": "0.0.0.0"}
+CONVEYOR_DEFAULTS = {"rest_api_port": 8501, "host": "127.0.0.1"}
 
 # tensorflow_model_server 2.16 flags that have no effect here: accepted and logged once
 # (model_servers/main.cc). Value: why it has no meaning here.
@@ -81,9 +88,18 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (true, false, 1 or 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of tensorflow_model_server 2.16 plus Conveyor's extension flags."""
-    p = argparse.ArgumentParser(prog="tensorflow_model_server", usage=USAGE, allow_abbrev=False,
+def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
+    """The command line of tensorflow_model_server 2.16 plus Conveyor's extension flags.
+
+    Args:
+      drop_in: True for the `tensorflow_model_server` console script, which takes TF
+        Serving's defaults (DROP_IN_DEFAULTS); False for `conveyor serve` (CONVEYOR_DEFAULTS).
+    Returns:
+      The parser; `ServerOptions.from_args` turns its result into options.
+    """
+    defaults = DROP_IN_DEFAULTS if drop_in else CONVEYOR_DEFAULTS
+    p = argparse.ArgumentParser(prog="tensorflow_model_server" if drop_in else "conveyor serve",
+                                usage=USAGE, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     def flag(group, name, kind=str, default=None, help="", metavar=None):
@@ -121,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     net = p.add_argument_group("network (TF Serving)")
     flag(net, "port", int, 8500, "gRPC port (0 disables it)")
     flag(net, "grpc_socket_path", str, "", "also serve gRPC on this UNIX socket")
-    flag(net, "rest_api_port", int, 8501, "HTTP/REST port (0 disables it; TF Serving's default is 0)")
+    flag(net, "rest_api_port", int, defaults["rest_api_port"],
+         "HTTP/REST port (0 disables it; TF Serving's default is 0, `conveyor serve`'s 8501)")
     flag(net, "rest_api_timeout_in_ms", int, 30000, "run timeout of a REST predict (DEADLINE_EXCEEDED)")
     flag(net, "rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses")
     flag(net, "grpc_channel_arguments", str, "", "k=v,... gRPC server arguments")
@@ -150,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag(ignored, name, str, "", f"must be empty: {why}")
     ext = p.add_argument_group("Conveyor extensions")
     flag(ext, "home", help=f"Conveyor home; serves DIR/serving/{MODELS_CONFIG}", metavar="DIR")
-    flag(ext, "host", str, "127.0.0.1", "address to bind both APIs to (0.0.0.0: all interfaces)")
+    flag(ext, "host", str, defaults["host"], "address to bind both APIs to (0.0.0.0: all interfaces, "
+         "TF Serving's behaviour; `conveyor serve` defaults to 127.0.0.1)")
     flag(ext, "rest_api_max_body_bytes", int, 64 * 1024 * 1024,
          "larger REST bodies get HTTP 413 (also the gRPC max message size)")
     flag(ext, "max_batch_size", int, 32, "rows per merged batch (batching_parameters_file wins)")
@@ -168,13 +186,50 @@ class ServerOptions:
     Exactly one model source: `home` (serves HOME/serving/models.config), `model_config_file`
     (a ModelServerConfig text proto) or `model_base_path` (one model named `model_name`).
     Ports of 0 disable that API; a port of 0 is never "pick a free port".
-    Defaults are the flags' defaults.
+    Defaults are `conveyor serve`'s flag defaults (REST on 8501, 127.0.0.1).
+
+    Attributes (each the flag of the same name; see build_parser and TF Serving's main.cc):
+      home: Conveyor home; serves HOME/serving/models.config.
+      model_config_file: ModelServerConfig text proto of the models to serve.
+      model_name: name of the single model at model_base_path.
+      model_base_path: directory of one model's integer-named version directories.
+      port: gRPC TCP port (0: no TCP gRPC).
+      grpc_socket_path: also serve gRPC on this UNIX socket ("": no).
+      rest_api_port: HTTP/REST port (0: no REST).
+      host: address both APIs bind to (0.0.0.0: all interfaces).
+      rest_api_max_body_bytes: larger REST bodies get HTTP 413; also the gRPC message limit.
+      rest_api_timeout_in_ms: run timeout of a REST call, ms (then DEADLINE_EXCEEDED).
+      rest_api_enable_cors_support: add CORS headers to REST answers.
+      grpc_max_threads: gRPC worker threads.
+      grpc_channel_arguments: "k=v,..." gRPC server options.
+      enable_grpc_healthcheck_service: serve grpc.health.v1.Health.
+      monitoring_config_file: MonitoringConfig text proto (Prometheus path; "": default path).
+      file_system_poll_wait_seconds: seconds between base-path polls (0: poll once).
+      model_config_file_poll_wait_seconds: seconds between config-file re-reads (0: read once).
+      enable_batching: merge concurrent requests per model version and signature.
+      batching_parameters_file: BatchingParameters text proto (needs enable_batching).
+      max_batch_size: rows per merged batch (the batching file wins).
+      batch_timeout_micros: how long a batch waits to fill up, µs (the batching file wins).
+      enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before AVAILABLE.
+      num_request_iterations_for_warmup: replays of each warmup request.
+      prefer_tflite_model: serve <version>/model.tflite when present.
+      num_tflite_pools: TFLite interpreters per version.
+      saved_model_tags: comma-separated MetaGraphDef tags to load.
+      max_num_load_retries: retries of a failed version load.
+      load_retry_interval_micros: interval between load retries, µs.
+      allow_version_labels_for_unavailable_models: new labels may name versions not loaded yet.
+      enable_signature_method_name_check: Classify/Regress require classify/regress method names.
+      tensorflow_session_parallelism: threads of both session pools (0: TF's choice).
+      tensorflow_intra_op_parallelism: threads within an op (0: TF's choice; wins over the above).
+      tensorflow_inter_op_parallelism: ops run at once (0: TF's choice; wins over the above).
+      tensorflow_session_config_file: ConfigProto text proto for the sessions.
+      log_level: Python logging level name (DEBUG, INFO, WARNING, ERROR).
     """
     home: Optional[str] = None
     model_config_file: Optional[str] = None
     model_name: str = "default"
     model_base_path: Optional[str] = None
-    port: int = 8500                      # gRPC
+    port: int = 8500
     grpc_socket_path: str = ""
     rest_api_port: int = 8501
     host: str = "127.0.0.1"
@@ -370,6 +425,8 @@ class ModelServer:
         return lines
 
     def start(self) -> None:
+        """Logs the startup report, starts version polling and opens the gRPC and REST ports
+        (the ports were bound in the constructor); returns at once, serving on threads."""
         for level, line in self.startup_report():
             log.log(level, "%s", line)
         self.manager.start()
@@ -385,6 +442,8 @@ class ModelServer:
                      self.options.host, self.options.rest_api_port, self.metrics_path or "nowhere")
 
     def stop(self) -> None:
+        """Closes the REST port, stops gRPC (in-flight calls get 2 s to finish), then stops
+        polling (waiting up to 30 s for a load in progress)."""
         if self.http:
             self.http.shutdown()
             self.http.server_close()
@@ -419,10 +478,36 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--rest_api_port cannot be the same as --port")
 
 
-def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = None) -> int:
-    """Parses TF Serving's flags, serves until SIGINT/SIGTERM; returns the exit status
-    (0 after a signal or --version, 1 when the server cannot start, 2 for a bad command line)."""
-    parser = build_parser()
+def parse_options(argv: List[str], drop_in: bool = False) -> ServerOptions:
+    """The ServerOptions of a command line, checked as `main()` checks it.
+
+    Args:
+      argv: the flags, without the program name.
+      drop_in: TF Serving's defaults (`tensorflow_model_server`) instead of `conveyor serve`'s.
+    Returns:
+      The options.
+    Raises:
+      SystemExit(2): a bad command line (the message is on stderr), as from argparse.
+    """
+    parser = build_parser(drop_in)
+    args = parser.parse_args(argv)
+    _check_flags(parser, args)
+    return ServerOptions.from_args(args)
+
+
+def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = None,
+         drop_in: bool = False) -> int:
+    """Parses TF Serving's flags, serves until SIGINT/SIGTERM.
+
+    Args:
+      argv: the flags (default sys.argv[1:]).
+      on_predict: optional PredictHook called after each successful Predict.
+      drop_in: TF Serving's defaults (see build_parser); `conveyor serve` passes False.
+    Returns:
+      The exit status: 0 after a signal or --version, 1 when the server cannot start,
+      2 for a bad command line (argparse exits with it).
+    """
+    parser = build_parser(drop_in)
     args = parser.parse_args(argv)
     if args.version:
         print(f"TensorFlow ModelServer: conveyor (TF Serving 2.16 API)\n"
@@ -457,7 +542,7 @@ def tensorflow_model_server() -> int:
     image's MODEL_NAME / MODEL_BASE_PATH environment variables used when the command line
     names no model (the image runs --model_name=$MODEL_NAME
     --model_base_path=$MODEL_BASE_PATH/$MODEL_NAME; defaults "model" and /models)."""
-    return main(with_env_model(sys.argv[1:], os.environ))
+    return main(with_env_model(sys.argv[1:], os.environ), drop_in=True)
 
 
 def with_env_model(argv: List[str], environ) -> List[str]:

@@ -5,7 +5,7 @@ Files are read from the URIs MLMD records, through TFX/TFDV/TFMA's own readers.
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
@@ -13,7 +13,7 @@ from conveyor.metadata.store import Graph, Record, exec_properties, iso_time, js
 from modules.features import LABEL_NAME
 
 ACCURACY = "sparse_categorical_accuracy"
-BASELINE_MODEL_NAME = "baseline"  # TFMA's model_name of the baseline (components/evaluator.py's eval_config)
+BASELINE_MODEL_NAME = "baseline"  # TFMA's model_name of the baseline (tfma.BASELINE_KEY)
 
 
 @dataclasses.dataclass
@@ -215,22 +215,29 @@ def schema_summary(graph: Graph, schema: mlmd_pb2.Artifact) -> SchemaSummary:
 
 @dataclasses.dataclass
 class EvaluationMetrics(Record):
-    """TFMA metrics of a ModelEvaluation artifact (components/evaluator.py's eval_config).
+    """TFMA metrics of a ModelEvaluation artifact (components/evaluator.py's metrics specs).
 
     Fields:
-      candidate: overall metric name -> value of the candidate model (accuracies 0..1,
-        example_count a count).
+      candidate: overall metric name -> value of the candidate model: example_count (a
+        count), sparse_categorical_accuracy, macro averages as macro_<name> (macro_precision,
+        macro_recall, macro_f1_score, macro_auc, macro_auc_precision_recall), label-frequency
+        weighted averages as weighted_precision, weighted_recall, weighted_f1_score (all 0..1).
       baseline: the same for the baseline model (empty without a baseline).
-      per_label: label name -> {"candidate": accuracy, "baseline": accuracy} (0..1; a key is
-        absent when that model has no value), sorted by label.
-      failures: one sentence per failed threshold, e.g.
-        "sparse_categorical_accuracy = 0.3000 fails threshold >= 0.5000".
+      per_label: label name -> {"candidate": accuracy, "baseline": accuracy} on that label's
+        slice (0..1; a key is absent when that model has no value), sorted by label.
+      failures: one sentence per failed TFMA threshold, e.g.
+        "recall[rare] = 0.2000 fails threshold >= 0.9000".
+      per_class: class name -> {"candidate": {metric: value}, "baseline": {...}}: TFMA's
+        one-vs-rest precision, recall, f1_score, auc, auc_precision_recall (0..1) and
+        calibration (sum of probabilities / positives; 1 = calibrated). Class names come from
+        the Examples (class_names), else "class <id>".
       error: why the metrics could not be read (then the other fields are empty).
     """
     candidate: Dict[str, float] = dataclasses.field(default_factory=dict)
     baseline: Dict[str, float] = dataclasses.field(default_factory=dict)
     per_label: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
     failures: List[str] = dataclasses.field(default_factory=list)
+    per_class: Dict[str, Dict[str, Dict[str, float]]] = dataclasses.field(default_factory=dict)
     error: Optional[str] = json_field(omit_if_none=True)
 
 
@@ -238,18 +245,39 @@ def _slice_value(key) -> str:
     return key.bytes_value.decode() if key.HasField("bytes_value") else str(key.int64_value)
 
 
+def metric_label(key, class_names: Optional[List[str]] = None) -> Tuple[str, Optional[str]]:
+    """(metric name, class name or None) of a TFMA MetricKey proto: macro averages are
+    "macro_<name>" (TFMA also marks the weighted_* averages macro; their names say it)."""
+    name = key.name
+    if key.sub_key.HasField("class_id"):
+        class_id = key.sub_key.class_id.value
+        names = class_names or []
+        return name, names[class_id] if class_id < len(names) else f"class {class_id}"
+    if key.HasField("aggregation_type") and not name.startswith("weighted_"):
+        return f"macro_{name}", None
+    return name, None
+
+
 def threshold_text(threshold) -> str:
-    """A tfma MetricThreshold as text: ">= 0.5000" (value) or "change >= +0.0000" (vs baseline)."""
+    """A tfma MetricThreshold as text: ">= 0.5000", "<= 1.2000", ">= 0.5000 and <= 0.9000"
+    (value) or "change >= -0.0100" (vs baseline)."""
     if threshold.HasField("value_threshold"):
-        return f">= {threshold.value_threshold.lower_bound.value:.4f}"
+        bounds = threshold.value_threshold
+        parts = [f"{op} {getattr(bounds, f).value:.4f}" for op, f in ((">=", "lower_bound"), ("<=", "upper_bound"))
+                 if bounds.HasField(f)]
+        return " and ".join(parts)
     return f"change >= {threshold.change_threshold.absolute.value:+.4f}"
 
 
-def evaluation_metrics(evaluation_uri: str) -> EvaluationMetrics:
+def evaluation_metrics(evaluation_uri: str, class_names: Optional[List[str]] = None) -> EvaluationMetrics:
     """TFMA metrics and threshold failures of a ModelEvaluation at `evaluation_uri`.
 
-    Unreadable metrics are reported in `error`, not raised; a missing validation result
-    leaves `failures` empty.
+    Args:
+      evaluation_uri: the ModelEvaluation artifact's folder.
+      class_names: the Examples' class names in label-index order, to name per-class metrics.
+    Returns:
+      the EvaluationMetrics. Unreadable metrics are reported in `error`, not raised; a
+      missing validation result leaves `failures` empty.
     """
     import tensorflow_model_analysis as tfma
     out = EvaluationMetrics()
@@ -261,16 +289,22 @@ def evaluation_metrics(evaluation_uri: str) -> EvaluationMetrics:
     for metrics in loaded:
         slice_key = {s.column: _slice_value(s) for s in metrics.slice_key.single_slice_keys}
         for kv in metrics.metric_keys_and_values:
-            if kv.key.is_diff:
+            if kv.key.is_diff or not kv.value.HasField("double_value") or kv.key.sub_key.HasField("top_k"):
                 continue
             value = kv.value.double_value.value
             who = "baseline" if kv.key.model_name == BASELINE_MODEL_NAME else "candidate"
-            if not slice_key:
-                getattr(out, who)[kv.key.name] = value
+            name, class_name = metric_label(kv.key, class_names)
+            if not slice_key and class_name is not None:
+                out.per_class.setdefault(class_name, {}).setdefault(who, {})[name] = value
+            elif not slice_key:
+                getattr(out, who)[name] = value
             elif kv.key.name == ACCURACY and LABEL_NAME in slice_key:
                 out.per_label.setdefault(slice_key[LABEL_NAME], {})[who] = value
     out.per_label = {label: {who: v[who] for who in ("candidate", "baseline") if who in v}
                      for label, v in sorted(out.per_label.items())}
+    order = {name: i for i, name in enumerate(class_names or [])}
+    out.per_class = {c: {who: dict(sorted(v[who].items())) for who in ("candidate", "baseline") if who in v}
+                     for c, v in sorted(out.per_class.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))}
     try:
         validation = tfma.load_validation_result(evaluation_uri)
     except Exception:  # noqa: BLE001
@@ -278,11 +312,16 @@ def evaluation_metrics(evaluation_uri: str) -> EvaluationMetrics:
     for per_slice in validation.metric_validations_per_slice:
         where = ", ".join(f"{k.column}={_slice_value(k)}" for k in per_slice.slice_key.single_slice_keys)
         for failure in per_slice.failures:
+            name, class_name = metric_label(failure.metric_key, class_names)
+            value = (f"{failure.metric_value.double_value.value:.4f}" if failure.HasField("metric_value")
+                     else "not found")
             out.failures.append(
-                f"{f'[{where}] ' if where else ''}"
-                f"{failure.metric_key.name}{' (change vs baseline)' if failure.metric_key.is_diff else ''}"
-                f" = {failure.metric_value.double_value.value:.4f} fails threshold "
-                f"{threshold_text(failure.metric_threshold)}")
+                f"{f'[{where}] ' if where else ''}{name}{f'[{class_name}]' if class_name else ''}"
+                f"{' (change vs baseline)' if failure.metric_key.is_diff else ''}"
+                f" = {value} fails threshold {threshold_text(failure.metric_threshold)}")
+    for spec in validation.missing_slices:
+        where = ", ".join(f"{k}={v}" for k, v in sorted(spec.feature_values.items())) or "all examples"
+        out.failures.append(f"[{where}] slice has no eval examples")
     return out
 
 
@@ -348,13 +387,46 @@ def examples_summary(graph: Graph, examples: mlmd_pb2.Artifact,
 # blessings -----------------------------------------------------------------------------
 
 @dataclasses.dataclass
+class RuleResult(Record):
+    """What one blessing rule saw (components/evaluator.py's rule_results).
+
+    Fields:
+      rule: the rule as text, e.g. "recall[fraud] >= 0.9", "auc (macro) drop vs baseline <= 0.01".
+      metric: the rule's metric (components/blessing_rules.py METRICS).
+      slice: its class name or feature=value, None for all eval examples.
+      candidate, baseline: the metric's value for each model on that slice (None: not computed,
+        or no baseline).
+      passed: TFMA's verdict on the rule; None when it was not checked (only max_drop, no
+        blessed baseline yet).
+      note: "" or why (e.g. "failed", "slice has no eval examples", "max_drop not checked: ...").
+      bound: for `min: majority`, the lower bound applied (majority-class rate + margin), else None.
+    """
+    rule: str = ""
+    metric: str = ""
+    slice: Optional[str] = None
+    candidate: Optional[float] = None
+    baseline: Optional[float] = None
+    passed: Optional[bool] = None
+    note: str = ""
+    bound: Optional[float] = json_field(omit_if_none=True)
+
+    @classmethod
+    def from_property(cls, value: Dict[str, Any]) -> "RuleResult":
+        """From one entry of a ModelBlessing's `rules` property (unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in names})
+
+
+@dataclasses.dataclass
 class BlessingSummary(ArtifactRef):
     """A ModelBlessing: the Evaluator's verdict, or a manual blessing (`conveyor bless`).
 
     Fields (besides ArtifactRef's):
       blessed: whether the candidate was blessed.
       majority_baseline: majority-class rate on the eval split (0..1), None if not recorded.
-      accuracy_floor: the configured minimum accuracy (0..1), None if not recorded.
+      accuracy_floor: the first plain `accuracy min` rule's bound (0..1), None if none.
+      rules: every blessing rule with candidate, baseline and verdict, in config order ([]
+        for blessings written before rules existed, and for manual blessings).
       manual: True for a manual blessing (then the next fields are set); left out of the
         JSON for the Evaluator's.
       blessed_by, reason: who blessed it and why.
@@ -363,22 +435,37 @@ class BlessingSummary(ArtifactRef):
     blessed: bool = False
     majority_baseline: Optional[float] = None
     accuracy_floor: Optional[float] = None
+    rules: List[RuleResult] = dataclasses.field(default_factory=list)
     manual: Optional[bool] = json_field(omit_if_none=True)
     blessed_by: Optional[str] = json_field(omit_if_none=True)
     reason: Optional[str] = json_field(omit_if_none=True)
     overrides_blessing_id: Optional[int] = json_field(omit_if_none=True)
 
+    def blocked_by(self) -> List[RuleResult]:
+        """The rules that failed (the first one is what blocked the push)."""
+        return [r for r in self.rules if r.passed is False]
+
 
 def blessing_summary(graph: Graph, blessing: mlmd_pb2.Artifact) -> BlessingSummary:
-    """The verdict and reference rates recorded on a ModelBlessing artifact (and, for a
-    manual blessing, who, why and which blessing it overrode)."""
+    """The verdict, reference rates and rule results recorded on a ModelBlessing artifact
+    (and, for a manual blessing, who, why and which blessing it overrode)."""
     p = props(blessing)
     manual = p.get("manual") == 1
     return BlessingSummary(**artifact_ref(graph, blessing).ref_fields(), blessed=p.get("blessed") == 1,
                            majority_baseline=p.get("majority_baseline"), accuracy_floor=p.get("accuracy_floor"),
+                           rules=[RuleResult.from_property(r) for r in p.get("rules") or []],
                            manual=True if manual else None, blessed_by=p.get("blessed_by") if manual else None,
                            reason=p.get("reason") if manual else None,
                            overrides_blessing_id=p.get("overrides_blessing_id") if manual else None)
+
+
+def rule_line(rule: RuleResult) -> str:
+    """One line for a person: "FAIL  recall[fraud] >= 0.9  candidate 0.2000  baseline -  (failed)"."""
+    def fmt(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.4f}"
+    verdict = {True: "pass", False: "FAIL", None: "skip"}[rule.passed]
+    return (f"{verdict:<4}  {rule.rule}  candidate {fmt(rule.candidate)}  baseline {fmt(rule.baseline)}"
+            + (f"  ({rule.note})" if rule.note and rule.note != "failed" else ""))
 
 
 INFRA_MEASUREMENTS = ("num_requests", "num_failures", "p50_latency_ms", "p99_latency_ms", "p99_budget_ms", "reason")

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from conveyor.metadata.artifacts import (AnomaliesSummary, ExamplesSummary, FeatureSchema, InfraSummary,
-                                         SchemaSummary, StatisticsSummary, anomalies_summary, examples_summary,
+                                         RuleResult, SchemaSummary, StatisticsSummary, anomalies_summary, examples_summary,
                                          infra_summary, schema_summary, statistics_summary)
 from conveyor.metadata.lineage import Evaluation, ModelSummary, evaluation_of, model_summary
 from conveyor.metadata.runs import (RunRecord, default_pipeline, fill_run_record, node_executions, resolve_run,
@@ -23,7 +23,7 @@ class RunDetails(RunRecord):
       schema: the Schema output (SchemaGen or an importer).
       anomalies: ExampleValidator's output.
       examples: ExampleGen's output, with per-split counts from `statistics`.
-      evaluation: the Evaluator's evaluation, with majority_baseline/accuracy_floor from its blessing.
+      evaluation: the Evaluator's evaluation, with majority_baseline/accuracy_floor/rules from its blessing.
       infra_blessing: the InfraValidator's verdict.
       model: the Trainer's Model.
     """
@@ -67,6 +67,7 @@ def run_details(graph: Graph, pipeline: str, run: mlmd_pb2.Context, with_metrics
             p = props(blessing)
             details.evaluation.majority_baseline = p.get("majority_baseline")
             details.evaluation.accuracy_floor = p.get("accuracy_floor")
+            details.evaluation.rules = [RuleResult.from_property(r) for r in p.get("rules") or []]
     details.infra_blessing = infra_summary(graph, graph.first_output_of_type(executions, "InfraBlessing")[1])
     _, model = graph.first_output_of_type(executions, "Model")
     details.model = model_summary(graph, model) if model is not None else None

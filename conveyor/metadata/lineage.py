@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from conveyor.metadata.artifacts import (AnomaliesSummary, ArtifactRef, BlessingSummary, EvaluationMetrics,
+from conveyor.metadata.artifacts import (AnomaliesSummary, ArtifactRef, BlessingSummary, EvaluationMetrics, RuleResult,
                                          ExamplesSummary, InfraSummary, SchemaSummary, StatisticsSummary,
                                          anomalies_summary, artifact_ref, blessing_summary, evaluation_metrics,
                                          examples_summary, infra_summary, schema_summary, statistics_summary)
@@ -157,8 +157,9 @@ class Evaluation(Record):
       artifact: the ModelEvaluation artifact (None if the Evaluator recorded none).
       baseline_model: the model compared against (None: no blessed model existed yet).
       metrics: TFMA metrics (None when not read, e.g. `with_metrics=False`).
-      majority_baseline, accuracy_floor: from the Evaluator's ModelBlessing (0..1); filled by
-        diff.run_details only, not part of the JSON (the lineage JSON has them under "blessing").
+      majority_baseline, accuracy_floor, rules: from the Evaluator's ModelBlessing (0..1;
+        RuleResults); filled by diff.run_details only, not part of the JSON (the lineage JSON
+        has them under "blessing").
     JSON: the artifact's keys, "baseline_model", then the metrics' keys, in one object.
     """
     artifact: Optional[ArtifactRef] = None
@@ -166,6 +167,7 @@ class Evaluation(Record):
     metrics: Optional[EvaluationMetrics] = None
     majority_baseline: Optional[float] = None
     accuracy_floor: Optional[float] = None
+    rules: List[RuleResult] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         """The artifact's keys, "baseline_model", then the metrics' keys (see the class docstring)."""
@@ -191,7 +193,9 @@ def evaluation_of(graph: Graph, evaluator: mlmd_pb2.Execution, with_metrics: boo
     artifact = (graph.outputs(evaluator).get("evaluation") or [None])[0]
     out = Evaluation(artifact=artifact_ref(graph, artifact), baseline_model=baseline_model(graph, evaluator))
     if artifact is not None and with_metrics:
-        out.metrics = evaluation_metrics(artifact.uri)
+        examples = graph.input(evaluator, "examples")
+        names = props(examples).get("label_names") if examples is not None else None
+        out.metrics = evaluation_metrics(artifact.uri, names if isinstance(names, list) else None)
     return out
 
 

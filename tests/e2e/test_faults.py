@@ -35,7 +35,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.pusher import PAUSE_ENV, PUSH_RECORD
 from conveyor.metadata import runs as mlmd_runs
 from conveyor.metadata.store import Graph, open_store, props
-from serving.model_manager import versions_on_disk
+from serving.model_manager import version_dirs
 from tests.support.serving_harness import REPO, ServerProcess, versions_by_state
 
 PIPELINE = "image_classifier"
@@ -250,7 +250,7 @@ def chain(small_digits, tmp_path_factory):
         wait_until(lambda: f"{PAUSE_ENV}: pausing" in logs_text(home), 60,
                    "the Pusher's pause before publishing", b)
         seen["serving_at_pause"] = sorted(os.listdir(base))
-        seen["versions_on_disk_at_pause"] = versions_on_disk(base)
+        seen["versions_on_disk_at_pause"] = sorted(version_dirs(base))
         b.kill_group()
         seen["b_returncode"] = b.proc.returncode
         seen["b_survivors"] = live_group_members(b.proc.pid)

@@ -158,7 +158,7 @@ MODEL = REF + ["node", "state", "model_type", "hyperparameters", "train_steps", 
                "module_path", "module_fingerprint"]
 EXAMPLES = REF + ["node", "input_base", "input_pattern", "span", "version", "input_fingerprint", "example_count",
                   "skipped_count", "label_names", "splits", "split_counts"]
-EVALUATION = REF + ["baseline_model", "candidate", "baseline", "per_label", "failures"]
+EVALUATION = REF + ["baseline_model", "candidate", "baseline", "per_label", "failures", "per_class"]
 FEATURE_KEYS = ["type", "min_fraction", "min_count", "shape", "int_domain", "domain"]
 
 
@@ -172,7 +172,7 @@ def test_cli_json_keys_are_pinned(capsys, history, store):
     assert list(lin) == ["model_name", "version", "pushed_versions", "pushed", "model", "blessing", "evaluation",
                          "transform_graph", "schema", "statistics", "anomalies", "examples", "infra_blessing"]
     expected = {"pushed": REF + ["destination"], "model": MODEL,
-                "blessing": REF + ["blessed", "majority_baseline", "accuracy_floor"], "evaluation": EVALUATION,
+                "blessing": REF + ["blessed", "majority_baseline", "accuracy_floor", "rules"], "evaluation": EVALUATION,
                 "transform_graph": REF + ["module_path", "module_fingerprint"], "schema": REF + ["features"],
                 "statistics": REF + ["splits"], "anomalies": REF + ["splits", "count"], "examples": EXAMPLES,
                 "infra_blessing": REF + ["blessed", "num_requests", "num_failures", "p50_latency_ms",

@@ -155,6 +155,11 @@ ERRORS = [
     ("POST", "/v1/models/text:predict", {"instances": "good"}, 400, "'instances' to be an list"),
     ("POST", "/v1/models/text:predict", {"instances": [1.5]}, 400, "not formatted correctly"),
     ("POST", "/v1/models/text:predict", {"instances": [["a", "b"], ["c"]]}, 400, "ragged"),
+    # echoed JSON values are printed as JSON (json_tensor.cc JsonValueToString), never Python reprs
+    ("POST", "/v1/models/text:predict", {"instances": [None]}, 400, "JSON value: null not formatted correctly"),
+    ("POST", "/v1/models/text:predict", {"instances": [True]}, 400, "JSON value: true not formatted correctly"),
+    ("POST", "/v1/models/text:regress", {"signature_name": "", "examples": []}, 400,
+     'JSON Value: {"signature_name":"","examples":[]} \'examples\' value is an empty array'),
     ("POST", "/v1/models/text:predict", {"inputs": {"tokens": ["a"]}}, 400, "not inputs of the signature"),
     ("POST", "/v1/models/text:predict", {"inputs": {}}, 400, "input size does not match signature"),
     ("POST", "/v1/models/image:predict", {"instances": [{"b64": "***"}]}, 400, "Unable to base64 decode"),
@@ -358,7 +363,8 @@ def test_grpc_error_codes(stubs):
     request.inputs["wrong"].CopyFrom(tf.make_tensor_proto(["x"]))
     error = _grpc_error(prediction.Predict, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input size does not match signature" in error.details()
+    assert error.details() == ("input size does not match signature: 1!=1 len({wrong}) != len({text}). "
+                               "Sent extra: {wrong}. Missing but required: {text}.")
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "text"

@@ -11,6 +11,7 @@ import base64
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 
@@ -219,7 +220,7 @@ CLASSIFY_REGRESS_ERRORS = [
     ("tf1:classify", {"signature_name": "classify_x", "examples": []}, "'examples' value is an empty array"),
     ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": [1.0, "a"]}]},
      "Unexpected element type in feature: x expecting type: float"),
-    ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": None}]}, "unexpected JSON type"),
+    ("tf1:classify", {"signature_name": "classify_x", "examples": [{"x": None}]}, "unexpected JSON type: null"),
     ("tf1:regress", {"signature_name": "nope", "examples": [{"x": 1.0}]}, "No signature was found with the name: nope"),
     ("tf1:regress", {"signature_name": "regress_x", "examples": [{"y": 1.0}]}, "Feature: x"),
 ]
@@ -449,3 +450,22 @@ def test_console_script_uses_the_images_environment(tmp_path):
     assert server_lib.with_env_model([], {}) == []
     with open(os.path.join(server_lib.__file__.rsplit("/serving/", 1)[0], "setup.py")) as f:
         assert '"tensorflow_model_server=serving.server:tensorflow_model_server"' in f.read()
+
+
+def test_drop_in_keeps_tf_servings_defaults_and_conveyor_serve_its_own(monkeypatch, capsys):
+    drop_in = server_lib.parse_options(["--model_base_path=/m"], drop_in=True)
+    assert (drop_in.rest_api_port, drop_in.host, drop_in.port) == (0, "0.0.0.0", 8500)
+    ours = server_lib.parse_options(["--model_base_path=/m"])
+    assert (ours.rest_api_port, ours.host, ours.port) == (8501, "127.0.0.1", 8500)
+    given = server_lib.parse_options(["--model_base_path=/m", "--rest_api_port=9000", "--host=::1"], drop_in=True)
+    assert (given.rest_api_port, given.host) == (9000, "::1")
+    # the console script itself: with gRPC off and REST off by default, nothing is left to serve
+    monkeypatch.setattr(sys, "argv", ["tensorflow_model_server", "--model_base_path=/m", "--port=0"])
+    with pytest.raises(SystemExit) as exit_info:
+        server_lib.tensorflow_model_server()
+    assert exit_info.value.code == 2 and "both APIs disabled" in capsys.readouterr().err
+    # `conveyor serve --help` shows its own defaults
+    from conveyor import serve as conveyor_serve
+    assert conveyor_serve.main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "conveyor serve" in help_text and "(default: 8501)" in help_text and "(default: 127.0.0.1)" in help_text

@@ -3,18 +3,25 @@ CLI flags and the deploy manifests."""
 import os
 import threading
 
+import grpc
 import numpy as np
 import pytest
 import yaml
 from google.protobuf import text_format
+from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import server as server_lib
-from serving import warmup
+from serving import model_manager, warmup
 from serving.batching import Batcher
+from serving.errors import ServingError
+from serving.model_config import ModelConfigError, read_models_config
 from serving.model_manager import ModelManager, aspired_versions
 from serving.servables import SavedModelServable
 from tests.support.serving_harness import REPO, install, model_entry, wait_for, write_config
+
+END = get_model_status_pb2.ModelVersionStatus.State.END
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 
 def test_warmup_file_round_trip_and_replay(tmp_path):
@@ -92,8 +99,43 @@ def test_models_config_is_polled_for_new_models(tmp_path):
         write_config(config, "model_config_list {\n" + model_entry("b", base) + "}\n")
         wait_for(lambda: manager.model_names() == ["b"], what="model a to be removed")
         assert manager.get_servable("b").version == 1
+        # a removed model keeps its versions' END states (TF Serving's servable state monitor)
+        status = manager.model_status("a").model_version_status
+        assert [(s.version, s.state, s.status.error_code) for s in status] == [(1, END, 0)]
+        with pytest.raises(ServingError) as never:
+            manager.model_status("never_configured")
+        assert never.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         manager.stop()
+
+
+def test_removed_models_states_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_manager, "MAX_REMOVED_MODELS", 1)
+    base = str(tmp_path / "text")
+    install("text_v1", base, 1)
+
+    def config(*names):
+        return [model_server_config_pb2.ModelConfig(name=n, base_path=base, model_platform="tensorflow")
+                for n in names]
+
+    with pytest.raises(ServingError, match="^Illegal to list model a multiple times in config list$"):
+        ModelManager(config("b", "a", "a"), poll_wait_seconds=0)
+    manager = ModelManager(config("a", "b", "c"), poll_wait_seconds=0)
+    manager.apply_config(config("c"))  # a and b removed: only the last removal is kept
+    kept = [n for n in ("a", "b") if _has_status(manager, n)]
+    assert len(kept) == 1
+    manager.apply_config(config("c", kept[0]))  # re-added: served again, no longer "removed"
+    assert manager.model_status(kept[0]).model_version_status[0].state == AVAILABLE
+    manager.apply_config(config("a", "b"))
+    assert manager.model_status("c").model_version_status[0].state == END
+    assert manager.model_status("a").model_version_status[0].state == AVAILABLE
+
+
+def _has_status(manager, name) -> bool:
+    try:
+        return manager.model_status(name).model_version_status[0].state == END
+    except ServingError:
+        return False
 
 
 def test_serve_help_and_flag_errors(capsys):
@@ -139,3 +181,19 @@ def test_deploy_manifests_agree():
     assert mount["name"] in {v["name"] for v in pod["volumes"]}
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8500, 8500), (8501, 8501)}
+
+
+def test_bad_models_config_files_are_one_line_errors(tmp_path):
+    cases = {"missing": (None, "no such model config file"),
+             "latin1": (b"model_config_list { config { name: \"caf\xe9\" } }", "not UTF-8 text (byte 39)"),
+             "garbage": (b"model_config_list {", "not a valid ModelServerConfig")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ModelConfigError) as error:
+            read_models_config(str(path))
+        assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ModelConfigError, match="cannot read the model config file"):
+        read_models_config(str(tmp_path))  # a directory

@@ -1,0 +1,210 @@
+"""The Evaluator executor on a tiny imbalanced two-class eval split (190 "common", 10 "rare"),
+with hand-made SavedModels of the served-model contract: TFMA's metrics, the blessing rules
+as TFMA thresholds, and what each rule saw on the ModelBlessing.
+
+Two executor runs, shared by the assertions (a module-scoped fixture):
+  * the `score` model alone (first run, no baseline): accuracy 0.96 beats the 0.95 majority
+    rate, but it finds 2 of the 10 rare examples (recall 0.2);
+  * the `noise` model against the baseline `score`: its AUC drops far more than the AUC
+    rule's max_drop, its accuracy less than the accuracy rule's.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.blessing_rules import parse_rules
+from components.evaluator import BaselineEvaluator, EvaluatorInputError, metrics_specs
+from serving import contract
+
+CLASSES = ["common", "rare"]
+RARE_SCORES = [0.3 + 0.07 * j for j in range(10)]  # 0.30 .. 0.93; 2 of them above 0.8
+
+
+def _example(label: int, score: float, noise: float) -> bytes:
+    feature = {"label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+               "label_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[CLASSES[label].encode()])),
+               "score": tf.train.Feature(float_list=tf.train.FloatList(value=[score])),
+               "noise": tf.train.Feature(float_list=tf.train.FloatList(value=[noise]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_examples(uri: str) -> None:
+    rng = np.random.default_rng(0)
+    records = [_example(0, float(s), float(n)) for s, n in zip(rng.uniform(0, 0.35, 190), rng.uniform(0, 1, 190))]
+    # `noise` ranks the rare class only a little above chance.
+    records += [_example(1, s, float(n)) for s, n in zip(RARE_SCORES, rng.uniform(0.3, 1, 10))]
+    os.makedirs(os.path.join(uri, "Split-eval"))
+    with tf.io.TFRecordWriter(os.path.join(uri, "Split-eval", "data.gz"), options="GZIP") as writer:
+        for record in records:
+            writer.write(record)
+
+
+class _ScoreModel(tf.Module):
+    """P(rare) = sigmoid(10 * (feature - 0.8)): predicts "rare" only for feature > 0.8 (a gentle
+    slope, so TFMA's AUC buckets of 1e-4 keep the ranking)."""
+
+    def __init__(self, feature: str):
+        super().__init__()
+        self.feature = feature
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    def serve_examples(self, examples):
+        x = tf.io.parse_example(examples, {self.feature: tf.io.FixedLenFeature([], tf.float32)})[self.feature]
+        rare = tf.sigmoid(10.0 * (x - 0.8))
+        probabilities = tf.stack([1.0 - rare, rare], axis=1)
+        class_ids = tf.argmax(probabilities, axis=1)
+        return {contract.PROBABILITIES: probabilities, contract.CLASS_IDS: class_ids,
+                contract.CLASS_NAMES: tf.gather(tf.constant(CLASSES), class_ids)}
+
+
+def _model(root: str, feature: str):
+    from tfx.types import standard_artifacts
+    module = _ScoreModel(feature)
+    model = standard_artifacts.Model()
+    model.uri = os.path.join(root, f"model_{feature}")
+    tf.saved_model.save(module, os.path.join(model.uri, "Format-Serving"),
+                        signatures={contract.EXAMPLES_SIGNATURE: module.serve_examples})
+    return model
+
+
+def _evaluate(root: str, name: str, examples, model, baseline, rules):
+    """Runs the BaselineEvaluator's executor the way TFX does; returns (blessing, evaluation)."""
+    from google.protobuf import message
+    from tfx.types import Channel, standard_artifacts
+    from tfx.utils import proto_utils
+    component = BaselineEvaluator(examples=Channel(type=standard_artifacts.Examples),
+                                  model=Channel(type=standard_artifacts.Model),
+                                  baseline_model=Channel(type=standard_artifacts.Model), rules=parse_rules(rules))
+    exec_properties = {k: proto_utils.proto_to_json(v) if isinstance(v, message.Message) else v
+                       for k, v in component.exec_properties.items()}
+    evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
+    evaluation.uri, blessing.uri = os.path.join(root, name, "evaluation"), os.path.join(root, name, "blessing")
+    inputs = {"examples": [examples], "model": [model]}
+    if baseline is not None:
+        inputs["baseline_model"] = [baseline]
+    executor = component.executor_spec.executor_class()
+    executor.Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, exec_properties)
+    return blessing, evaluation
+
+
+RARE_RULES = [{"metric": "accuracy", "min": 0.5}, {"metric": "accuracy", "min": "majority"},
+              {"metric": "accuracy", "max_drop": 0.01},
+              {"metric": "recall", "slice": "rare", "min": 0.9},
+              {"metric": "accuracy", "slice": "label_name=rare", "min": 0.5},
+              {"metric": "precision", "slice": "rare", "min": 0.9}]
+AUC_RULES = [{"metric": "auc", "max_drop": 0.01}, {"metric": "accuracy", "max_drop": 0.25}]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(root folder, Examples, the `score` model, the `noise` model)."""
+    from tfx.types import standard_artifacts
+    root = str(tmp_path_factory.mktemp("evaluator"))
+    examples = standard_artifacts.Examples()
+    examples.uri = os.path.join(root, "examples")
+    examples.split_names = json.dumps(["eval"])
+    examples.set_json_value_custom_property("label_names", CLASSES)
+    _write_examples(examples.uri)
+    return root, examples, _model(root, "score"), _model(root, "noise")
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    root, examples, good, noisy = data
+    return {"rare": _evaluate(root, "rare", examples, good, None, RARE_RULES),
+            "regressed": _evaluate(root, "regressed", examples, noisy, good, AUC_RULES)}
+
+
+def test_a_class_the_data_lacks_stops_the_evaluator_naming_the_classes(data):
+    root, examples, good, _ = data
+    with pytest.raises(EvaluatorInputError, match=r"^blessing rule 1 \(recall\): slice 'fraud' is not a class "
+                                                  r"of the eval data \(classes: common, rare\)$"):
+        _evaluate(root, "unknown_class", examples, good, None, [{"metric": "recall", "slice": "fraud", "min": 0.9}])
+
+
+def _rules(blessing):
+    return {r["rule"]: r for r in blessing.get_json_value_custom_property("rules")}
+
+
+def test_model_ignoring_the_rare_class_beats_majority_but_fails_recall_rule(runs):
+    blessing, _ = runs["rare"]
+    rules = _rules(blessing)
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert blessing.get_float_custom_property("majority_baseline") == pytest.approx(0.95)
+    assert blessing.get_float_custom_property("accuracy_floor") == 0.5
+    # The default accuracy rules alone would bless it.
+    assert rules["accuracy >= 0.5"]["passed"] and rules["accuracy > majority-class rate"]["passed"]
+    assert rules["accuracy > majority-class rate"]["candidate"] == pytest.approx(0.96)
+    assert rules["accuracy > majority-class rate"]["bound"] == pytest.approx(0.95, abs=1e-5)
+    drop = rules["accuracy drop vs baseline <= 0.01"]
+    assert drop["passed"] is None and "no blessed baseline" in drop["note"]
+    recall = rules["recall[rare] >= 0.9"]
+    assert recall["passed"] is False and recall["candidate"] == pytest.approx(0.2) and recall["note"] == "failed"
+    # It is right whenever it says "rare": the precision rule passes.
+    assert rules["precision[rare] >= 0.9"]["passed"] and rules["precision[rare] >= 0.9"]["candidate"] == 1.0
+
+
+def test_rule_on_a_slice(runs):
+    blessing, _ = runs["rare"]
+    sliced = _rules(blessing)["accuracy on label_name=rare >= 0.5"]
+    assert sliced["passed"] is False and sliced["candidate"] == pytest.approx(0.2)
+
+
+def test_auc_regression_rule_against_the_blessed_baseline(runs):
+    blessing, _ = runs["regressed"]
+    rules = _rules(blessing)
+    auc, accuracy = rules["auc (macro) drop vs baseline <= 0.01"], rules["accuracy drop vs baseline <= 0.25"]
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert blessing.get_int_custom_property("has_baseline_model") == 1
+    assert auc["passed"] is False and auc["baseline"] > 0.95 and auc["candidate"] < auc["baseline"] - 0.1
+    assert accuracy["passed"] is True and accuracy["baseline"] == pytest.approx(0.96)
+    assert accuracy["baseline"] - 0.25 < accuracy["candidate"] < accuracy["baseline"] - 0.1
+
+
+def test_metrics_are_tfmas_per_class_macro_weighted_and_calibration(runs):
+    import tensorflow_model_analysis as tfma
+    _, evaluation = runs["rare"]
+    overall = next(m for m in tfma.load_metrics(evaluation.uri) if not m.slice_key.single_slice_keys)
+    names = {(kv.key.name, kv.key.sub_key.class_id.value if kv.key.sub_key.HasField("class_id") else None,
+              kv.key.HasField("aggregation_type")) for kv in overall.metric_keys_and_values}
+    for name in ("precision", "recall", "f1_score", "auc", "auc_precision_recall", "calibration"):
+        assert {(name, 0, False), (name, 1, False)} <= names, name
+    for name in ("precision", "recall", "f1_score", "auc", "auc_precision_recall",
+                 "weighted_precision", "weighted_recall", "weighted_f1_score"):
+        assert (name, None, True) in names, name
+    value = {(kv.key.name, kv.key.sub_key.class_id.value if kv.key.sub_key.HasField("class_id") else None):
+             kv.value.double_value.value for kv in overall.metric_keys_and_values}
+    # recall: common 190/190, rare 2/10 -> macro 0.6, weighted by label frequency 0.96.
+    assert value["recall", None] == pytest.approx(0.6) and value["weighted_recall", None] == pytest.approx(0.96)
+    plots = [kv for p in tfma.load_plots(evaluation.uri) if not p.slice_key.single_slice_keys
+             for kv in p.plot_keys_and_values]
+    assert any(kv.key.name == "multi_class_confusion_matrix_plot" for kv in plots)
+    # TFMA stores the calibration plot unnamed, as histogram buckets, one per class.
+    assert {kv.key.sub_key.class_id.value for kv in plots if kv.value.HasField("calibration_histogram_buckets")
+            and kv.value.calibration_histogram_buckets.buckets} == {0, 1}
+
+
+def test_rules_become_tfma_thresholds_on_exactly_their_metric_key():
+    import tensorflow_model_analysis as tfma
+
+    rules = parse_rules([{"metric": "recall", "slice": "fraud", "min": 0.9},
+                         {"metric": "auc", "max_drop": 0.01},
+                         {"metric": "accuracy", "min": "majority"},
+                         {"metric": "weighted_f1", "slice": "label_name=ok", "max": 0.99}])
+    specs = metrics_specs(rules, ["ok", "fraud"], majority=0.95)
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(specs)
+    summary = {}
+    for key, entries in thresholds.items():
+        for slice_spec, threshold in entries:
+            summary[(key.name, key.sub_key.class_id if key.sub_key else None, bool(key.aggregation_type),
+                     key.is_diff, tuple(slice_spec.feature_values.items()))] = threshold
+    assert set(summary) == {("recall", 1, False, False, ()), ("auc", None, True, True, ()),
+                            ("sparse_categorical_accuracy", None, False, False, ()),
+                            ("weighted_f1_score", None, True, False, (("label_name", "ok"),))}
+    assert summary["recall", 1, False, False, ()].lower_bound.value == 0.9
+    assert summary["auc", None, True, True, ()].absolute.value == -0.01
+    assert summary["sparse_categorical_accuracy", None, False, False, ()].lower_bound.value == pytest.approx(0.950001)
+    assert summary["weighted_f1_score", None, True, False, (("label_name", "ok"),)].upper_bound.value == 0.99
