@@ -22,7 +22,7 @@ from tfx.types import artifact_utils, standard_component_specs
 
 from components.errors import ComponentError
 from modules import features as F
-from modules.preprocessing import VOCABULARY_NAME
+from modules.preprocessing import VOCABULARY_NAME, dense_1d, tokenize
 from modules.settings import ModuleSettings
 
 MAX_OOV_SHARE = 0.5
@@ -61,14 +61,16 @@ def check_vocabulary(transform_graph_uri: str, train_files: str) -> float:
     batch = next(iter(records.take(SAMPLE_EXAMPLES).batch(SAMPLE_EXAMPLES)), None)
     if batch is None:
         return 0.0
-    tokens = output.transform_raw_features(tf.io.parse_example(batch, spec))[F.TOKENS]
-    ids = tf.boolean_mask(tokens, tokens > 0)  # 0 = padding
-    total = int(tf.size(ids))
+    raw = tf.io.parse_example(batch, spec)
+    ids = output.transform_raw_features(raw)[F.TOKENS]
+    # Count the tokens with the tokenizer itself, in the same max_tokens window: an OOV token
+    # has an id above the vocabulary with OOV buckets, but shares the padding id 0 without.
+    total = int(tf.size(tokenize(dense_1d(raw[F.TEXT]), int(ids.shape[-1])).values))
     if total == 0:
         raise VocabularyError(f"{feature}: normalisation left no tokens in {int(batch.shape[0])} "
                               "training texts; the run stops before the Trainer")
-    outside = int(tf.reduce_sum(tf.cast(ids > len(vocabulary), tf.int32)))
-    share = outside / total
+    known = int(tf.reduce_sum(tf.cast((ids > 0) & (ids <= len(vocabulary)), tf.int32)))
+    share = (total - known) / total
     if share > MAX_OOV_SHARE:
         raise VocabularyError(
             f"{feature}: {share:.0%} of the training tokens are outside the Transform vocabulary "

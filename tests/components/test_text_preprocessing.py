@@ -152,3 +152,14 @@ def test_a_vocabulary_missing_most_training_tokens_stops_the_run(tmp_path):
         check_vocabulary(str(tmp_path / "graph"), _train_files(rows, tmp_path / "train.gz"))
     ok = [" ".join(kept + kept[:1]), f"{kept[0]} unknown"]  # 1 of 6 tokens outside
     assert check_vocabulary(str(tmp_path / "graph"), _train_files(ok, tmp_path / "ok.gz")) == pytest.approx(1 / 6)
+
+
+def test_oov_tokens_count_without_oov_buckets(tmp_path):
+    """With oov_buckets 0 an unknown token shares the padding id: it must still count as OOV."""
+    from components.transform import VocabularyError, check_vocabulary
+    config = ModuleSettings(kind="text", name="t", model="multihot", vocab_size=3,
+                            oov_buckets=0).to_custom_config()
+    rows = [f"word{i} other{i} more{i}" for i in range(30)]
+    _analyze(rows, config, tmp_path)
+    with pytest.raises(VocabularyError, match=r"feature 'text': 9\d% of the training tokens are outside"):
+        check_vocabulary(str(tmp_path / "graph"), _train_files(rows, tmp_path / "train.gz"))
