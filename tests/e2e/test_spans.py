@@ -240,7 +240,9 @@ def test_span_with_corrupted_labels_is_stopped_by_the_evaluator(spans):
     assert summary.node("GatedExampleValidator").state == "complete"
     # ...the Evaluator is what stops it: accuracy falls below the floor and the majority rate.
     assert summary.blessed is False, run["stdout"]
-    assert any("fails threshold >=" in reason for reason in summary.not_blessed_because), summary.not_blessed_because
+    # The Evaluator names the accuracy rule the corrupted span failed.
+    assert any(reason.startswith("rule accuracy >=") for reason in summary.not_blessed_because), \
+        summary.not_blessed_because
     assert summary.baseline  # compared with the blessed version 2 on span 3's eval split
     assert summary.pushed_version is None and summary.pushed_path is None
     assert run["versions"] == [".push.lock", "1", "2"]
