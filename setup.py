@@ -28,6 +28,7 @@ setup(
         "ml-metadata==1.16.0",
         "apache-beam[gcp]==2.60.0",
         "tensorflow-serving-api==2.16.1",
+        "tf-keras==2.16.0",  # the models are tf_keras (README "Scaling training")
         "pillow",
         "pyyaml",
         "pydantic>=2,<3",
