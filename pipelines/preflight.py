@@ -166,6 +166,15 @@ def _store(config: Config):
     return metadata_store.MetadataStore(connection)
 
 
+def _pipeline_store(config: Config):
+    """(store, the pipeline's MLMD context), or None when HOME has no store or no such pipeline."""
+    if not os.path.isfile(config.metadata_path):
+        return None
+    store = _store(config)
+    pipeline = store.get_context_by_type_and_name("pipeline", config.name)
+    return (store, pipeline) if pipeline is not None else None
+
+
 def latest_blessed_model_id(store, pipeline: str) -> Optional[int]:
     """The Model id TFX's LatestBlessedModelStrategy would resolve for `pipeline`.
 
@@ -246,17 +255,16 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
       the Unchanged run recorded in MLMD, or None (the pipeline must run): no store yet,
       no earlier run, or something differs.
     """
-    if not os.path.isfile(config.metadata_path):
+    found = _pipeline_store(config)
+    if found is None:
         return None
     from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
-    store = _store(config)
-    pipeline = store.get_context_by_type_and_name("pipeline", config.name)
-    if pipeline is None:
-        return None
+    store, pipeline = found
+    fingerprint = inputs.fingerprint()
     last = next((c for c in _run_contexts(store, pipeline.id) if _is_pipeline_run(c)), None)
     if last is None or FINGERPRINT_PROPERTY not in last.custom_properties:
         return None
-    if last.custom_properties[FINGERPRINT_PROPERTY].string_value != inputs.fingerprint():
+    if last.custom_properties[FINGERPRINT_PROPERTY].string_value != fingerprint:
         return None
     done = (mlmd_pb2.Execution.COMPLETE, mlmd_pb2.Execution.CACHED)
     if any(e.last_known_state not in done for e in store.get_executions_by_context(last.id)):
@@ -266,7 +274,7 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
     execution = mlmd_pb2.Execution(type_id=store.put_execution_type(execution_type),
                                    last_known_state=mlmd_pb2.Execution.COMPLETE)
     run_id = datetime.datetime.now().isoformat()  # the form of LocalDagRunner's run ids
-    for key, value in ((REPEATS_PROPERTY, last.name), (FINGERPRINT_PROPERTY, inputs.fingerprint()),
+    for key, value in ((REPEATS_PROPERTY, last.name), (FINGERPRINT_PROPERTY, fingerprint),
                        ("served_version", served)):
         execution.custom_properties[key].string_value = value
     run = mlmd_pb2.Context(type_id=store.get_context_type("pipeline_run").id, name=run_id)
@@ -286,12 +294,10 @@ def record_run_inputs(config: Config, before: RunInputs, since_ms: int) -> Optio
     Returns:
       the run id, or None when MLMD has no such run.
     """
-    if not os.path.isfile(config.metadata_path):
+    found = _pipeline_store(config)
+    if found is None:
         return None
-    store = _store(config)
-    pipeline = store.get_context_by_type_and_name("pipeline", config.name)
-    if pipeline is None:
-        return None
+    store, pipeline = found
     runs = [c for c in _run_contexts(store, pipeline.id)
             if c.create_time_since_epoch >= since_ms and _is_pipeline_run(c)]
     if not runs:
