@@ -48,10 +48,24 @@ def log_files(directory: str) -> List[str]:
                   if f.startswith(FILE_PREFIX) and f.endswith(FILE_SUFFIX))
 
 
+def pixels_to_png(pixels: np.ndarray) -> bytes:
+    """One serving_pixels instance, float [size, size, 1 or 3] in [0, 1] -> 8-bit PNG bytes.
+
+    The PNG decodes (modules/image_contract.py) to round(pixels * 255), so its profile features
+    are those of the image the client decoded, comparable with the training statistics.
+    """
+    scaled = np.clip(np.rint(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return tf.io.encode_png(scaled).numpy()
+
+
 def raw_values(inputs: Dict[str, Any]) -> List[Tuple[str, bytes]]:
-    """(kind, raw value) per instance of a request to serving_default or serving_examples."""
+    """(kind, raw value) per instance of a request to serving_default, serving_examples or
+    serving_pixels (each pixel instance logged as the PNG of its pixels)."""
     out: List[Tuple[str, bytes]] = []
     for name, value in inputs.items():
+        if name == contract.PIXELS_INPUT:
+            out.extend(("image", pixels_to_png(image)) for image in np.asarray(value))
+            continue
         values = np.asarray(value, dtype=object).reshape(-1)
         if name in _RAW_BY_INPUT:
             kind = _RAW_BY_INPUT[name][0]

@@ -13,6 +13,9 @@ from modules.settings import ModuleSettings
 from modules.splits import read_split_examples
 from serving import contract
 
+_PIXEL_RANGE_ERROR = (f"serving input {contract.PIXELS_INPUT}: expected float pixels in [0, 1] "
+                      "(divide 8-bit values by 255)")
+
 
 class ServingModule(tf.Module):
     """What gets exported: the Transform graph + the Keras model + the class names."""
@@ -31,7 +34,10 @@ class ServingModule(tf.Module):
 
     def _predict(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         transformed = self.tft_layer(raw_features)
-        probabilities = self.model(transformed[self._feature], training=False)
+        return self._classify(transformed[self._feature])
+
+    def _classify(self, model_input: tf.Tensor) -> Dict[str, tf.Tensor]:
+        probabilities = self.model(model_input, training=False)
         if probabilities.shape[-1] == 1:  # sigmoid head: P(class 1) -> [P(0), P(1)]
             probabilities = tf.concat([1.0 - probabilities, probabilities], axis=1)
         class_ids = tf.argmax(probabilities, axis=1)
@@ -46,14 +52,44 @@ class ServingModule(tf.Module):
         """serving_examples: serialized tf.Examples [N] -> the contract's outputs."""
         return self._predict(tf.io.parse_example(examples, self._example_spec))
 
-    def signatures(self, kind: str):
-        """{signature name: concrete function} of the served-model contract for `kind`."""
+    def serve_pixels(self, pixels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """serving_pixels: float32 [N, size, size, channels] in [0, 1] -> the contract's outputs.
+
+        These are the Transform's image output (modules/preprocessing.decode_images), so the
+        model sees exactly what serving_default computes from the encoded image. Values outside
+        [0, 1] (e.g. 0..255 pixels not divided by 255) fail with InvalidArgumentError, which the
+        server answers with 400, rather than a silently wrong class.
+        """
+        # TF Serving feeds tensors without the signature's shape check; a wrong size must be
+        # a 400 naming the expected shape, not whatever the layers make of it.
+        expected = self._pixel_shape
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(pixels)[1:], tf.constant(list(expected)),
+                message=f"serving input {contract.PIXELS_INPUT}: expected shape "
+                        f"[N, {expected[0]}, {expected[1]}, {expected[2]}]"),
+            tf.debugging.assert_greater_equal(pixels, 0.0, message=_PIXEL_RANGE_ERROR),
+            tf.debugging.assert_less_equal(pixels, 1.0, message=_PIXEL_RANGE_ERROR)]
+        with tf.control_dependencies(checks):
+            return self._classify(tf.identity(pixels))
+
+    def signatures(self, settings: ModuleSettings):
+        """{signature name: concrete function} of the served-model contract (serving/contract.py)."""
+        kind = settings.kind
         # No Python control flow depends on tensors here: autograph would only slow the trace.
         raw = tf.function(self.serve_raw, autograph=False).get_concrete_function(
             tf.TensorSpec([None], tf.string, name=contract.SERVING_INPUT[kind]))
         examples = tf.function(self.serve_examples, autograph=False).get_concrete_function(
             tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT))
-        return {contract.DEFAULT_SIGNATURE: raw, contract.EXAMPLES_SIGNATURE: examples}
+        signatures = {contract.DEFAULT_SIGNATURE: raw, contract.EXAMPLES_SIGNATURE: examples}
+        if kind == "image":
+            size = settings.image_size
+            self._pixel_shape = (size, size, settings.channels)
+            signatures[contract.PIXELS_SIGNATURE] = tf.function(
+                self.serve_pixels, autograph=False).get_concrete_function(
+                tf.TensorSpec([None, size, size, settings.channels], tf.float32,
+                              name=contract.PIXELS_INPUT))
+        return signatures
 
 
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label_names: List[str],
@@ -61,7 +97,7 @@ def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label
     """Saves the SavedModel of the served-model contract to `path` (a new directory)."""
     kind = settings.kind
     module = ServingModule(model, tf_transform_output, label_names, kind, models.input_feature(settings))
-    tf.saved_model.save(module, path, signatures=module.signatures(kind))
+    tf.saved_model.save(module, path, signatures=module.signatures(settings))
 
 
 def warmup_inputs(file_patterns: List[str], kind: str, count: int = 5) -> List[bytes]:

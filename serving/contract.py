@@ -8,8 +8,12 @@ Signatures of an exported Conveyor model:
   * DEFAULT_SIGNATURE (`serving_default`): input SERVING_INPUT[kind], a string tensor [N]
     of encoded image bytes (kind "image") or raw UTF-8 texts (kind "text");
   * EXAMPLES_SIGNATURE (`serving_examples`): input EXAMPLES_INPUT, serialized tf.Examples [N]
-    (what TFMA feeds).
-Both return OUTPUTS:
+    (what TFMA feeds);
+  * PIXELS_SIGNATURE (`serving_pixels`, image models only): input PIXELS_INPUT, float32
+    [N, image_size, image_size, channels] in [0, 1] -- the decoded, resized pixels that
+    serving_default computes from image bytes, as the course's TF Serving example sends
+    (`{"signature_name": "serving_pixels", "instances": test_images[0:3].tolist()}`).
+All return OUTPUTS:
   * PROBABILITIES: float32 [N, num_classes], rows sum to 1;
   * CLASS_IDS: int64 [N], the argmax;
   * CLASS_NAMES: string [N], the name of the argmax class.
@@ -21,6 +25,8 @@ import os
 DEFAULT_SIGNATURE = "serving_default"   # TF Serving's default signature key
 EXAMPLES_SIGNATURE = "serving_examples"
 EXAMPLES_INPUT = "examples"
+PIXELS_SIGNATURE = "serving_pixels"
+PIXELS_INPUT = "pixels"
 # Name of the serving_default input per model kind, as clients send it.
 SERVING_INPUT = {"image": "images", "text": "text"}
 

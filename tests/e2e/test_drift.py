@@ -147,6 +147,57 @@ def test_inverted_images_drift_on_image_mean(image_home, digits_dir, tmp_path, c
     assert 'id="drift">DRIFT<' in html and "image_mean" in html
 
 
+def test_pixel_requests_answer_like_bytes_over_rest_and_grpc_and_are_logged(image_home, digits_dir, tmp_path):
+    """The course's request form: float pixel arrays on serving_pixels (issue 19)."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from modules.preprocessing import decode_images
+    pngs = [base64.b64decode(instance["b64"])
+            for body in _digit_bodies(digits_dir, False)[:2] for instance in body["instances"]]
+    pixels = decode_images(tf.constant(pngs), 28, 1).numpy()  # what serving_default computes
+    assert pixels.shape == (8, 28, 28, 1)
+    log_dir = str(tmp_path / "logs")
+    server = ServerProcess(["--home", image_home, "--request_log_rate", "1.0", "--request_log_dir", log_dir],
+                           str(tmp_path / "server.log"), entry=["-m", "conveyor.cli", "serve"])
+    url = f"{server.url}/v1/models/image_classifier:predict"
+    try:
+        server.wait_ready("image_classifier")
+        by_bytes = requests.post(url, json={"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs]},
+                                 timeout=30).json()["predictions"]
+        response = requests.post(url, json={"signature_name": "serving_pixels", "instances": pixels.tolist()},
+                                 timeout=30)
+        assert response.status_code == 200, response.text
+        by_pixels = response.json()["predictions"]
+        assert [p["class_names"] for p in by_pixels] == [p["class_names"] for p in by_bytes]
+        np.testing.assert_allclose([p["probabilities"] for p in by_pixels],
+                                   [p["probabilities"] for p in by_bytes], atol=1e-5)
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "image_classifier"
+        request.model_spec.signature_name = "serving_pixels"
+        request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(pixels))
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        np.testing.assert_allclose(tf.make_ndarray(reply.outputs["probabilities"]),
+                                   [p["probabilities"] for p in by_bytes], atol=1e-5)
+
+        unscaled = requests.post(url, json={"signature_name": "serving_pixels",
+                                            "instances": (pixels * 255).tolist()}, timeout=30)
+        assert unscaled.status_code == 400 and "[0, 1]" in unscaled.json()["error"], unscaled.text
+        wrong_size = requests.post(url, json={"signature_name": "serving_pixels",
+                                              "instances": pixels[:, :8, :8].tolist()}, timeout=30)
+        assert wrong_size.status_code == 400 and "[N, 28, 28, 1]" in wrong_size.json()["error"], wrong_size.text
+    finally:
+        server.stop()
+    examples = _logged_examples(log_dir, "image_classifier")
+    assert len(examples) == 24  # 8 as bytes, 8 as REST pixels, 8 as gRPC pixels; refused requests are not logged
+    logged_pixels = [e.features.feature for e in examples if e.features.feature["image_height"].int64_list.value == [28]]
+    assert len(logged_pixels) == 16  # pixel requests are logged as the PNG of the model-size pixels
+    means = sorted(f["image_mean"].float_list.value[0] for f in logged_pixels[:8])
+    np.testing.assert_allclose(means, sorted(pixels.mean(axis=(1, 2, 3))), atol=1 / 255)
+
+
 def test_no_logged_requests_is_a_clear_error(image_home, tmp_path, capsys):
     code = cli.main(["drift", "--model", "image_classifier", "--home", image_home,
                      "--request-log-dir", str(tmp_path / "none")])

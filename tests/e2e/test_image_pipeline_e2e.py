@@ -71,7 +71,7 @@ def test_pushed_model_classifies_png_bytes(first_run, digits_dir):
     assert np.allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-4)
     accuracy = np.mean([n == d for n, (d, _) in zip(names, files)])
     assert accuracy > 0.7, accuracy
-    assert set(model.signatures) == {"serving_default", "serving_examples"}
+    assert set(model.signatures) == {"serving_default", "serving_examples", "serving_pixels"}
 
 
 def test_unchanged_rerun_runs_nothing_and_forced_rerun_is_served_from_cache(first_run, digits_dir):
