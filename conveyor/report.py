@@ -365,6 +365,8 @@ def _lineage_section(lin: Optional[Lineage], note: str) -> str:
         rows.append(["examples", f"artifact {e.artifact_id} from <code>{_e(e.input_base)}</code>, span "
                                  f"{_e(e.span)}, {_e(e.example_count)} examples (" + ", ".join(
                                      f"{_e(k)} {_e(v)}" for k, v in e.split_counts.items()) + ")"])
+    if lin.spans and lin.spans.evaluated_on is not None:
+        rows.append(["data spans", _e(lin.spans.sentence())])
     body = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
     out.append(f"<table class=\"lineage\">{body}</table>")
     return "".join(out)

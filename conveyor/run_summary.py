@@ -11,7 +11,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from conveyor.metadata import artifacts, runs
-from conveyor.metadata.artifacts import RuleResult, rule_line
+from conveyor.metadata.artifacts import RuleResult, SpansUsed, rule_line, spans_used
 from conveyor.metadata import store as mlmd
 from conveyor.metadata.runs import NodeRun
 from pipelines.config import Config
@@ -36,6 +36,8 @@ class RunSummary:
       pushed_version, pushed_path: the version pushed and its folder (None: nothing pushed).
       push_note: why nothing was pushed, for a person ("" when pushed).
       unchanged_since: for a no-op rerun (nothing changed, nothing ran), the run it repeats.
+      spans: the spans the candidate trained on and was evaluated on (None: no Trainer ran).
+      eval_span: the config's eval_span ("same"/"next"; None when unknown), for the wording.
     """
     pipeline: str
     run_id: str
@@ -53,6 +55,8 @@ class RunSummary:
     pushed_path: Optional[str] = None
     push_note: str = ""
     unchanged_since: Optional[str] = None
+    spans: Optional[SpansUsed] = None
+    eval_span: Optional[str] = None
 
     def node(self, name: str) -> Optional[NodeRun]:
         """The NodeRun of node id `name`, or None if it did not run."""
@@ -73,6 +77,8 @@ class RunSummary:
                              f"{(f'{base:10.4f}' if base is not None else '         -')}")
             if self.majority_baseline is not None:
                 lines.append(f"  {'majority-class rate (eval)':<28} {self.majority_baseline:10.4f}")
+        if self.spans is not None and self.spans.evaluated_on is not None:
+            lines.append(f"\n  Data: {self.spans.sentence(self.eval_span)}")
         if self.rules:
             lines.append("\n  Blessing rules:")
             lines.extend(f"    {rule_line(r)}" for r in self.rules)
@@ -146,6 +152,10 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
                 summary.pushed_path = p.get("pushed_destination")
             else:
                 summary.push_note = p.get("reason", "not pushed")
+    by_node = {n.node: n.execution_id for n in summary.nodes if n.execution_id is not None}
+    trainer, evaluator = (graph.executions([by_node[node]])[0] if node in by_node else None
+                          for node in ("Trainer", "BaselineEvaluator"))
+    summary.spans = spans_used(graph, trainer, evaluator)
     blocked = [r for r in summary.rules if r.passed is False]
     summary.not_blessed_because[:0] = [f"rule {r.rule}: candidate " + (
         f"{r.candidate:.4f}" if r.candidate is not None else "-") + (f" ({r.note})" if r.note != "failed" else "")
@@ -164,4 +174,6 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
 def summarize(config: Config) -> RunSummary:
     """The summary of the newest run of config's pipeline (the run that just happened: runs
     hold the HOME lock)."""
-    return read_summary(config.metadata_path, config.name)
+    summary = read_summary(config.metadata_path, config.name)
+    summary.eval_span = config.eval_span
+    return summary

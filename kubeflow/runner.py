@@ -79,7 +79,8 @@ def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
       the path of the JSON file.
     Raises:
       ValueError: vertex_training.replica_count > 1 while config.distribution is not
-        multi_worker (the extra machines would each train a model of their own).
+        multi_worker (the extra machines would each train a model of their own); or
+        config.eval_span is "next" (its resolver does not compile for KFP v2).
     """
     from tfx import v1 as tfx
 
@@ -91,6 +92,12 @@ def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
         data=config.data or f"{pipeline_root.rstrip('/')}/data/{config.kind}",
         input_pattern=config.input_pattern or ("*/*" if config.kind == "image" else "*.csv"),
         beam_args=config.beam_args if beam_args is None else list(beam_args))
+    if config.eval_span == "next":
+        # KubeflowV2DagRunner compiles only LatestArtifactStrategy / LatestBlessedModelStrategy
+        # resolvers (tfx/orchestration/kubeflow/v2/compiler_utils.py); next-day evaluation's
+        # span resolver is a strategy of our own.
+        raise ValueError("eval_span: next (next-day evaluation) runs on the local runner; Kubeflow/Vertex "
+                         "pipelines compile only TFX's built-in resolvers: use eval_span: same there")
     if vertex_training and vertex_training.replica_count > 1 and config.distribution != "multi_worker":
         raise ValueError(f"Vertex training on {vertex_training.replica_count} replicas needs distribution: "
                          f"multi_worker, got {config.distribution!r}")

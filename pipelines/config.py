@@ -19,7 +19,7 @@ from typing import (Annotated, Any, Callable, Dict, Iterator, List, Literal, Map
 
 import annotated_types
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator,
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
@@ -162,6 +162,12 @@ class EvaluationConfig(_Settings):
       infra_server: "in_process" (the server runs inside the validating process, no second
         TensorFlow start-up) or "subprocess" (a fresh `python -m serving.server` process,
         isolated from the pipeline's imports).
+      eval_span: which data the Evaluator judges candidate and baseline on. "same": the eval
+        split of the span this run ingested, which the candidate trained beside. "next"
+        (next-day evaluation, span inputs): Transform and Trainer read only spans ingested
+        before the latest one, and the Evaluator judges on the latest span's eval split, data
+        the candidate never trained on; with no earlier span the run falls back to "same".
+      train_spans: with eval_span "next", train on the last K earlier spans (None: all of them).
     """
     accuracy_floor: Share = 0.5
     regression_tolerance: Annotated[float, Field(ge=0)] = 0.01
@@ -170,6 +176,15 @@ class EvaluationConfig(_Settings):
     infra_p99_budget_ms: Annotated[float, _rule("expected a finite number of milliseconds > 0",
                                                 lambda v: 0 < v < float("inf"))] = 500.0
     infra_server: Literal["in_process", "subprocess"] = "in_process"
+    eval_span: Literal["same", "next"] = "same"
+    train_spans: Optional[Positive] = None
+
+    @model_validator(mode="after")
+    def _train_spans_need_next_day(self) -> "EvaluationConfig":
+        if self.train_spans is not None and self.eval_span != "next":
+            raise PydanticCustomError(
+                "train_spans", "train_spans applies only with eval_span: next (next-day evaluation)")
+        return self
 
     @field_validator("blessing", mode="before")
     @classmethod
@@ -458,6 +473,8 @@ _BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Callable[[str], str]) -> str:
     """One line for a pydantic error: source, key, value, what was expected."""
     loc = error["loc"]
+    if error["type"] == "train_spans":
+        return f"{source_of('train_spans')}: {error['msg']}"
     if loc[0] in GROUPS and len(loc) > 1:
         key, field, given = loc[1], GROUPS[loc[0]].model_fields[loc[1]], nested.get(loc[0], {})
     else:

@@ -22,6 +22,7 @@ from components.example_validator import GatedExampleValidator
 from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.infra_validator import ConveyorInfraValidator
 from components.spans import split_span_path
+from components.training_spans import TRAINING_KEY, NextDayTrainingSpans
 from components.transform import CheckedTransform
 from pipelines.beam import SETUP_FILE, with_worker_setup_file
 from pipelines.config import Config
@@ -84,13 +85,26 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model")
+    # Next-day evaluation: Transform and Trainer read earlier spans, the Evaluator the latest.
+    training_examples = examples.outputs["examples"]
+    training_spans = None
+    if config.eval_span == "next":
+        # Every run's Examples (a plain Channel is not limited to this run), resolved after
+        # this run's ExampleGen.
+        training_spans = Resolver(
+            strategy_class=NextDayTrainingSpans, config={"train_spans": config.train_spans or 0},
+            **{TRAINING_KEY: Channel(type=standard_artifacts.Examples, producer_component_id=examples.id,
+                                     output_key="examples")},
+        ).with_id("next_day_training_spans")
+        training_spans.add_upstream_node(examples)
+        training_examples = training_spans.outputs[TRAINING_KEY]
     # The gate also checks the data against the schema the latest blessed model was trained with.
     validator = GatedExampleValidator(statistics=statistics.outputs["statistics"],
                                       schema=schema.outputs["schema"],
                                       baseline_model=baseline.outputs["model"])
     # TFX's Transform, then a check that a text vocabulary is not (nearly) empty.
     transform = CheckedTransform(
-        examples=examples.outputs["examples"], schema=schema.outputs["schema"],
+        examples=training_examples, schema=schema.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=settings.to_custom_config(), materialize=False,
         # Pre-transform statistics would repeat StatisticsGen's; nothing reads post-transform
@@ -102,7 +116,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         from tfx.extensions.google_cloud_ai_platform.trainer.component import Trainer as trainer_class
     trainer = trainer_class(
         run_fn=RUN_FN,
-        examples=examples.outputs["examples"],
+        examples=training_examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema.outputs["schema"],
         # Warm start: run_fn gets the latest blessed model as fn_args.base_model (none on a first run).
@@ -125,7 +139,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
             filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
-                        evaluator, infra, pusher]
+                        evaluator, infra, pusher] + ([training_spans] if training_spans else [])
     return pipeline.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root or config.pipeline_root,

@@ -384,6 +384,44 @@ def examples_summary(graph: Graph, examples: mlmd_pb2.Artifact,
     return out
 
 
+@dataclasses.dataclass
+class SpansUsed(Record):
+    """Which data spans a candidate trained on and was judged on (config `eval_span`).
+
+    Fields:
+      trained_on: spans of the Examples the Trainer read, ascending (one per artifact).
+      evaluated_on: span of the Examples whose eval split the Evaluator judged (None: no
+        Evaluator ran).
+      next_day: True when the judged span is not among the trained ones (next-day evaluation:
+        the candidate never saw that data).
+    """
+    trained_on: List[int] = dataclasses.field(default_factory=list)
+    evaluated_on: Optional[int] = None
+    next_day: bool = False
+
+    def sentence(self, requested: Optional[str] = None) -> str:
+        """One line for a person; `requested` is the config's eval_span ("same"/"next"), if known."""
+        trained = ", ".join(str(s) for s in self.trained_on) or "-"
+        if self.next_day:
+            return (f"next-day evaluation: trained on span{'s' if len(self.trained_on) > 1 else ''} {trained}, "
+                    f"evaluated on span {self.evaluated_on} (never trained on)")
+        line = f"trained on span {trained}, evaluated on the eval split of span {self.evaluated_on}"
+        if requested == "next":
+            line += " (eval_span: next, but no earlier span has been ingested yet: nothing to hold out)"
+        return line
+
+
+def spans_used(graph: Graph, trainer: Optional[mlmd_pb2.Execution],
+               evaluator: Optional[mlmd_pb2.Execution]) -> Optional[SpansUsed]:
+    """The spans of the Trainer's and the Evaluator's `examples` inputs; None without a Trainer."""
+    if trainer is None:
+        return None
+    trained = sorted(int(props(a).get("span") or 0) for a in graph.inputs(trainer).get("examples", []))
+    judged = graph.input(evaluator, "examples") if evaluator is not None else None
+    evaluated = int(props(judged).get("span") or 0) if judged is not None else None
+    return SpansUsed(trained, evaluated, evaluated is not None and evaluated not in trained)
+
+
 # blessings -----------------------------------------------------------------------------
 
 @dataclasses.dataclass

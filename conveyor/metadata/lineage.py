@@ -10,9 +10,10 @@ from typing import Any, Dict, List, Optional
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from conveyor.metadata.artifacts import (AnomaliesSummary, ArtifactRef, BlessingSummary, EvaluationMetrics, RuleResult,
-                                         ExamplesSummary, InfraSummary, SchemaSummary, StatisticsSummary,
+                                         ExamplesSummary, InfraSummary, SchemaSummary, SpansUsed, StatisticsSummary,
                                          anomalies_summary, artifact_ref, blessing_summary, evaluation_metrics,
-                                         examples_summary, infra_summary, schema_summary, statistics_summary)
+                                         examples_summary, infra_summary, schema_summary, spans_used,
+                                         statistics_summary)
 from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, Graph, LineageError, Record, exec_properties, iso_time,
                                      json_field, props, state_name, user_code)
 from modules.settings import MODULES_FINGERPRINT_KEY
@@ -229,6 +230,7 @@ class Lineage(Record):
       transform_graph, schema, statistics, anomalies, examples: the Trainer's inputs and
         the data-side artifacts they came from.
       infra_blessing: the InfraValidator's verdict the Pusher read.
+      spans: the spans the model trained on and was evaluated on (next-day evaluation or not).
     """
     model_name: str = ""
     version: str = ""
@@ -243,6 +245,7 @@ class Lineage(Record):
     anomalies: Optional[AnomaliesSummary] = json_field(omit_if_none=True)
     examples: Optional[ExamplesSummary] = json_field(omit_if_none=True)
     infra_blessing: Optional[InfraSummary] = json_field(omit_if_none=True)
+    spans: Optional[SpansUsed] = json_field(omit_if_none=True)
 
 
 def lineage_of_model(graph: Graph, model: mlmd_pb2.Artifact, blessing: Optional[mlmd_pb2.Artifact] = None,
@@ -275,6 +278,7 @@ def lineage_of_model(graph: Graph, model: mlmd_pb2.Artifact, blessing: Optional[
         out.evaluation = evaluation_of(graph, evaluator, with_metrics)
     if trainer is None:
         return out
+    out.spans = spans_used(graph, trainer, evaluator)
     transform_graph = graph.input(trainer, "transform_graph")
     schema = graph.input(trainer, "schema")
     examples = graph.input(trainer, "examples")

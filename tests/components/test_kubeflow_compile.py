@@ -117,3 +117,9 @@ def test_vertex_replicas_need_multi_worker(tmp_path):
     from kubeflow.runner import VertexTraining, compile_pipeline
     with pytest.raises(ValueError, match="3 replicas needs distribution: multi_worker, got 'none'"):
         compile_pipeline(load_config("image"), str(tmp_path), vertex_training=VertexTraining("p", "r", 3))
+
+
+def test_next_day_evaluation_is_refused_with_the_reason(tmp_path):
+    from kubeflow.runner import compile_pipeline
+    with pytest.raises(ValueError, match="eval_span: next .* runs on the local runner"):
+        compile_pipeline(load_config("image", overrides={"eval_span": "next"}), str(tmp_path))
