@@ -11,9 +11,12 @@ The Evaluator (components/evaluator.py) turns every rule into a TFMA threshold, 
 is TFMA's own validation result; this module is the rule vocabulary and its checks, pure
 Python so that loading a config does not import TensorFlow.
 
-Per-class metrics are TFMA's one-vs-rest binarization of the `probabilities` output
-(BinarizationOptions.class_ids): class k is predicted when its probability is above 0.5 (with
-two classes, the predicted class). Without a class slice they are TFMA's macro average.
+Per-class metrics are computed per class k of the `probabilities` output (TFMA
+BinarizationOptions.class_ids): precision, recall and f1 count k as predicted when it is the
+top-1 (argmax) class, as sklearn's classification_report does (with two classes: when its
+probability is above 0.5); auc, auc_pr and calibration rank or sum k's probability against
+the rest. Without a class slice they are the macro average (unweighted mean over classes);
+weighted_* weight each class by its label count.
 """
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -39,7 +42,8 @@ class MetricInfo:
       unit_range: the value is a rate in 0..1 (bounds must be too).
       comparable: a `max_drop` against the baseline makes sense (higher is better).
       needs_class: a rule must name a class (no meaningful average).
-      weighted: TFMA's weighted macro average (class weights = label frequencies).
+      weighted: the label-frequency weighted average over classes of a top-1 per-class
+        metric (components/evaluator.py WeightedAverage).
     """
     tfma_class: str
     key: str
