@@ -163,7 +163,9 @@ def parse_rule(rule: Any, number: int, class_names: Optional[Sequence[str]] = No
         a slice naming an unknown feature or class, no bound, a bound of the wrong type or
         outside 0..1 for a rate, min > max, max_drop < 0, max_drop on a metric without
         "better", `min: majority` on a metric other than accuracy, a class slice on a metric
-        without per-class values, or calibration without a class.
+        without per-class values, calibration without a class, or an average over classes
+        (a per-class metric without class, weighted_*) on a `feature=value` slice (the slice
+        features are the label, so such a slice holds one class).
     """
     if isinstance(rule, Rule):
         rule = rule.to_dict()
@@ -204,6 +206,14 @@ def parse_rule(rule: Any, number: int, class_names: Optional[Sequence[str]] = No
     if slice_ is not None and "=" in slice_ and parsed.feature_slice is None:
         raise RuleError(f"{where}: slice {slice_!r} names an unknown feature "
                         f"(slice features: {', '.join(SLICE_FEATURES)})")
+    if parsed.feature_slice is not None and (info.per_class or info.weighted):
+        # The slice features are the label: a slice holds one class, whose value is the rule's
+        # class slice; the other classes have no examples there and TFMA's averages are NaN.
+        feature, value = next(iter(parsed.feature_slice.items()))
+        one = value if feature == F.LABEL_NAME else "<class>"
+        per_class = metric.replace("weighted_", "")
+        raise RuleError(f"{where}: slice {slice_!r} holds one class, so an average over classes is not defined "
+                        f"there; for that class's {per_class} use {{metric: {per_class}, slice: {one}}}")
     if parsed.class_name is not None:
         if not info.per_class:
             raise RuleError(f"{where}: {metric} has no per-class value, so slice {slice_!r} must be "
