@@ -11,9 +11,12 @@ The Evaluator (components/evaluator.py) turns every rule into a TFMA threshold, 
 is TFMA's own validation result; this module is the rule vocabulary and its checks, pure
 Python so that loading a config does not import TensorFlow.
 
-Per-class metrics are TFMA's one-vs-rest binarization of the `probabilities` output
-(BinarizationOptions.class_ids): class k is predicted when its probability is above 0.5 (with
-two classes, the predicted class). Without a class slice they are TFMA's macro average.
+Per-class metrics are computed per class k of the `probabilities` output (TFMA
+BinarizationOptions.class_ids): precision, recall and f1 count k as predicted when it is the
+top-1 (argmax) class, as sklearn's classification_report does (with two classes: when its
+probability is above 0.5); auc, auc_pr and calibration rank or sum k's probability against
+the rest. Without a class slice they are the macro average (unweighted mean over classes);
+weighted_* weight each class by its label count.
 """
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -39,7 +42,8 @@ class MetricInfo:
       unit_range: the value is a rate in 0..1 (bounds must be too).
       comparable: a `max_drop` against the baseline makes sense (higher is better).
       needs_class: a rule must name a class (no meaningful average).
-      weighted: TFMA's weighted macro average (class weights = label frequencies).
+      weighted: the label-frequency weighted average over classes of a top-1 per-class
+        metric (components/evaluator.py WeightedAverage).
     """
     tfma_class: str
     key: str
@@ -159,7 +163,9 @@ def parse_rule(rule: Any, number: int, class_names: Optional[Sequence[str]] = No
         a slice naming an unknown feature or class, no bound, a bound of the wrong type or
         outside 0..1 for a rate, min > max, max_drop < 0, max_drop on a metric without
         "better", `min: majority` on a metric other than accuracy, a class slice on a metric
-        without per-class values, or calibration without a class.
+        without per-class values, calibration without a class, or an average over classes
+        (a per-class metric without class, weighted_*) on a `feature=value` slice (the slice
+        features are the label, so such a slice holds one class).
     """
     if isinstance(rule, Rule):
         rule = rule.to_dict()
@@ -200,6 +206,14 @@ def parse_rule(rule: Any, number: int, class_names: Optional[Sequence[str]] = No
     if slice_ is not None and "=" in slice_ and parsed.feature_slice is None:
         raise RuleError(f"{where}: slice {slice_!r} names an unknown feature "
                         f"(slice features: {', '.join(SLICE_FEATURES)})")
+    if parsed.feature_slice is not None and (info.per_class or info.weighted):
+        # The slice features are the label: a slice holds one class, whose value is the rule's
+        # class slice; the other classes have no examples there and TFMA's averages are NaN.
+        feature, value = next(iter(parsed.feature_slice.items()))
+        one = value if feature == F.LABEL_NAME else "<class>"
+        per_class = metric.replace("weighted_", "")
+        raise RuleError(f"{where}: slice {slice_!r} holds one class, so an average over classes is not defined "
+                        f"there; for that class's {per_class} use {{metric: {per_class}, slice: {one}}}")
     if parsed.class_name is not None:
         if not info.per_class:
             raise RuleError(f"{where}: {metric} has no per-class value, so slice {slice_!r} must be "

@@ -3,11 +3,14 @@
 Every run computes, with TFMA's own metric classes on the model's `probabilities` output
 against the int64 `label`:
   * ExampleCount, SparseCategoricalAccuracy and MultiClassConfusionMatrixPlot;
-  * per class (TFMA BinarizationOptions.class_ids, one-vs-rest): Precision, Recall, F1Score,
-    AUC (ROC) and AUCPrecisionRecall (1000 thresholds), and Calibration, plus a
+  * per class (TFMA BinarizationOptions.class_ids): Precision, Recall and F1Score of the
+    top-1 prediction (class k counts as predicted when it is the argmax, as in sklearn's
+    classification_report; see TopOnePrecision), and one-vs-rest on the class's probability
+    AUC (ROC) and AUCPrecisionRecall (1000 thresholds) and Calibration, plus a
     CalibrationPlot for two classes;
   * their macro averages (AggregationOptions.macro_average) and the label-frequency weighted
-    averages of precision, recall and F1 (weighted_macro_average, stored as weighted_*);
+    averages of precision, recall and F1 (weighted_precision, weighted_recall and
+    weighted_f1_score, see WeightedAverage);
 on all eval examples and per `label_name` (and any `feature=value` slice a rule names).
 
 The class count is only known once ExampleGen has run, and so is the majority-class rate a
@@ -19,11 +22,13 @@ ModelBlessing what each rule saw (`rules`: rule, candidate, baseline, passed, no
 `has_baseline_model` (0/1).
 """
 import collections
+import functools
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.metrics import aggregation as tfma_aggregation
 from tfx.components.evaluator import executor as tfx_executor
 from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import base_beam_component, executor_spec
@@ -108,6 +113,99 @@ def base_eval_config(rules: Sequence[Rule]) -> tfma.EvalConfig:
         slicing_specs=slices)
 
 
+class _TopOne:
+    """Makes a TFMA confusion-matrix metric count class k as predicted when it is the top-1
+    (argmax) class, and report the value under the spec's own key.
+
+    TFMA 0.47.1 has top-1 per class (a metric's `top_k=1` and `class_id`, see
+    confusion_matrix_metrics.ConfusionMatrixMetricBase), but then keys the value with
+    SubKey(class_id, top_k=1), while thresholds (metric_specs.metric_thresholds_from_metrics_specs)
+    and macro averages (aggregation.macro_average) look it up under the MetricsSpec's sub key
+    SubKey(class_id) alone, so neither would find it. This passes `top_k=1` for the confusion
+    matrix and TFMA's own `metric_key` argument for the key; the counting is TFMA's.
+    """
+
+    def _metric_computations(self, thresholds=None, num_thresholds=None, top_k=None, class_id=None, name=None,
+                             eval_config=None, model_name="", output_name="", sub_key=None, aggregation_type=None,
+                             class_weights=None, example_weighted=False, preprocessors=None, **kwargs):
+        if top_k is not None or class_id is not None or thresholds is not None or num_thresholds is not None:
+            raise ValueError(f"{type(self).__name__} is top-1 per class: give no top_k, class_id or thresholds")
+        if sub_key is None or sub_key.class_id is None or sub_key.top_k is not None or sub_key.k is not None:
+            raise ValueError(f"{type(self).__name__} needs the class from the MetricsSpec (binarize class_ids "
+                             f"or a macro average), got sub key {sub_key}")
+        key = tfma.metrics.MetricKey(name=name, model_name=model_name, output_name=output_name, sub_key=sub_key,
+                                     aggregation_type=aggregation_type, example_weighted=example_weighted)
+        return super()._metric_computations(
+            top_k=1, name=name, eval_config=eval_config, model_name=model_name, output_name=output_name,
+            sub_key=sub_key, aggregation_type=aggregation_type, class_weights=class_weights,
+            example_weighted=example_weighted, preprocessors=preprocessors, metric_key=key, **kwargs)
+
+
+class TopOnePrecision(_TopOne, tfma.metrics.Precision):
+    """TFMA's Precision of class k (the MetricsSpec's class) where the model predicts k when
+    k has the highest probability (ties: one of them, numpy.argpartition's pick): TP / (TP +
+    FP), NaN when k is never predicted (TFMA's rule). Key name `precision`, sub key the class."""
+
+
+class TopOneRecall(_TopOne, tfma.metrics.Recall):
+    """TFMA's Recall of class k, predicted when k has the highest probability: TP / (TP + FN),
+    NaN when k has no examples. Key name `recall`, sub key the class."""
+
+
+class TopOneF1Score(_TopOne, tfma.metrics.F1Score):
+    """TFMA's F1Score of class k, predicted when k has the highest probability: 2 TP /
+    (2 TP + FP + FN), NaN when k is neither predicted nor labelled. Key name `f1_score`,
+    sub key the class."""
+
+
+# The TFMA classes a rule names (components/blessing_rules.METRICS) that are computed top-1.
+TOP_ONE = {"Precision": TopOnePrecision, "Recall": TopOneRecall, "F1Score": TopOneF1Score}
+
+
+def _renamed(source: tfma.metrics.MetricKey, target: tfma.metrics.MetricKey, metrics):
+    return {target: metrics[source]}
+
+
+def _weighted_average_computations(metric: str, class_ids: Sequence[int], name: str, eval_config=None,
+                                   model_names=None, output_names=None, example_weighted: bool = False):
+    private = "_" + name  # TFMA leaves metrics named "_x" out of its output
+    sub_keys = [tfma.metrics.SubKey(class_id=k) for k in class_ids]
+    computations = TOP_ONE[metric](name=private).computations(
+        eval_config=eval_config, model_names=model_names, output_names=output_names, sub_keys=sub_keys,
+        example_weighted=example_weighted)
+    for model_name in model_names or [""]:
+        for output_name in output_names or [""]:
+            average = tfma_aggregation.weighted_macro_average(
+                private, sub_keys, eval_config=eval_config, model_name=model_name, output_name=output_name,
+                example_weighted=example_weighted)
+            key = tfma.metrics.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                         example_weighted=example_weighted)
+            computations += average + [tfma.metrics.DerivedMetricComputation(
+                keys=[key], result=functools.partial(_renamed, average[-1].keys[0], key))]
+    return computations
+
+
+class WeightedAverage(tfma.metrics.Metric):
+    """The label-frequency weighted average over classes of a top-1 per-class metric:
+    TFMA's aggregation.weighted_macro_average (each class weighted by its label count in the
+    slice, as sklearn's average="weighted"), keyed as a plain metric `name` (no sub key, no
+    aggregation type).
+
+    TFMA 0.47.1's AggregationOptions.weighted_macro_average stores its value under
+    AggregationType(macro_average=True) while thresholds look it up under
+    AggregationType(weighted_macro_average=True) (aggregation.weighted_macro_average vs
+    metric_specs._aggregation_type), so a rule on it would always fail "Metric not found".
+
+    Args:
+      metric: "Precision", "Recall" or "F1Score" (a key of TOP_ONE).
+      class_ids: the classes to average over (int label indices).
+      name: the metric key name, e.g. "weighted_precision".
+    """
+
+    def __init__(self, metric: str = "Precision", class_ids: Sequence[int] = (), name: str = ""):
+        super().__init__(_weighted_average_computations, metric=metric, class_ids=list(class_ids), name=name)
+
+
 # TFMA's AUCs default to 10000 thresholds; deriving their confusion matrices per class and
 # slice was most of the Evaluator's time on 10 classes (bucket width 0.001 is plenty here).
 METRIC_SETTINGS = {"AUC": {"num_thresholds": 1000}, "AUCPrecisionRecall": {"num_thresholds": 1000}}
@@ -115,8 +213,10 @@ METRIC_SETTINGS = {"AUC": {"num_thresholds": 1000}, "AUCPrecisionRecall": {"num_
 
 def _metric(class_name: str, name: Optional[str] = None, thresholds=()) -> tfma.MetricConfig:
     settings = {**METRIC_SETTINGS.get(class_name, {}), **({"name": name} if name else {})}
-    return tfma.MetricConfig(class_name=class_name, config=json.dumps(settings) if settings else "",
-                             per_slice_thresholds=list(thresholds))
+    top_one = TOP_ONE.get(class_name)
+    return tfma.MetricConfig(class_name=top_one.__name__ if top_one else class_name,
+                             module=__name__ if top_one else "",
+                             config=json.dumps(settings) if settings else "", per_slice_thresholds=list(thresholds))
 
 
 def rule_threshold(rule: Rule, majority: float) -> tfma.MetricThreshold:
@@ -143,10 +243,10 @@ def metrics_specs(rules: Sequence[Rule], class_names: Sequence[str], majority: f
     """The MetricsSpecs of a run (see the module docstring) with one threshold per rule.
 
     A rule's threshold sits on a MetricConfig whose spec yields exactly the rule's metric key
-    (TFMA applies a MetricConfig's thresholds to every key its spec produces): accuracy and
-    example count on the plain spec, a class rule on a spec binarized to that class only, a
-    per-class metric without class on a macro-average spec, a weighted one on a
-    weighted-average spec.
+    (TFMA applies a MetricConfig's thresholds to every key its spec produces): accuracy,
+    example count and the weighted averages (WeightedAverage) on the plain spec, a class rule
+    on a spec binarized to that class only, a per-class metric without class on a
+    macro-average spec.
 
     Args:
       rules: parsed rules whose classes are in class_names (check_classes).
@@ -157,9 +257,8 @@ def metrics_specs(rules: Sequence[Rule], class_names: Sequence[str], majority: f
     """
     ids = list(range(len(class_names)))
     every_class = tfma.BinarizationOptions(class_ids={"values": ids})
-    weights = {i: 1.0 for i in ids}  # TFMA needs the classes to average over as weights
-    macro = tfma.AggregationOptions(macro_average=True, class_weights=weights)
-    weighted = tfma.AggregationOptions(weighted_macro_average=True, class_weights=weights)
+    # TFMA needs the classes to average over as weights.
+    macro = tfma.AggregationOptions(macro_average=True, class_weights={i: 1.0 for i in ids})
     by_target: Dict[Tuple[str, Optional[int]], List[tfma.PerSliceMetricThreshold]] = collections.defaultdict(list)
     for rule in rules:
         by_target[_target(rule, class_names)].append(tfma.PerSliceMetricThreshold(
@@ -167,24 +266,22 @@ def metrics_specs(rules: Sequence[Rule], class_names: Sequence[str], majority: f
 
     plain = [_metric(METRICS[m].tfma_class, thresholds=by_target.pop((m, None), ()))
              for m in ("example_count", "accuracy")]
+    weighted = [tfma.MetricConfig(class_name=WeightedAverage.__name__, module=__name__, config=json.dumps(
+        {"metric": METRICS[m].tfma_class, "class_ids": ids, "name": METRICS[m].key}),
+        per_slice_thresholds=by_target.pop((m, None), ())) for m in WEIGHTED]
     specs = [
-        tfma.MetricsSpec(metrics=plain + [_metric("MultiClassConfusionMatrixPlot")]),
+        tfma.MetricsSpec(metrics=plain + weighted + [_metric("MultiClassConfusionMatrixPlot")]),
         tfma.MetricsSpec(metrics=[_metric(c) for c in PER_CLASS], binarize=every_class, aggregate=macro),
-        # TFMA names weighted averages like macro ones (AggregationType macro_average), so
-        # they get their own metric names.
-        tfma.MetricsSpec(metrics=[_metric(METRICS[m].tfma_class, METRICS[m].key) for m in WEIGHTED],
-                         aggregate=weighted),
         tfma.MetricsSpec(metrics=[_metric("Calibration")] + (
             [_metric("CalibrationPlot")] if len(class_names) == 2 else []), binarize=every_class),
     ]
-    for (metric, class_id), thresholds in by_target.items():
-        info = METRICS[metric]
-        config = _metric(info.tfma_class, info.key if info.weighted else None, thresholds)
+    for (metric, class_id), thresholds in by_target.items():  # per-class metrics
+        config = _metric(METRICS[metric].tfma_class, thresholds=thresholds)
         if class_id is not None:
             specs.append(tfma.MetricsSpec(metrics=[config], binarize=tfma.BinarizationOptions(
                 class_ids={"values": [class_id]})))
         else:
-            specs.append(tfma.MetricsSpec(metrics=[config], aggregate=weighted if info.weighted else macro))
+            specs.append(tfma.MetricsSpec(metrics=[config], aggregate=macro))
     return specs
 
 
@@ -203,8 +300,7 @@ def _matches(key, rule: Rule, class_id: Optional[int]) -> bool:
     key_class = key.sub_key.class_id.value if key.sub_key.HasField("class_id") else None
     if key_class != class_id or key.sub_key.HasField("top_k") or key.sub_key.HasField("k"):
         return False
-    averaged = METRICS[rule.metric].weighted or (METRICS[rule.metric].per_class and class_id is None)
-    return bool(key.HasField("aggregation_type")) == averaged
+    return key.HasField("aggregation_type") == (METRICS[rule.metric].per_class and class_id is None)
 
 
 def _same_threshold(a: tfma.MetricThreshold, b: tfma.MetricThreshold, diff: bool) -> bool:

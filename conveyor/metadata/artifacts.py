@@ -228,7 +228,7 @@ class EvaluationMetrics(Record):
       failures: one sentence per failed TFMA threshold, e.g.
         "recall[rare] = 0.2000 fails threshold >= 0.9000".
       per_class: class name -> {"candidate": {metric: value}, "baseline": {...}}: TFMA's
-        one-vs-rest precision, recall, f1_score, auc, auc_precision_recall (0..1) and
+        top-1 precision, recall, f1_score, one-vs-rest auc, auc_precision_recall (0..1) and
         calibration (sum of probabilities / positives; 1 = calibrated). Class names come from
         the Examples (class_names), else "class <id>".
       error: why the metrics could not be read (then the other fields are empty).
@@ -247,7 +247,8 @@ def _slice_value(key) -> str:
 
 def metric_label(key, class_names: Optional[List[str]] = None) -> Tuple[str, Optional[str]]:
     """(metric name, class name or None) of a TFMA MetricKey proto: macro averages are
-    "macro_<name>" (TFMA also marks the weighted_* averages macro; their names say it)."""
+    "macro_<name>" (evaluations written by TFMA's weighted_macro_average, before
+    components/evaluator.py's WeightedAverage, mark the weighted_* averages macro too)."""
     name = key.name
     if key.sub_key.HasField("class_id"):
         class_id = key.sub_key.class_id.value

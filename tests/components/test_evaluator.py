@@ -7,6 +7,9 @@ Two executor runs, shared by the assertions (a module-scoped fixture):
     rate, but it finds 2 of the 10 rare examples (recall 0.2);
   * the `noise` model against the baseline `score`: its AUC drops far more than the AUC
     rule's max_drop, its accuracy less than the accuracy rule's.
+A third, on four classes with hesitant probabilities (the top class often below 0.5),
+checks per-class precision, recall and F1 and their averages against scikit-learn's on the
+argmax predictions.
 """
 import json
 import os
@@ -16,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from components.blessing_rules import parse_rules
-from components.evaluator import BaselineEvaluator, EvaluatorInputError, metrics_specs
+from components.evaluator import BASELINE, BaselineEvaluator, EvaluatorInputError, metrics_specs
 from serving import contract
 
 CLASSES = ["common", "rare"]
@@ -172,9 +175,10 @@ def test_metrics_are_tfmas_per_class_macro_weighted_and_calibration(runs):
               kv.key.HasField("aggregation_type")) for kv in overall.metric_keys_and_values}
     for name in ("precision", "recall", "f1_score", "auc", "auc_precision_recall", "calibration"):
         assert {(name, 0, False), (name, 1, False)} <= names, name
-    for name in ("precision", "recall", "f1_score", "auc", "auc_precision_recall",
-                 "weighted_precision", "weighted_recall", "weighted_f1_score"):
+    for name in ("precision", "recall", "f1_score", "auc", "auc_precision_recall"):
         assert (name, None, True) in names, name
+    for name in ("weighted_precision", "weighted_recall", "weighted_f1_score"):
+        assert (name, None, False) in names, name
     value = {(kv.key.name, kv.key.sub_key.class_id.value if kv.key.sub_key.HasField("class_id") else None):
              kv.value.double_value.value for kv in overall.metric_keys_and_values}
     # recall: common 190/190, rare 2/10 -> macro 0.6, weighted by label frequency 0.96.
@@ -193,7 +197,8 @@ def test_rules_become_tfma_thresholds_on_exactly_their_metric_key():
     rules = parse_rules([{"metric": "recall", "slice": "fraud", "min": 0.9},
                          {"metric": "auc", "max_drop": 0.01},
                          {"metric": "accuracy", "min": "majority"},
-                         {"metric": "weighted_f1", "slice": "label_name=ok", "max": 0.99}])
+                         {"metric": "weighted_f1", "max": 0.99},
+                         {"metric": "accuracy", "slice": "label_name=ok", "min": 0.5}])
     specs = metrics_specs(rules, ["ok", "fraud"], majority=0.95)
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(specs)
     summary = {}
@@ -203,8 +208,108 @@ def test_rules_become_tfma_thresholds_on_exactly_their_metric_key():
                      key.is_diff, tuple(slice_spec.feature_values.items()))] = threshold
     assert set(summary) == {("recall", 1, False, False, ()), ("auc", None, True, True, ()),
                             ("sparse_categorical_accuracy", None, False, False, ()),
-                            ("weighted_f1_score", None, True, False, (("label_name", "ok"),))}
+                            ("weighted_f1_score", None, False, False, ()),
+                            ("sparse_categorical_accuracy", None, False, False, (("label_name", "ok"),))}
     assert summary["recall", 1, False, False, ()].lower_bound.value == 0.9
     assert summary["auc", None, True, True, ()].absolute.value == -0.01
     assert summary["sparse_categorical_accuracy", None, False, False, ()].lower_bound.value == pytest.approx(0.950001)
-    assert summary["weighted_f1_score", None, True, False, (("label_name", "ok"),)].upper_bound.value == 0.99
+    assert summary["weighted_f1_score", None, False, False, ()].upper_bound.value == 0.99
+    assert summary["sparse_categorical_accuracy", None, False, False, (("label_name", "ok"),)].lower_bound.value == 0.5
+
+
+# Four classes, hesitant probabilities -------------------------------------------------------
+
+FOUR = ["w", "x", "y", "z"]
+
+
+class _PassThroughModel(tf.Module):
+    """Serves the example's `p` feature (4 floats summing to 1) as its probabilities."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    def serve_examples(self, examples):
+        probabilities = tf.io.parse_example(examples, {"p": tf.io.FixedLenFeature([4], tf.float32)})["p"]
+        class_ids = tf.argmax(probabilities, axis=1)
+        return {contract.PROBABILITIES: probabilities, contract.CLASS_IDS: class_ids,
+                contract.CLASS_NAMES: tf.gather(tf.constant(FOUR), class_ids)}
+
+
+@pytest.fixture(scope="module")
+def four_classes(tmp_path_factory):
+    """(blessing, evaluation, labels, probabilities [300, 4] float32) of the pass-through model
+    on 300 examples, evaluated against itself as the baseline."""
+    from tfx.types import standard_artifacts
+    root = str(tmp_path_factory.mktemp("four"))
+    rng = np.random.default_rng(1)
+    # Dirichlet(1, 1, 1, 1): the top probability is below 0.5 for about half the examples.
+    probabilities = rng.dirichlet(np.ones(4), 300).astype(np.float32)
+    predicted = probabilities.argmax(axis=1)
+    # The label is the argmax 70% of the time, else a class drawn with "z" rare.
+    labels = np.where(rng.uniform(size=300) < 0.7, predicted, rng.choice(4, 300, p=[0.4, 0.3, 0.25, 0.05]))
+    examples = standard_artifacts.Examples()
+    examples.uri = os.path.join(root, "examples")
+    examples.split_names = json.dumps(["eval"])
+    examples.set_json_value_custom_property("label_names", FOUR)
+    os.makedirs(os.path.join(examples.uri, "Split-eval"))
+    with tf.io.TFRecordWriter(os.path.join(examples.uri, "Split-eval", "data.gz"), options="GZIP") as writer:
+        for label, p in zip(labels, probabilities):
+            feature = {"label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                       "label_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[FOUR[label].encode()])),
+                       "p": tf.train.Feature(float_list=tf.train.FloatList(value=p))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    module = _PassThroughModel()
+    model = standard_artifacts.Model()
+    model.uri = os.path.join(root, "model")
+    tf.saved_model.save(module, os.path.join(model.uri, "Format-Serving"),
+                        signatures={contract.EXAMPLES_SIGNATURE: module.serve_examples})
+    blessing, evaluation = _evaluate(root, "four", examples, model, model, FOUR_RULES)
+    return blessing, evaluation, labels, probabilities
+
+
+FOUR_RULES = [{"metric": "recall", "slice": "x", "min": 0.99}, {"metric": "precision", "max_drop": 0.0},
+              {"metric": "weighted_f1", "min": 0.1}, {"metric": "f1", "slice": "z", "max": 1.0},
+              {"metric": "accuracy", "slice": "label_name=y", "min": 0.5}]
+
+
+def test_multi_class_precision_recall_f1_are_top_1_as_in_sklearn(four_classes):
+    import tensorflow_model_analysis as tfma
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    blessing, evaluation, labels, probabilities = four_classes
+    predicted = probabilities.argmax(axis=1)
+    # Hesitant: on many examples no class is above 0.5, so one-vs-rest at 0.5 would differ.
+    assert np.mean(np.max(probabilities, axis=1) < 0.5) > 0.3
+    overall = next(m for m in tfma.load_metrics(evaluation.uri) if not m.slice_key.single_slice_keys)
+    value = {(kv.key.name, kv.key.sub_key.class_id.value if kv.key.sub_key.HasField("class_id") else None,
+              kv.key.HasField("aggregation_type")): kv.value.double_value.value
+             for kv in overall.metric_keys_and_values if kv.key.model_name != BASELINE and not kv.key.is_diff}
+    ours = {"precision": 0, "recall": 1, "f1_score": 2}
+    per_class = precision_recall_fscore_support(labels, predicted, labels=range(4), zero_division=0)
+    for name, row in ours.items():
+        for k in range(4):
+            assert value[name, k, False] == pytest.approx(per_class[row][k], abs=1e-6), (name, k)
+    for average in ("macro", "weighted"):
+        expected = precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)
+        for name, row in ours.items():
+            key = (name, None, True) if average == "macro" else (f"weighted_{name}", None, False)
+            assert value[key] == pytest.approx(expected[row], abs=1e-6), key
+    accuracy = accuracy_score(labels, predicted)
+    assert value["sparse_categorical_accuracy", None, False] == pytest.approx(accuracy)
+    # Top-1 macro recall is of the order of accuracy (one-vs-rest at 0.5 gave far less), and
+    # recall weighted by label frequency is accuracy.
+    assert value["recall", None, True] > 0.5 * accuracy
+    assert value["weighted_recall", None, False] == pytest.approx(accuracy)
+
+    # The rules see the same values, and the baseline's (the same model) on the per-class keys.
+    rules = _rules(blessing)
+    recall_x = rules["recall[x] >= 0.99"]
+    assert recall_x["passed"] is False and recall_x["note"] == "failed"
+    assert recall_x["candidate"] == pytest.approx(per_class[1][1], abs=1e-6) == recall_x["baseline"]
+    drop = rules["precision (macro) drop vs baseline <= 0"]
+    assert drop["passed"] is True and drop["candidate"] == pytest.approx(value["precision", None, True])
+    assert drop["baseline"] == pytest.approx(drop["candidate"])
+    assert rules["weighted_f1 >= 0.1"]["passed"] is True
+    assert rules["weighted_f1 >= 0.1"]["candidate"] == pytest.approx(value["weighted_f1_score", None, False])
+    assert rules["f1[z] <= 1"]["candidate"] == pytest.approx(per_class[2][3], abs=1e-6)
+    # Accuracy on the examples labelled y is y's recall.
+    on_y = rules["accuracy on label_name=y >= 0.5"]
+    assert on_y["passed"] is True and on_y["candidate"] == pytest.approx(per_class[1][2], abs=1e-6)
+    assert blessing.get_int_custom_property("blessed") == 0

@@ -54,6 +54,10 @@ def test_default_rules_are_todays_accuracy_rules(tmp_path):
     ("[{metric: calibration, max_drop: 0.1, slice: fraud}]", "max_drop needs a metric where higher is better"),
     ("[{metric: calibration, min: 0.9}]", "calibration is per class; give the class as slice (e.g. slice: <class>)"),
     ("[{metric: recall, min: majority}]", "use it with metric: accuracy"),
+    ("[{metric: recall, slice: label_name=fraud, min: 0.5}]",
+     "slice 'label_name=fraud' holds one class, so an average over classes is not defined there; "
+     "for that class's recall use {metric: recall, slice: fraud}"),
+    ("[{metric: weighted_f1, slice: label=1, min: 0.5}]", "use {metric: f1, slice: <class>}"),
     ("[{metric: recall, minimum: 0.9}]", "unknown key 'minimum' (keys: metric, slice, min, max, max_drop)"),
     ("[]", "an empty rule list would bless any model"),
     ("{metric: recall}", "expected a list of rules"),
