@@ -71,17 +71,35 @@ def _sha256_files(paths: List[str], root: str) -> str:
     return digest.hexdigest()
 
 
+def _files_under(folder: str) -> List[str]:
+    """Every file under `folder`, through symlinked folders (span folders are often links),
+    each real folder once (a link cycle ends)."""
+    seen = set()
+    files = []
+    for parent, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        files.extend(os.path.join(parent, name) for name in names)
+    return files
+
+
 def data_fingerprint(input_base: str) -> str:
     """sha256 over (relative path, size, mtime in ns) of every file under `input_base`
     (or of that one file); "missing" when it does not exist."""
     if not os.path.exists(input_base):
         return "missing"
     digest = hashlib.sha256(os.path.abspath(input_base).encode() + b"\0")
-    files = [input_base] if os.path.isfile(input_base) else [
-        os.path.join(folder, name) for folder, _, names in os.walk(input_base) for name in names]
+    files = [input_base] if os.path.isfile(input_base) else _files_under(input_base)
     for path in sorted(files):
-        st = os.stat(path)
-        digest.update(f"{os.path.relpath(path, input_base)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        try:
+            st = os.stat(path)
+            seen = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # a dangling link: ExampleGen names it; here it is just part of the state
+            seen = "unreadable"
+        digest.update(f"{os.path.relpath(path, input_base)}\0{seen}\0".encode())
     return digest.hexdigest()
 
 

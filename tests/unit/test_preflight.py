@@ -23,6 +23,21 @@ def test_data_fingerprint_sees_new_touched_and_resized_files(tmp_path):
     assert preflight.data_fingerprint(str(tmp_path / "missing")) == "missing"
 
 
+def test_data_fingerprint_follows_symlinked_span_folders(tmp_path):
+    staged, incoming = tmp_path / "staged", tmp_path / "incoming"
+    for span in (1, 2):
+        (staged / f"span-{span}" / "0").mkdir(parents=True)
+        (staged / f"span-{span}" / "0" / "a.png").write_bytes(b"x" * span)
+    incoming.mkdir()
+    (incoming / "span-1").symlink_to(staged / "span-1")
+    first = preflight.data_fingerprint(str(incoming))
+    (incoming / "span-2").symlink_to(staged / "span-2")  # a new span lands as a link
+    assert preflight.data_fingerprint(str(incoming)) != first
+    (incoming / "span-2" / "0" / "loop").symlink_to(incoming)  # a link cycle ends
+    (incoming / "span-2" / "0" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling
+    assert preflight.data_fingerprint(str(incoming)) != first
+
+
 def test_config_fingerprint_covers_thresholds_not_drift_or_schedule():
     base = Config(kind="image")
     same = preflight.config_fingerprint(base)
