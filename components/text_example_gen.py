@@ -154,7 +154,8 @@ class _Lines:
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                self.bad[self.number] = f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8"
+                self.bad[self.number] = (f"byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                         "is not valid UTF-8")
                 yield raw.decode("utf-8", errors="replace")
 
 

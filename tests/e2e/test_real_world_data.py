@@ -141,7 +141,7 @@ def test_pushed_image_model_answers_served_formats_and_refuses_others_with_400(i
                     assert answer.json()["predictions"][0]["class_names"] == str(label), name
                 else:
                     assert answer.status_code == 400, (name, answer.status_code, answer.text)
-                    assert "serving input images" in answer.json()["error"], answer.text
+                    assert answer.json()["error"].startswith("Input 'images' instance 0: the bytes are not PNG"), answer.text
                     # `conveyor predict` converts such files to PNG and gets an answer.
                     path = tmp_path / f"{name}-{label}{extension}"
                     path.write_bytes(data)
