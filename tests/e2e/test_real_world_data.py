@@ -20,6 +20,7 @@ import tensorflow_data_validation as tfdv
 from conveyor.run_summary import read_summary
 from modules.image_contract import normalize
 from modules.training_schema import BASELINE_SCHEMA_FILE
+from serving.contract import SERVED_IMAGE_FORMATS
 from tests.support.generated import (INGEST_ONLY, SERVED, digit_like, image_class_folders, image_files,
                                      reviews, write_reviews_csv)
 from tests.support.serving_harness import ServerProcess
@@ -141,7 +142,8 @@ def test_pushed_image_model_answers_served_formats_and_refuses_others_with_400(i
                     assert answer.json()["predictions"][0]["class_names"] == str(label), name
                 else:
                     assert answer.status_code == 400, (name, answer.status_code, answer.text)
-                    assert answer.json()["error"].startswith("Input 'images' instance 0: the bytes are not PNG"), answer.text
+                    error = answer.json()["error"]
+                    assert error.startswith("Input 'images' instance 0: ") and SERVED_IMAGE_FORMATS in error, error
                     # `conveyor predict` converts such files to PNG and gets an answer.
                     path = tmp_path / f"{name}-{label}{extension}"
                     path.write_bytes(data)
