@@ -190,7 +190,7 @@ def read_image_file(path: str) -> bytes:
     import io
 
     import numpy as np
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -206,6 +206,8 @@ def read_image_file(path: str) -> bytes:
                 raise ValueError(f"pixel mode {image.mode} has no defined 8-bit mapping")
             else:
                 pixels = np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:  # its message names PIL's in-memory buffer, not the file
+        raise OSError(f"{path}: not an image Conveyor can send (no image format PIL reads)") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure: name the file
         raise OSError(f"{path}: not an image Conveyor can send ({type(e).__name__}: {e})") from None
     buffer = io.BytesIO()

@@ -278,3 +278,11 @@ def test_graph_errors_lose_tf_function_wrappers():
         "{{function_node f}} assertion failed: [serving input images: the bytes are not PNG]\n"
         "\t [[{{node map/while/Assert/Assert}}]]"))
     assert _one_line(asserted, with_node=False) == "serving input images: the bytes are not PNG"
+
+
+@pytest.mark.parametrize("args", [["conveyor.cli", "serve", "--help"], ["serving.server", "--help"]])
+def test_serve_help_into_a_closed_pipe_ends_without_a_traceback(args):
+    from tests.unit.test_cli_parser import closed_pipe_run
+    status, stderr = closed_pipe_run(args)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+    assert status == 1
