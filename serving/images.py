@@ -11,7 +11,9 @@ Formats are recognised by their leading bytes as TF's decode_image does
 (tensorflow/core/kernels/image/decode_image_op.cc, ClassifyFileFormat): JPEG, PNG, GIF, BMP.
 The pixels counted are those TF's decoder allocates:
   * PNG: width x height of the IHDR chunk, which the PNG specification puts first (11.2.2);
-  * JPEG: the frame header's size, read by TF's own header parser (tf.io.extract_jpeg_shape);
+  * JPEG: the size in the first frame header (SOF0-SOF15 marker segment; ITU-T T.81 B.2.2),
+    found by walking the marker segments from the start of the file (B.1.1.4) as libjpeg's
+    header reader does;
   * GIF: the logical screen (TF's output frame) or, when larger, the sum of every frame's image
     descriptor (giflib's DGifSlurp, which TF calls, holds all frames before the first is kept);
   * BMP: width x |height| at bytes 18 and 22 (little-endian int32, as DecodeBmpV2 reads them).
@@ -21,7 +23,6 @@ import struct
 
 import grpc
 import numpy as np
-import tensorflow as tf
 
 from serving import contract
 from serving.errors import ServingError
@@ -80,12 +81,35 @@ def image_size(data: bytes) -> ImageSize:
             return ImageSize(fmt, abs(width), abs(height), abs(width * height))
         if fmt == "GIF":
             return _gif_size(data)
-        height, width, _ = (int(d) for d in tf.io.extract_jpeg_shape(data).numpy())
+        width, height = _jpeg_size(data)
         return ImageSize(fmt, width, height, width * height)
-    except struct.error:
+    except (struct.error, IndexError):
         raise ImageProblem(f"{fmt} header is truncated ({len(data)} bytes)") from None
-    except tf.errors.InvalidArgumentError:
-        raise ImageProblem(f"JPEG header cannot be read ({len(data)} bytes)") from None
+
+
+# Start-of-frame markers: 0xC0-0xCF except DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
+
+
+def _jpeg_size(data: bytes):
+    """(width, height) of the first frame header. Raises ImageProblem when scan data or the
+    end comes first, struct.error / IndexError when a segment runs past the end."""
+    at = 2  # after SOI
+    while True:
+        if data[at] != 0xFF:
+            raise ImageProblem(f"JPEG header cannot be read (no marker at byte {at})")
+        while data[at] == 0xFF:  # fill bytes before a marker
+            at += 1
+        marker = data[at]
+        if marker in _SOF_MARKERS:
+            height, width = struct.unpack_from(">HH", data, at + 4)  # after length and precision
+            return width, height
+        if marker in (0xDA, 0xD9):  # start of scan / end of image before any frame header
+            raise ImageProblem("JPEG header cannot be read (no frame header before the image data)")
+        if marker not in _STANDALONE_MARKERS:
+            at += struct.unpack_from(">H", data, at + 1)[0]
+        at += 1
 
 
 def _gif_size(data: bytes) -> ImageSize:

@@ -202,8 +202,11 @@ def test_bad_models_config_files_are_one_line_errors(tmp_path):
 # ---- encoded images: header sizes, the pixel limit, one-line graph errors -------------------
 
 def test_image_sizes_come_from_the_headers_of_every_decoded_format():
-    from PIL import Image
     import io
+    import struct
+
+    import tensorflow as tf
+    from PIL import Image
     from serving import images
     from tests.support.generated import SERVED, image_files
     files = image_files(np.zeros((12, 20), np.uint8))
@@ -224,8 +227,16 @@ def test_image_sizes_come_from_the_headers_of_every_decoded_format():
         images.image_size(files["png_grey"][1][:8])
     with pytest.raises(images.ImageProblem, match=r"BMP header is truncated \(20 bytes\)"):
         images.image_size(files["bmp_24bit"][1][:20])
-    with pytest.raises(images.ImageProblem, match="JPEG header cannot be read"):
+    with pytest.raises(images.ImageProblem, match=r"JPEG header is truncated \(30 bytes\)"):
         images.image_size(files["jpeg_rgb"][1][:30])
+    with pytest.raises(images.ImageProblem, match="no frame header before the image data"):
+        images.image_size(b"\xff\xd8\xff\xda\x00\x02")
+    # A huge JPEG is refused from its frame header alone (TF's parser reads the same size).
+    jpeg = bytearray(files["jpeg_grey"][1])
+    at = next(i for i in range(2, len(jpeg)) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    jpeg[at + 5:at + 9] = struct.pack(">HH", 60000, 50000)
+    assert tuple(tf.io.extract_jpeg_shape(bytes(jpeg)).numpy()[:2]) == (60000, 50000)
+    assert images.image_size(bytes(jpeg)) == images.ImageSize("JPEG", 50000, 60000, 3_000_000_000)
 
 
 def test_pixel_limit_is_pils_bomb_threshold_and_counts_every_gif_frame():
