@@ -9,9 +9,8 @@ row whose quote is never closed, run with --skip-bad-rows. The image model answe
 served format, refuses the others and a decompression bomb with 400s naming the instance.
 """
 import base64
+import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,10 +18,12 @@ import requests
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
+from conveyor import runner
 from conveyor.metadata.store import open_store, props
 from conveyor.run_summary import read_summary
 from modules.image_contract import normalize
 from modules.training_schema import BASELINE_SCHEMA_FILE
+from pipelines.config import load_config
 from serving.contract import SERVED_IMAGE_FORMATS
 from tests.support.generated import (INGEST_ONLY, SERVED, digit_like, image_class_folders, image_files,
                                      png_bomb, reviews, write_reviews_csv)
@@ -32,21 +33,19 @@ LANGUAGES = ("ru", "de", "zh")
 ACCURACY = "sparse_categorical_accuracy"
 
 
-# Infra validation is not what these runs test: a few requests and a budget a loaded test
-# machine meets (500 ms was missed by 12 ms once, and nothing was pushed).
-CONFIG = "evaluation:\n  infra_requests: 5\n  infra_p99_budget_ms: 10000\n"
-
-
-def _run(kind: str, data: str, home: str, steps: int, *extra: str) -> str:
-    config = home + "-config.yaml"
-    with open(config, "w") as f:
-        f.write(CONFIG)
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home,
-         "--config", config, "--train-steps", str(steps), "--eval-steps", "5", *extra],
-        capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+def _run(kind: str, data: str, home: str, steps: int, **overrides) -> str:
+    """One `conveyor run` in this process (the pytest process has TF and TFX imported, which a
+    subprocess would pay ~25 s for); returns what it printed. Infra validation is not what
+    these runs test: a few requests and a budget a loaded test machine meets (500 ms was once
+    missed by 12 ms, and nothing was pushed)."""
+    config = load_config(kind, overrides={"home": home, "data": data, "train_steps": steps, "eval_steps": 5,
+                                          "infra_requests": 5, "infra_p99_budget_ms": 10000, **overrides})
+    out = io.StringIO()
+    try:
+        runner.run(config, stream=out)
+    except runner.ConveyorError as e:
+        raise AssertionError(f"{e}\n{out.getvalue()[-3000:]}") from None
+    return out.getvalue()
 
 
 def _trainer_models(home: str, name: str):
@@ -86,7 +85,7 @@ def text_runs(tmp_path_factory):
     lines.insert(11, '"an unclosed quote, positive\n')
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.writelines(lines)
-    stdout2 = _run("text", folder, home, 60, "--skip-bad-rows")
+    stdout2 = _run("text", folder, home, 60, skip_bad_rows=True)
     return home, stdout2
 
 
