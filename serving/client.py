@@ -6,6 +6,7 @@ TF Serving as well as against `conveyor serve`. Stdlib HTTP keeps it dependency-
 import argparse
 import base64
 import json
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -215,6 +216,14 @@ def read_image_file(path: str) -> bytes:
     return buffer.getvalue()
 
 
+def _name_instance(error: PredictError, files: Sequence[str]) -> str:
+    """The server's "Input 'images' instance 3: ..." with the file sent as instance 3 named."""
+    match = re.match(r"Input '[^']*' instance (\d+): ", error.message)
+    if not match or int(match.group(1)) >= len(files):
+        return str(error)
+    return f"HTTP {error.status}: {files[int(match.group(1))]}: {error.message[match.end():]}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="conveyor predict",
@@ -243,7 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             results = client.predict_texts(args.model, args.text, **options)
             sources = [repr(t if len(t) <= 40 else t[:37] + "...") for t in args.text]
-    except (PredictError, OSError) as e:
+    except PredictError as e:
+        print(f"conveyor predict: {_name_instance(e, args.files)}", file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"conveyor predict: {e}", file=sys.stderr)
         return 1
     for source, result in zip(sources, results):

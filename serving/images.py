@@ -2,7 +2,8 @@
 
 A Conveyor image model decodes its input bytes inside its own graph, and TF's decoders
 allocate width x height x channels bytes for whatever size a header claims: a 20000 x 20000
-PNG of one colour is a few KB on the wire and 1.2 GB once decoded. Ingestion refuses images
+PNG of one grey level is about 400 KB on the wire (deflate shrinks runs of zeros about a
+thousandfold) and 0.4 to 1.2 GB once decoded (grey, or converted to RGB). Ingestion refuses images
 with more than contract.MAX_IMAGE_PIXELS pixels (modules/image_contract.py); the server applies
 the same rule, with the same `over_limit` message, to the values of the contract's image input
 before the graph runs, reading headers only, and names the instance of a value that is no image.

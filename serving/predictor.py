@@ -8,10 +8,9 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
                                      model_pb2, regression_pb2)
-
-from tensorflow.core.framework import types_pb2
 
 from serving import contract, images, inference
 from serving.batching import Batcher

@@ -282,6 +282,12 @@ def test_predict_cli(server, tmp_path, capsys):
     assert "negative_v2" in lines[0] and "positive_v2" in lines[1]
     assert client_lib.main(["--model", "nope", "--url", server.url, "--text", "x"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(10000, 10000))
+    assert client_lib.main(["--model", "image", "--url", server.url, str(path), str(bomb)]) == 1
+    assert capsys.readouterr().err == (f"conveyor predict: HTTP 400: {bomb}: PNG of 10000x10000 pixels is "
+                                       "more than the limit of 89,478,485 pixels per image (a decompression "
+                                       "bomb guard)\n")
 
 
 # ---- gRPC ----------------------------------------------------------------------------------
