@@ -101,6 +101,15 @@ class Executor(LabelledExamplesExecutor):
         return self._scan_folders(pattern, files, options)
 
     def _scan_folders(self, pattern: str, files: List[str], options) -> Scan:
+        # Images a `*` pattern finds in the folder itself (a `*/*` pattern never does) would all
+        # be labelled with the data folder's own name: one class.
+        folder = os.path.dirname(pattern)
+        loose = [f for f in files if os.path.dirname(f) == folder
+                 and not os.path.basename(f).startswith(".") and f.lower().endswith(INGEST_EXTENSIONS)]
+        if loose:
+            raise IngestError(f"{folder}: {len(loose)} image file(s) lie directly in the data folder "
+                              f"(e.g. {os.path.basename(loose[0])}); images must be in one subfolder per "
+                              f"class: {folder}/<class name>/<image files>")
         skip = bool(options.get("skip_bad_images"))
         scan = Scan(records=[])
         per_class: Dict[str, int] = {}

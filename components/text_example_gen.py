@@ -10,8 +10,9 @@ Layouts (see detect_text_layout):
              folder is ignored.
 Labels are any strings; with class_names, a label is either one of the names or an integer
 index into them. Every row is checked while scanning, so a bad row (empty text or label,
-unknown label, wrong column count, bytes that are not UTF-8) stops ingestion with its file
-and line, or, with skip_bad_rows, is skipped and recorded on the artifact.
+unknown label, wrong column count, bytes that are not UTF-8, a quote that is never closed)
+stops ingestion with its file and line, or, with skip_bad_rows, is skipped and recorded on
+the artifact; the rows after it are still read.
 """
 import codecs
 import contextlib
@@ -118,16 +119,44 @@ def _field_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def _decoded_lines(lines: Iterable[bytes], bad: Dict[int, str]) -> Iterator[str]:
-    """Decodes line by line so a non-UTF-8 byte is reported with its line (noted in `bad`)."""
-    for number, raw in enumerate(lines, start=1):
-        if number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            bad[number] = f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8"
-            yield raw.decode("utf-8", errors="replace")
+class _Lines:
+    """A table file's lines, decoded as UTF-8 one by one and numbered from 1, so a non-UTF-8
+    byte is reported with its line (noted in `bad`) and the csv reader can be restarted at
+    any line of the record it is reading (`restart`).
+
+    `starts` maps the line numbers read since the last `new_record()` to their byte offsets;
+    it is cleared per record, so it holds the lines of one record at a time.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.bad: Dict[int, str] = {}
+        self.starts: Dict[int, int] = {1: 0}
+        self.number = 0  # the last line read
+
+    def new_record(self) -> None:
+        self.starts.clear()
+
+    def restart(self, number: int) -> Iterator[str]:
+        """The lines from line `number` on; `number` must be a line of the current record."""
+        offset = self.starts[number]
+        self._f.seek(offset)
+        self.number = number - 1
+        return self._read(offset)
+
+    def _read(self, offset: int) -> Iterator[str]:
+        for raw in iter(self._f.readline, b""):
+            self.number += 1
+            self.starts[self.number] = offset
+            offset += len(raw)
+            if self.number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self.bad[self.number] = (f"byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                         "is not valid UTF-8")
+                yield raw.decode("utf-8", errors="replace")
 
 
 class Executor(LabelledExamplesExecutor):
@@ -174,23 +203,34 @@ class Executor(LabelledExamplesExecutor):
                 _find_column(header, options.get("label_column"), LABEL_COLUMNS) >= 0)
 
     def _scan_table(self, path: str, delimiter: str, options: Dict[str, Any], scan: Scan) -> None:
-        """Reads one RFC-4180 table (strict quoting). No field is too large: the csv module's
-        field limit (131,072 characters by default) is raised to the file's size for the read,
-        so memory, not a constant, bounds a field. A row the csv parser rejects is named by
-        its line and is skippable like any other bad row; a bad header is not."""
+        """Reads one RFC-4180 table (strict quoting); a quoted field may span lines.
+
+        No field is too large: the csv module's field limit (131,072 characters by default)
+        is raised to the file's size for the read, so memory, not a constant, bounds a field.
+        A row the csv parser rejects is named by its line and is skippable like any other bad
+        row; a bad header is not. A quote that is never closed would make the parser read
+        every following line into one field: a row that spans lines and then fails (csv
+        error, or a column count other than the header's) is reported at its first line,
+        where that quote opened, with the lines it swallowed, and those lines are read again
+        as rows of their own.
+        """
         class_names = options.get("class_names") or []
-        bad_lines: Dict[int, str] = {}
         kind = "TSV" if delimiter == "\t" else "CSV"
         with open(path, "rb") as f, _field_limit(os.fstat(f.fileno()).st_size + 1):
-            reader = csv.reader(_decoded_lines(f, bad_lines), delimiter=delimiter, strict=True)
+            lines = _Lines(f)
+
+            def reader_from(number: int):
+                return csv.reader(lines.restart(number), delimiter=delimiter, strict=True)
+
+            reader = reader_from(1)
             try:
                 header = next(reader, None)
             except csv.Error as e:
                 raise IngestError(f"{path} line 1: not a valid {kind} header ({e})") from e
             if header is None:
                 raise IngestError(f"{path}: empty file, expected a header row")
-            if 1 in bad_lines:
-                raise IngestError(f"{path} line 1: {bad_lines[1]}")
+            if 1 in lines.bad:
+                raise IngestError(f"{path} line 1: {lines.bad[1]}")
             text_at = _find_column(header, options.get("text_column"), TEXT_COLUMNS)
             label_at = _find_column(header, options.get("label_column"), LABEL_COLUMNS)
             for index, what, key, candidates in ((text_at, "text", "text_column", TEXT_COLUMNS),
@@ -199,23 +239,37 @@ class Executor(LabelledExamplesExecutor):
                     expected = options.get(key) or " or ".join(candidates)
                     raise IngestError(f"{path} line 1: the header {header} has no {what} column "
                                       f"'{expected}' (set {key} to name it)")
-            last_line = reader.line_num
             while True:
+                lines.new_record()
+                first_line = lines.number + 1
                 try:
-                    row = next(reader, None)
-                except csv.Error as e:  # the parser drops the rest of that line and goes on
-                    first_line, last_line = last_line + 1, reader.line_num
-                    self._bad(scan, options, f"{path} line {first_line}", f"not a valid {kind} row ({e})")
-                    continue
+                    row, problem = next(reader, None), ""
+                except csv.Error as e:
+                    row, problem = [], str(e)
+                last_line = lines.number
                 if row is None:
                     break
-                first_line, last_line = last_line + 1, reader.line_num
+                source = f"{path} line {first_line}"
+                if row and last_line > first_line and len(row) != len(header):
+                    problem = f"a row of {len(row)} columns, the header has {len(header)}"
+                if problem and last_line > first_line:
+                    # The row's first line break is inside a quoted field opened on its first line.
+                    reason = (f"a quoted field opened on this line is not closed where its row should "
+                              f"end: the {kind} parser ran on over the next {last_line - first_line} "
+                              f"line(s) ({first_line + 1}-{last_line}) and then found {problem}")
+                    if options.get("skip_bad_rows"):
+                        reason += f"; lines {first_line + 1}-{last_line} are read as rows of their own"
+                    self._bad(scan, options, source, reason)
+                    reader = reader_from(first_line + 1)
+                    continue
+                if problem:  # the parser has dropped the rest of that line and goes on
+                    self._bad(scan, options, source, f"not a valid {kind} row ({problem})")
+                    continue
                 if not row:  # blank line
                     continue
-                source = f"{path} line {first_line}"
                 reason = self._row_problem(row, header, text_at, label_at, class_names,
-                                           [bad_lines[n] for n in range(first_line, last_line + 1)
-                                            if n in bad_lines])
+                                           [lines.bad[n] for n in range(first_line, last_line + 1)
+                                            if n in lines.bad])
                 if reason:
                     self._bad(scan, options, source, reason)
                     continue

@@ -72,8 +72,13 @@ def cmd_download(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """The `conveyor` command; returns the exit status (0 ok, 1 failed run, 2 bad command line)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The `conveyor` command; returns the exit status (0 ok, 1 failed run or stdout's reader
+    gone, 2 bad command line)."""
+    from serving.console import run_command
+    return run_command(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: List[str]) -> int:
     # serve/predict keep TF Serving's own flag names, so their parsers own the arguments.
     if argv and argv[0] == "serve":
         from conveyor.serve import main as serve_main

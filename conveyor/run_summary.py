@@ -4,8 +4,9 @@ It reads MLMD through conveyor/metadata (the same store, run contexts and TFMA r
 `conveyor runs | lineage | diff`); only the table's wording is its own.
 """
 import dataclasses
+import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -15,6 +16,11 @@ from conveyor.metadata.artifacts import RuleResult, SpansUsed, rule_line, spans_
 from conveyor.metadata import store as mlmd
 from conveyor.metadata.runs import NodeRun
 from pipelines.config import Config
+
+# The list of skipped inputs in an Examples artifact (components/labelled_example_gen.py
+# SKIPPED_FILE, not imported: that module loads Beam).
+SKIPPED_FILE = "skipped.json"
+SKIPPED_SHOWN = 3
 
 
 @dataclasses.dataclass
@@ -38,6 +44,9 @@ class RunSummary:
       unchanged_since: for a no-op rerun (nothing changed, nothing ran), the run it repeats.
       spans: the spans the candidate trained on and was evaluated on (None: no Trainer ran).
       eval_span: the config's eval_span ("same"/"next"; None when unknown), for the wording.
+      skipped_count: inputs the ExampleGen skipped (--skip-bad-rows / --skip-bad-images).
+      skipped_file: the JSON list of all of them ([{"source", "reason"}]; None: nothing skipped).
+      skipped_first: (source, reason) of the first SKIPPED_SHOWN of them.
     """
     pipeline: str
     run_id: str
@@ -57,6 +66,9 @@ class RunSummary:
     unchanged_since: Optional[str] = None
     spans: Optional[SpansUsed] = None
     eval_span: Optional[str] = None
+    skipped_count: int = 0
+    skipped_file: Optional[str] = None
+    skipped_first: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def node(self, name: str) -> Optional[NodeRun]:
         """The NodeRun of node id `name`, or None if it did not run."""
@@ -69,6 +81,12 @@ class RunSummary:
         for n in self.nodes:
             state = n.state.upper() if n.state == "failed" else n.state  # stands out in the table
             lines.append(f"  {n.node:<28} {state:<10} {n.seconds:8.1f}")
+        if self.skipped_count:
+            lines.append(f"\n  Skipped inputs: {self.skipped_count} (bad rows or images), all listed in "
+                         f"{self.skipped_file}")
+            lines.extend(f"    - {source}: {reason}" for source, reason in self.skipped_first)
+            if self.skipped_count > len(self.skipped_first):
+                lines.append(f"    ... and {self.skipped_count - len(self.skipped_first)} more")
         if self.candidate:
             lines.append(f"\n  {'metric':<28} {'candidate':>10} {'baseline':>10}")
             for key in sorted(self.candidate):
@@ -126,6 +144,12 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
         return RunSummary(pipeline, "-", [])
     summary = RunSummary(pipeline, run.name, runs.node_runs(graph, run))
     for n in summary.nodes:
+        for examples in n.outputs.get("Examples", []):
+            count = mlmd.props(examples).get("skipped_count")
+            if count:  # Conveyor's ExampleGens set it; Transform's examples have none
+                summary.skipped_count = int(count)
+                summary.skipped_file = os.path.join(examples.uri, SKIPPED_FILE)
+                summary.skipped_first = _first_skipped(summary.skipped_file)
         for blessing in n.outputs.get("ModelBlessing", []):
             found = artifacts.blessing_summary(graph, blessing)
             summary.blessed = found.blessed
@@ -169,6 +193,17 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
     if failed and not summary.push_note:
         summary.push_note = f"run stopped at {failed[0]}"
     return summary
+
+
+def _first_skipped(path: str) -> List[Tuple[str, str]]:
+    """(source, reason) of the first SKIPPED_SHOWN entries of a skipped.json; [] if unreadable
+    (the count and the path are still shown)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        return [(str(e["source"]), str(e["reason"])) for e in entries[:SKIPPED_SHOWN]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def summarize(config: Config) -> RunSummary:

@@ -19,9 +19,10 @@ So the rule is:
   dropped. 32-bit integer and float pixels have no defined 8-bit mapping and are rejected.
   PNG is lossless, so the graph decodes the normalised file to the same pixels.
 * Any failure of any kind (empty or truncated file, text with an image extension, a decoder
-  exception of any type, more pixels than PIL's decompression-bomb limit
-  `PIL.Image.MAX_IMAGE_PIXELS`) is an ImageRejected whose message says why; the ExampleGen
-  names the file and honours --skip-bad-images.
+  exception of any type, more pixels than serving/contract.py's MAX_IMAGE_PIXELS, counted as
+  serving/images.py counts what the decoder allocates) is an ImageRejected whose message says
+  why; the ExampleGen names the file and honours --skip-bad-images. The server refuses the
+  same images with the same words (serving/images.py).
 """
 import io
 import warnings
@@ -30,10 +31,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from serving import contract
+from serving import contract, images
 
 INGEST_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-SERVED_FORMATS = "PNG, JPEG (grey or RGB), GIF (first frame) or 24-bit BMP"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _GIF_MAGICS = (b"GIF87a", b"GIF89a")
@@ -77,8 +77,9 @@ def served_pixels(data: tf.Tensor) -> tf.Tensor:
     """
     check = tf.debugging.Assert(
         _is_served_format(data),
-        [f"serving input {contract.SERVING_INPUT['image']}: the bytes are not {SERVED_FORMATS}; "
-         "convert other formats to PNG first (conveyor predict does)"], summarize=1)
+        [f"serving input {contract.SERVING_INPUT['image']}: the bytes are not "
+         f"{contract.SERVED_IMAGE_FORMATS}; convert other formats to PNG first (conveyor predict does)"],
+        summarize=1)
     with tf.control_dependencies([check]):
         image = tf.io.decode_image(data, channels=0, expand_animations=False)
     return tf.cond(tf.shape(image)[-1] >= 3, lambda: image[..., :3], lambda: image[..., :1])
@@ -145,10 +146,23 @@ def normalize(data: bytes) -> bytes:
     from PIL import Image, UnidentifiedImageError
     if not data:
         raise ImageRejected("empty file (0 bytes)")
+    try:  # formats TF decodes: the pixels its decoder allocates (a GIF's frames included)
+        problem = images.over_limit(images.image_size(data))
+    except images.ImageProblem:
+        problem = ""  # another format, or a header PIL names the fault of below
+    if problem:
+        raise ImageRejected(problem)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # The limit is contract.MAX_IMAGE_PIXELS, checked below; PIL still raises
+            # DecompressionBombError from twice its own threshold on.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                problem = images.over_limit(images.ImageSize(image.format or "image", width, height,
+                                                             width * height))
+                if problem:
+                    raise ImageRejected(problem)
                 image.load()  # first frame; a truncated or corrupt file fails here
                 served = bool(_is_served_format(tf.constant(data)).numpy())
                 pixels = None if served else _pil_pixels(image)
@@ -156,8 +170,9 @@ def normalize(data: bytes) -> bytes:
         raise
     except UnidentifiedImageError:
         raise ImageRejected("not an image (no format PIL reads)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected(f"more pixels than the decoder's safety limit ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(f"more than the limit of {contract.MAX_IMAGE_PIXELS:,} pixels per image "
+                            f"({e})") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
         raise ImageRejected(f"not a readable image ({type(e).__name__}: {_first_line(e)})") from None
     if served:

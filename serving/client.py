@@ -6,6 +6,7 @@ TF Serving as well as against `conveyor serve`. Stdlib HTTP keeps it dependency-
 import argparse
 import base64
 import json
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -190,7 +191,7 @@ def read_image_file(path: str) -> bytes:
     import io
 
     import numpy as np
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -206,11 +207,21 @@ def read_image_file(path: str) -> bytes:
                 raise ValueError(f"pixel mode {image.mode} has no defined 8-bit mapping")
             else:
                 pixels = np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:  # its message names PIL's in-memory buffer, not the file
+        raise OSError(f"{path}: not an image Conveyor can send (no image format PIL reads)") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure: name the file
         raise OSError(f"{path}: not an image Conveyor can send ({type(e).__name__}: {e})") from None
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _name_instance(error: PredictError, files: Sequence[str]) -> str:
+    """The server's "Input 'images' instance 3: ..." with the file sent as instance 3 named."""
+    match = re.match(r"Input '[^']*' instance (\d+): ", error.message)
+    if not match or int(match.group(1)) >= len(files):
+        return str(error)
+    return f"HTTP {error.status}: {files[int(match.group(1))]}: {error.message[match.end():]}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -241,7 +252,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             results = client.predict_texts(args.model, args.text, **options)
             sources = [repr(t if len(t) <= 40 else t[:37] + "...") for t in args.text]
-    except (PredictError, OSError) as e:
+    except PredictError as e:
+        print(f"conveyor predict: {_name_instance(e, args.files)}", file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"conveyor predict: {e}", file=sys.stderr)
         return 1
     for source, result in zip(sources, results):

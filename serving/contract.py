@@ -38,3 +38,11 @@ OUTPUTS = (PROBABILITIES, CLASS_IDS, CLASS_NAMES)
 # TF Serving replays this file (PredictionLog TFRecord) before marking a version AVAILABLE
 # (tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc: kSavedModelWarmupFile...).
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+# An encoded image Conveyor accepts (modules/image_contract.py is the whole rule): the formats
+# an exported image model decodes, and the most pixels one image may have. The limit is PIL's
+# decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS, 1024**3 // 4 // 3, about 0.25 GB
+# of 24-bit pixels); ingestion and the server refuse larger images with the same message
+# (serving/images.py `over_limit`).
+SERVED_IMAGE_FORMATS = "PNG, JPEG (grey or RGB), GIF (first frame) or 24-bit BMP"
+MAX_IMAGE_PIXELS = 89_478_485

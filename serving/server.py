@@ -542,7 +542,8 @@ def tensorflow_model_server() -> int:
     image's MODEL_NAME / MODEL_BASE_PATH environment variables used when the command line
     names no model (the image runs --model_name=$MODEL_NAME
     --model_base_path=$MODEL_BASE_PATH/$MODEL_NAME; defaults "model" and /models)."""
-    return main(with_env_model(sys.argv[1:], os.environ), drop_in=True)
+    from serving.console import run_command
+    return run_command(lambda: main(with_env_model(sys.argv[1:], os.environ), drop_in=True))
 
 
 def with_env_model(argv: List[str], environ) -> List[str]:

@@ -15,7 +15,7 @@ from components.image_example_gen import ImageExampleGen, detect_input_pattern
 from components.labelled_example_gen import IngestError
 from modules import image_contract as contract
 from modules.preprocessing import decode_images
-from tests.support.generated import INGEST_ONLY, SERVED, digit_like, image_files
+from tests.support.generated import INGEST_ONLY, SERVED, digit_like, gif_with_frames, image_files
 from tests.support.helpers import read_examples, run_example_gen
 
 PIXELS = digit_like(2, np.random.default_rng(0))
@@ -91,7 +91,10 @@ BAD_FILES = {
     "truncated.png": (FILES["png_grey"][1][:60], "not a readable image"),
     "truncated.jpg": (FILES["jpeg_rgb"][1][:300], "not a readable image"),
     "notes.png": ("a text file, not a picture\n".encode(), "not an image (no format PIL reads)"),
-    "huge.png": (_png_claiming(20000, 20000), "more pixels than the decoder's safety limit"),
+    "huge.png": (_png_claiming(20000, 20000), "PNG of 20000x20000 pixels is more than the limit of "
+                                             "89,478,485 pixels per image"),
+    "frames.gif": (gif_with_frames((16, 16), [(5000, 5000)] * 4), "GIF of 16x16 pixels (100,000,000 in "
+                                                                  "all frames) is more than the limit"),
     "float.tiff": (_float_tiff(), "pixel mode F"),
     "readme.txt": (b"hello", "not an image file (expected .png"),
 }
@@ -161,5 +164,6 @@ def test_predict_client_names_a_file_it_cannot_send(tmp_path):
     from serving.client import read_image_file
     path = tmp_path / "notes.png"
     path.write_text("not a picture")
-    with pytest.raises(OSError, match=rf"{path}: not an image Conveyor can send"):
+    with pytest.raises(OSError) as error:
         read_image_file(str(path))
+    assert str(error.value) == f"{path}: not an image Conveyor can send (no image format PIL reads)"

@@ -168,6 +168,18 @@ def test_single_class_is_refused(tmp_path):
         _ingest(data, tmp_path / "out")
 
 
+def test_images_directly_in_the_data_folder_are_refused_naming_the_layout(tmp_path):
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(4):
+        (data / f"{i}.png").write_bytes(_png(i * 40))
+    (data / "notes.txt").write_text("not an image")
+    with pytest.raises(IngestError) as error:
+        _ingest(str(data), tmp_path / "out", skip_bad_images=True)
+    assert str(error.value) == (f"{data}: 4 image file(s) lie directly in the data folder (e.g. 0.png); "
+                                f"images must be in one subfolder per class: {data}/<class name>/<image files>")
+
+
 def test_empty_data_dir(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(IngestError, match="data directory is empty"):

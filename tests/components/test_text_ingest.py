@@ -342,3 +342,47 @@ def test_a_configured_class_without_examples_stops_ingestion(tmp_path):
     path = _write(tmp_path / "data" / "r.csv", "text,label\n" + rows)
     with pytest.raises(IngestError, match=r"'neutral' \(0 example\(s\) in all, none in train\)"):
         run_example_gen(TextExampleGen(input_base=path, class_names=["neg", "pos", "neutral"]), str(tmp_path / "out"))
+
+
+def _reviews_with(bad_rows):
+    """A CSV body of 40 learnable rows with `bad_rows` ({index: raw line}) swapped in."""
+    rows = [f"review {i} was {'great' if i % 2 else 'awful'},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    for index, line in bad_rows.items():
+        rows[index] = line
+    return "review,sentiment\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("bad_rows, first, last, found, lost", [
+    # never closed: the parser would read every following line into the field
+    ({3: '"an unclosed quote, pos'}, 5, 41, "unexpected end of data", [3]),
+    # closed by the quote that opens a later (valid) field, which the strict parser then refuses
+    ({3: '"an unclosed quote, pos', 20: '"quoted, start",pos'}, 5, 22, "',' expected after '\"'", [3]),
+    # closed at the end of a later line: the swallowed row has more columns than the header;
+    # that line is a bad row of its own
+    ({3: '"an unclosed quote, pos', 20: 'fine",pos,extra'}, 5, 22, "a row of 3 columns, the header has 2",
+     [3, 20]),
+])
+def test_an_unclosed_quote_is_named_at_its_line_and_the_rows_after_it_are_kept(tmp_path, bad_rows, first,
+                                                                               last, found, lost):
+    path = _write(tmp_path / "q.csv", _reviews_with(bad_rows))
+    with pytest.raises(IngestError) as e:
+        _scan(path)
+    message = str(e.value)
+    assert message.startswith(f"{path} line {first}: a quoted field opened on this line is not closed")
+    assert f"the next {last - first} line(s) ({first + 1}-{last})" in message and found in message
+    assert "--skip-bad-rows" in message
+    scan = _scan(path, skip_bad_rows=True)
+    assert scan.skipped[0][0] == f"{path} line {first}"
+    assert f"lines {first + 1}-{last} are read as rows of their own" in scan.skipped[0][1]
+    # Only the rows that are bad on their own are lost, every other row after the quote is read.
+    assert [s for s, _ in scan.skipped] == [f"{path} line {i + 2}" for i in lost]
+    assert len(scan.records) == 40 - len(lost)
+    assert scan.records[-1] == {"text": "review 39 was great", "label_name": "pos"}
+
+
+def test_valid_multiline_quoted_fields_still_ingest_between_rows(tmp_path):
+    body = _reviews_with({5: '"a review over\nthree lines, with ""quotes""\nand commas",pos'})
+    path = _write(tmp_path / "m.csv", body)
+    scan = _scan(path)
+    assert len(scan.records) == 40 and not scan.skipped
+    assert scan.records[5]["text"] == 'a review over\nthree lines, with "quotes"\nand commas'

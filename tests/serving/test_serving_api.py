@@ -14,6 +14,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import client as client_lib
 from serving.testing import serialized_example, solid_png
+from tests.support.generated import png_bomb
 from tests.support.serving_harness import (ServerProcess, b64, install, model_entry, versions_by_state,
                                    write_config)
 
@@ -163,7 +164,8 @@ ERRORS = [
     ("POST", "/v1/models/text:predict", {"inputs": {"tokens": ["a"]}}, 400, "not inputs of the signature"),
     ("POST", "/v1/models/text:predict", {"inputs": {}}, 400, "input size does not match signature"),
     ("POST", "/v1/models/image:predict", {"instances": [{"b64": "***"}]}, 400, "Unable to base64 decode"),
-    ("POST", "/v1/models/image:predict", {"instances": [b64(b"not an image")]}, 400, "Unknown image file format"),
+    ("POST", "/v1/models/image:predict", {"instances": [b64(b"not an image")]}, 400,
+     "Input 'images' instance 0: not an image: no PNG, JPEG, GIF or BMP signature"),
     # TF Serving 2.16 checks a classify/regress signature's shape, not its method name, unless
     # --enable_signature_method_name_check (classifier.cc / regressor.cc PreProcess*).
     ("POST", "/v1/models/text:classify", {"examples": [{"text": "x"}]}, 400,
@@ -280,6 +282,12 @@ def test_predict_cli(server, tmp_path, capsys):
     assert "negative_v2" in lines[0] and "positive_v2" in lines[1]
     assert client_lib.main(["--model", "nope", "--url", server.url, "--text", "x"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(10000, 10000))
+    assert client_lib.main(["--model", "image", "--url", server.url, str(path), str(bomb)]) == 1
+    assert capsys.readouterr().err == (f"conveyor predict: HTTP 400: {bomb}: PNG of 10000x10000 pixels is "
+                                       "more than the limit of 89,478,485 pixels per image (a decompression "
+                                       "bomb guard)\n")
 
 
 # ---- gRPC ----------------------------------------------------------------------------------
@@ -333,6 +341,27 @@ def test_grpc_metadata_and_status(stubs):
     assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
     status_request.model_spec.version.value = 2
     assert [s.version for s in model.GetModelStatus(status_request, timeout=10).model_version_status] == [2]
+
+
+def test_bad_images_are_named_by_instance_over_rest_and_grpc(server, stubs):
+    """A decompression bomb is refused from its header (the limit ingestion applies), and a
+    value the graph cannot decode is named by its instance in one clean line."""
+    prediction, _ = stubs
+    bomb = png_bomb(10000, 10000)  # ~100 KB on the wire, 100 million pixels decoded
+    limit = ("Input 'images' instance 1: PNG of 10000x10000 pixels is more than the limit of "
+             "89,478,485 pixels per image (a decompression bomb guard)")
+    truncated = ("Input 'images' instance 2: Invalid PNG. Failed to initialize decoder; expected PNG, "
+                 "JPEG (grey or RGB), GIF (first frame) or 24-bit BMP")
+    for batch, message in (([RED, bomb], limit), ([RED, BLUE, RED[:40], GREEN], truncated)):
+        response = post(server, "/v1/models/image:predict", {"instances": [b64(x) for x in batch]})
+        assert response.status_code == 400 and response.json() == {"error": message}
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "image"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch))
+        error = _grpc_error(prediction.Predict, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details() == message
+    response = post(server, "/v1/models/image:predict", {"instances": [b64(RED), b64(BLUE)]})
+    assert [p["class_names"] for p in response.json()["predictions"]] == ["red", "blue"]
 
 
 def _grpc_error(call, request) -> grpc.RpcError:

@@ -145,16 +145,17 @@ HOSTILE = [
     ("scalar-for-vector", "image", {"inputs": {"images": b64(RED)}}, 400, "has shape []"),
     ("deep-nesting", "text", {"inputs": {"text": json.loads("[" * 80 + '"x"' + "]" * 80)}}, 400,
      "nested too deeply"),
-    # Unpadded base64 is decoded (abseil's Base64Unescape, as TF Serving): the PNG header
-    # alone then fails in the image decoder.
-    ("b64-unpadded", "image", {"instances": [{"b64": "iVBORw0KGgo"}]}, 400, "Invalid PNG"),
+    # Unpadded base64 is decoded (abseil's Base64Unescape, as TF Serving): the PNG signature
+    # alone then has no header to size it by.
+    ("b64-unpadded", "image", {"instances": [{"b64": "iVBORw0KGgo"}]}, 400,
+     "Input 'images' instance 0: PNG without an IHDR header chunk"),
     ("b64-bad-length", "image", {"instances": [{"b64": "iVBORw0KG"}]}, 400, "Unable to base64 decode"),
     ("b64-non-ascii", "image", {"instances": [{"b64": "\u00e9\u00e9\u00e9\u00e9"}]}, 400, "Unable to base64 decode"),
     ("b64-not-a-string", "image", {"instances": [{"b64": ["AAAA"]}]}, 400, "'b64' value of 'images' must be a string"),
     ("b64-empty-image", "image", {"instances": [{"b64": ""}]}, 400, "image"),
-    ("b64-truncated-png", "image", {"instances": [b64(RED[:40])]}, 400, "Invalid PNG"),
+    ("b64-truncated-png", "image", {"instances": [b64(RED[:40])]}, 400, "Input 'images' instance 0: Invalid PNG"),
     ("b64-text-as-image", "image", {"instances": [b64(b"GIF89a but not really")]}, 400, "image"),
-    ("plain-string-as-image", "image", {"instances": ["red.png"]}, 400, "Unknown image file format"),
+    ("plain-string-as-image", "image", {"instances": ["red.png"]}, 400, "send files base64-encoded"),
     ("b64-png-to-examples-signature", "image", {"signature_name": "serving_examples", "instances": [b64(RED)]},
      400, "Could not parse example input"),
     ("text-to-examples-signature", "text", {"signature_name": "serving_examples", "instances": ["good"]},

@@ -197,3 +197,103 @@ def test_bad_models_config_files_are_one_line_errors(tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(ModelConfigError, match="cannot read the model config file"):
         read_models_config(str(tmp_path))  # a directory
+
+
+# ---- encoded images: header sizes, the pixel limit, one-line graph errors -------------------
+
+def test_image_sizes_come_from_the_headers_of_every_decoded_format():
+    import io
+    import struct
+
+    import tensorflow as tf
+    from PIL import Image
+    from serving import images
+    from tests.support.generated import SERVED, image_files
+    files = image_files(np.zeros((12, 20), np.uint8))
+    for name in SERVED + ("bmp_8bit", "jpeg_cmyk"):
+        data = files[name][1]
+        with Image.open(io.BytesIO(data)) as image:
+            expected = (image.format, image.width, image.height)
+        size = images.image_size(data)
+        assert (size.format, size.width, size.height, size.pixels) == expected + (20 * 12,), name
+    for name in ("webp", "tiff"):
+        with pytest.raises(images.ImageProblem, match="no PNG, JPEG, GIF or BMP signature"):
+            images.image_size(files[name][1])
+    with pytest.raises(images.ImageProblem, match=r"empty \(0 bytes\)"):
+        images.image_size(b"")
+    with pytest.raises(images.ImageProblem, match=r"send files base64-encoded"):
+        images.image_size(b"cat.png")
+    with pytest.raises(images.ImageProblem, match="PNG without an IHDR"):
+        images.image_size(files["png_grey"][1][:8])
+    with pytest.raises(images.ImageProblem, match=r"BMP header is truncated \(20 bytes\)"):
+        images.image_size(files["bmp_24bit"][1][:20])
+    with pytest.raises(images.ImageProblem, match=r"JPEG header is truncated \(30 bytes\)"):
+        images.image_size(files["jpeg_rgb"][1][:30])
+    with pytest.raises(images.ImageProblem, match="no frame header before the image data"):
+        images.image_size(b"\xff\xd8\xff\xda\x00\x02")
+    # A huge JPEG is refused from its frame header alone (TF's parser reads the same size).
+    jpeg = bytearray(files["jpeg_grey"][1])
+    at = next(i for i in range(2, len(jpeg)) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    jpeg[at + 5:at + 9] = struct.pack(">HH", 60000, 50000)
+    assert tuple(tf.io.extract_jpeg_shape(bytes(jpeg)).numpy()[:2]) == (60000, 50000)
+    assert images.image_size(bytes(jpeg)) == images.ImageSize("JPEG", 50000, 60000, 3_000_000_000)
+
+
+def test_pixel_limit_is_pils_bomb_threshold_and_counts_every_gif_frame():
+    from PIL import Image
+    from serving import contract, images
+    from tests.support.generated import gif_with_frames, png_bomb
+    assert contract.MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS  # the rule's source (PIL's default)
+    limit = contract.MAX_IMAGE_PIXELS
+    assert images.over_limit(images.ImageSize("PNG", limit, 1, limit)) == ""
+    assert images.over_limit(images.ImageSize("PNG", limit + 1, 1, limit + 1)) == (
+        f"PNG of {limit + 1}x1 pixels is more than the limit of 89,478,485 pixels per image "
+        "(a decompression bomb guard)")
+    bomb = png_bomb(10000, 10000)
+    assert len(bomb) < 200_000 and images.image_size(bomb).pixels == 100_000_000
+    # giflib holds every frame before TF keeps the first: 30 frames of 4000 x 1000 on a tiny screen
+    gif = gif_with_frames((10, 10), [(4000, 1000)] * 30)
+    assert images.image_size(gif) == images.ImageSize("GIF", 10, 10, 120_000_000)
+    assert "GIF of 10x10 pixels (120,000,000 in all frames) is more than" in images.over_limit(
+        images.image_size(gif))
+    assert images.image_size(gif_with_frames((300, 200), [(300, 200)])).pixels == 60_000
+
+
+def test_check_image_input_names_the_instance():
+    from serving import images
+    from tests.support.generated import png_bomb
+    from serving.testing import solid_png
+    good = solid_png((1, 2, 3))
+    images.check_image_input("images", np.array([good, good], dtype=object))
+    images.check_image_input("images", np.array([1.0, 2.0]))  # not strings: the graph's type check
+    with pytest.raises(ServingError) as error:
+        images.check_image_input("images", np.array([good, good, png_bomb(10000, 10000)], dtype=object))
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.message.startswith("Input 'images' instance 2: PNG of 10000x10000 pixels is more")
+    with pytest.raises(ServingError, match=r"Input 'images' element \[1, 0\]: not an image"):
+        images.check_image_input("images", np.array([[good], ["text"]], dtype=object))
+
+
+def test_graph_errors_lose_tf_function_wrappers():
+    from serving.predictor import _one_line
+    wrapped = ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
+        "Graph execution error:\n\nDetected at node 'map/while/decode_image/DecodeImage' defined at:\n"
+        "{{function_node __inference_pruned_5527_specialized_for_StatefulPartitionedCall}} "
+        "{{function_node __inference_pruned_5527_specialized_for_StatefulPartitionedCall}} "
+        "Invalid PNG. Failed to initialize decoder.\n"
+        "\t [[StatefulPartitionedCall/StatefulPartitionedCall/transform_features_layer/Call]]\n"
+        "\t [[{{node map/while/decode_image/DecodeImage}}]]"))
+    assert _one_line(wrapped) == "Invalid PNG. Failed to initialize decoder. (node map/while/decode_image/DecodeImage)"
+    assert _one_line(wrapped, with_node=False) == "Invalid PNG. Failed to initialize decoder."
+    asserted = ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
+        "{{function_node f}} assertion failed: [serving input images: the bytes are not PNG]\n"
+        "\t [[{{node map/while/Assert/Assert}}]]"))
+    assert _one_line(asserted, with_node=False) == "serving input images: the bytes are not PNG"
+
+
+@pytest.mark.parametrize("args", [["conveyor.cli", "serve", "--help"], ["serving.server", "--help"]])
+def test_serve_help_into_a_closed_pipe_ends_without_a_traceback(args):
+    from tests.unit.test_cli_parser import closed_pipe_run
+    status, stderr = closed_pipe_run(args)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+    assert status == 1

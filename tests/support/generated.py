@@ -121,3 +121,30 @@ def image_class_folders(root: str, classes: int, per_class: int, seed: int) -> s
             with open(os.path.join(root, str(label), f"{seed}-{i}-{name}{extension}"), "wb") as f:
                 f.write(data)
     return root
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG of width x height black pixels: deflate shrinks each row of
+    zeros about a thousandfold, so 10000 x 10000 (100 MB decoded) is about 100 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0 + the row's pixels
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def gif_with_frames(screen: Tuple[int, int], frames: List[Tuple[int, int]]) -> bytes:
+    """A GIF89a whose logical screen and image descriptors claim these (width, height) sizes,
+    each frame with an empty LZW stream: only the headers a decoder sizes its buffers by."""
+    import struct
+    out = b"GIF89a" + struct.pack("<HHBBB", screen[0], screen[1], 0, 0, 0)
+    for width, height in frames:
+        out += b"\x21\xf9\x04\x00\x00\x00\x00\x00"  # graphic control extension, one sub-block
+        out += b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x00"
+    return out + b"\x3b"
