@@ -204,6 +204,9 @@ def run(config: Config, stream=sys.stdout,
             return None
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
                      f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
+        remeasure = preflight.infra_remeasure(config)
+        if remeasure and remeasure.startswith(preflight.REMEASURE_AFTER_FAILURE):
+            stream.write("  the last infra validation failed: measuring it again\n")
         stream.flush()
         failure = None
         with output_to_log(log_path) as terminal:
@@ -215,7 +218,7 @@ def run(config: Config, stream=sys.stdout,
             started = time.time()
             with _logging_to(log_path, stream, terminal):
                 try:
-                    LocalDagRunner().run(create_pipeline(config))
+                    LocalDagRunner().run(create_pipeline(config, infra_remeasure=remeasure))
                 except Exception as e:  # the summary below says which component failed
                     failure = e
             if failure is None:

@@ -5,6 +5,8 @@ and `conveyor bless` overriding the Evaluator (never a failed infra validation).
 One HOME, in order (module-scoped, 20 digits per class):
   A  `conveyor run` as a subprocess, 2 train steps (not blessed), infra p99 budget 0.001 ms
      (infra validation fails): the terminal shows Conveyor's lines and the infra warning only;
+  A2 A again, unchanged: not a no-op, the InfraValidator measures again (not TFX's cached
+     failed verdict), everything else cached;
   B  thresholds changed only (accuracy floor, infra budget): Trainer cached, Evaluator and
      InfraValidator re-run, infra passes, still not blessed;
   C  B again: nothing runs, a no-op rerun linked to B is recorded;
@@ -50,6 +52,10 @@ def loop(tmp_path_factory, digits_dir):
                         "--config", str(config_file), "--train-steps", "2", "--eval-steps", "5"],
                        capture_output=True, text=True, timeout=900)
     out = {"home": home, "data": data, "a": a}
+    a_config = load_config("image", str(config_file), {"home": home, "train_steps": 2, "eval_steps": 5})
+    stream = io.StringIO()
+    out["a2"] = runner.run(a_config.with_local_data(data), stream=stream)
+    out["a2_output"] = stream.getvalue()
     out["b"] = runner.run(_config(home, data), stream=io.StringIO())
     executions_before_c = len(open_store(home).get_executions())
     stream = io.StringIO()
@@ -73,6 +79,21 @@ def test_terminal_shows_conveyor_and_the_model_warning_only(loop):
     with open(log, encoding="utf-8", errors="replace") as f:
         assert "FutureWarning" in f.read()
     assert "Next:" in a.stdout and "nothing is served yet" in a.stdout
+
+
+def test_an_unchanged_rerun_after_failed_infra_validation_measures_again(loop):
+    a2 = loop["a2"]
+    graph = Graph(open_store(loop["home"]))
+    a, again = mlmd_runs.run_contexts(graph, NAME)[:2]
+    assert again.name == a2.run_id and a2.unchanged_since is None
+    # The same inputs (the recorded fingerprints agree), so only the failed verdict made it run.
+    assert (a.custom_properties["conveyor_inputs_fingerprint"].string_value
+            == again.custom_properties["conveyor_inputs_fingerprint"].string_value)
+    states = {n.node: n.state for n in a2.nodes}
+    for node in ("ImageExampleGen", "Transform", "Trainer", "BaselineEvaluator"):
+        assert states[node] == "cached", states
+    assert states["ConveyorInfraValidator"] == "complete", states
+    assert a2.infra_blessed is False and "measuring it again" in loop["a2_output"]
 
 
 def test_threshold_only_change_re_evaluates(loop):
