@@ -165,3 +165,12 @@ def test_next_run_uses_the_manual_blessing_as_baseline(loop, blessed):
     assert d.blessed is True and d.pushed_version == "2", d.table()
     assert f"conveyor predict --model {NAME} {loop['data']}/0/" in blessed["d_output"]
     assert "report not written" not in blessed["d_output"]
+
+
+def test_lineage_prints_no_third_party_noise(loop, blessed):
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli", "lineage", "--model", NAME, "--home", loop["home"]],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "version 2" in result.stdout and result.stderr == "", result.stderr[-3000:]
+    with open(os.path.join(loop["home"], "logs", "lineage.log"), encoding="utf-8", errors="replace") as f:
+        assert "FutureWarning" in f.read()  # where the start-up noise went

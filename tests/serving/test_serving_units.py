@@ -197,3 +197,19 @@ def test_bad_models_config_files_are_one_line_errors(tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(ModelConfigError, match="cannot read the model config file"):
         read_models_config(str(tmp_path))  # a directory
+
+
+def test_tensorflow_lines_are_logged_once():
+    import subprocess
+    import sys
+    script = ("import logging, tensorflow as tf\n"
+              "tf.get_logger()  # TF adds its own handler: the root had none yet\n"
+              "logging.basicConfig(format='%(levelname)s %(name)s: %(message)s')\n"
+              "from serving.server import one_handler_for_tensorflow\n"
+              "one_handler_for_tensorflow()\n"
+              "tf.get_logger().warning('tf_record_iterator is deprecated')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "tf_record_iterator" in line]
+    assert lines == ["WARNING tensorflow: tf_record_iterator is deprecated"], result.stderr[-2000:]
