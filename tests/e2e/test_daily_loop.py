@@ -56,7 +56,9 @@ def loop(tmp_path_factory, digits_dir):
     stream = io.StringIO()
     out["a2"] = runner.run(a_config.with_local_data(data), stream=stream)
     out["a2_output"] = stream.getvalue()
-    out["b"] = runner.run(_config(home, data), stream=io.StringIO())
+    stream = io.StringIO()
+    out["b"] = runner.run(_config(home, data), stream=stream)
+    out["b_output"] = stream.getvalue()
     executions_before_c = len(open_store(home).get_executions())
     stream = io.StringIO()
     started = time.monotonic()
@@ -102,6 +104,7 @@ def test_threshold_only_change_re_evaluates(loop):
         assert states[node] == "cached", states
     assert states["BaselineEvaluator"] == "complete" and states["ConveyorInfraValidator"] == "complete", states
     assert loop["b"].infra_blessed is True and loop["b"].blessed is False
+    assert f"bless --run {loop['b'].run_id} --reason" in loop["b_output"]  # the hint names the run
 
 
 def test_unchanged_rerun_executes_nothing(loop):
