@@ -64,3 +64,27 @@ def test_artifacts_under_one_key_keep_their_index_order():
     graph = Graph(store)
     [trainer] = graph.executions(e.id for e in store.get_executions())
     assert [a.uri for a in graph.inputs(trainer)["examples"]] == ["/e/2", "/e/1", "/e/0"]
+
+
+def test_runs_say_infra_validation_blocked_the_push(tmp_path):
+    from conveyor.history_cli import format_runs
+    from conveyor.metadata.runs import list_runs
+    from tests.support import mlmd_records as rec
+    store = rec.sqlite_store(str(tmp_path / "metadata.sqlite"))
+    name = "image_classifier"
+    for run_id, reason in (("2026-01-01T10:00:00", "infra validation failed"),  # components/pusher.py now
+                           ("2026-01-01T11:00:00", "not blessed")):  # Pushers before that, for both verdicts
+        run = rec.run_context(store, run_id)
+        model = rec.artifact(store, "Model", f"/m/{run_id}")
+        rec.execution(store, name, run, "Trainer", outputs=[(model, ["model", 0])])
+        rec.execution(store, name, run, "BaselineEvaluator", inputs=[(model, ["model", 0])],
+                      outputs=[(rec.artifact(store, "ModelBlessing", "/b", blessed=1), ["blessing", 0])])
+        rec.execution(store, name, run, "ConveyorInfraValidator", inputs=[(model, ["model", 0])],
+                      outputs=[(rec.artifact(store, "InfraBlessing", "/i", blessed=0, reason="p99"), ["blessing", 0])])
+        rec.execution(store, name, run, "ServingPusher", inputs=[(model, ["model", 0])],
+                      outputs=[(rec.artifact(store, "PushedModel", "/p", pushed=0, reason=reason),
+                                ["pushed_model", 0])])
+    rows = list_runs(store, name)
+    assert [(r.blessed, r.infra_blessed, r.push_note) for r in rows] == [
+        (True, False, "infra validation failed"), (True, False, "infra validation failed")]
+    assert "(not blessed)" not in format_runs(rows) and "- (infra validation failed)" in format_runs(rows)
