@@ -20,7 +20,7 @@ and stops.
   user_code     modules_fingerprint(), the sha256 of modules/*.py
   pipeline_code sha256 of the pipeline code (components/, pipelines/, serving/, data/)
   schema        sha256 of the curated schema file, "none" without one
-  packages      Python and the TFX stack's versions
+  packages      Python's and PACKAGES' versions (the TFX stack, Keras, Pillow, numpy, ...)
   baseline      MLMD id of the latest blessed model (what the Resolver will return)
   served        the newest version folder under serving/<name>/ and the model it holds
 
@@ -50,8 +50,13 @@ REPEATS_PROPERTY = "repeats_run"
 # The infra validator's exec property that only enters TFX's cache key (its REMEASURE_KEY).
 INFRA_REMEASURE_PROPERTY = "remeasure"
 REMEASURE_AFTER_FAILURE = "after-infra-blessing-"  # + the failed InfraBlessing's id
+# Distributions whose version can change a run's result: the TFX stack, and what modules/
+# and components/ compute with (Keras 2 trains the models, Pillow decodes images at
+# ingestion, numpy/pyarrow/tfx-bsl/tensorflow-metadata carry the data and statistics,
+# protobuf the artifacts' payloads).
 PACKAGES = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-data-validation",
-            "tensorflow-model-analysis", "ml-metadata", "apache-beam", "tensorflow-serving-api")
+            "tensorflow-model-analysis", "ml-metadata", "apache-beam", "tensorflow-serving-api",
+            "tf-keras", "pillow", "numpy", "protobuf", "pyarrow", "tfx-bsl", "tensorflow-metadata")
 PIPELINE_CODE = ("components", "pipelines", "serving", "data")
 # Settings a local run does not read (drift/request logging, Airflow scheduling).
 _NOT_RUN_INPUTS = {"serving": None, "orchestration": ("schedule", "start_date", "retries", "catchup")}

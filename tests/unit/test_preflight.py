@@ -51,6 +51,9 @@ def test_run_inputs_name_what_changed(tmp_path):
     config = Config(kind="image", home=str(tmp_path / "home"), data=str(tmp_path))
     inputs = preflight.run_inputs(config)
     assert inputs.baseline == "None" and inputs.served == "none" and "tfx=" in inputs.packages
+    import importlib.metadata
+    for name in ("tf-keras", "pillow", "numpy", "protobuf"):  # what the models compute with
+        assert f"{name}={importlib.metadata.version(name)}" in inputs.packages.split()
     recorded = dict(inputs.__dict__, data="other")
     assert inputs.changed(recorded) == ["data"]
     assert preflight.run_inputs(config).fingerprint() == inputs.fingerprint()
