@@ -344,9 +344,11 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
     COMPLETE or CACHED, and the newest infra verdict passed. Call under the HOME lock.
 
     Returns:
-      the Unchanged run recorded in MLMD, or None (the pipeline must run): no store yet,
-      no earlier run, or something differs.
+      the Unchanged run recorded in MLMD, or None (the pipeline must run): caching is off
+      (`enable_cache: false`), no store yet, no earlier run, or something differs.
     """
+    if not config.enable_cache:  # whoever turned caching off wants every run to run
+        return None
     found = _pipeline_store(config)
     if found is None:
         return None

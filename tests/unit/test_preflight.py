@@ -135,5 +135,6 @@ def test_a_failed_infra_verdict_is_measured_again_a_passing_one_stays_cached(tmp
     # Passed: the next run keeps the token (TFX's cache key, so the pass is reused) and
     # an unchanged rerun is a no-op again.
     assert preflight.infra_remeasure(config) == token
+    assert preflight.check_unchanged(config.replace(enable_cache=False), inputs) is None  # every run runs
     unchanged = preflight.check_unchanged(config, inputs)
     assert unchanged is not None and unchanged.repeats_run == "r2"
