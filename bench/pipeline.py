@@ -2,7 +2,12 @@
 on the real MNIST test set (10,000 images, 80/20 split), same runner, Beam args and train steps.
 
 Writes bench/results/pipeline.json and bench/results/pipeline.md.
-Usage: .venv/bin/python bench/pipeline.py [--train-steps 1000] [--rounds 3] [--out bench/results]
+Usage: .venv/bin/python bench/pipeline.py [--data DIR] [--train-steps 1000] [--rounds 3] [--out bench/results]
+
+The data (not in the repo) is DIR/mnist/t10k-{images-idx3,labels-idx1}-ubyte.gz (MNIST's
+test set as published: `conveyor download mnist --out DIR/mnist` fetches the whole set) and
+DIR/imdb/imdb_reviews_2500.csv (label,review rows; --no-text skips it). DIR is --data, else
+$CONVEYOR_SHARED_DATA, else ../shared/data beside the clone.
 """
 import argparse
 import json
@@ -17,8 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
-IMDB_CSV = os.path.join(ROOT, "..", "shared", "data", "imdb", "imdb_reviews_2500.csv")
+SHARED_DATA_ENV = "CONVEYOR_SHARED_DATA"
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IMDB_FILE = os.path.join("imdb", "imdb_reviews_2500.csv")
 TEXT_MODELS = ("multihot", "embedding", "conv1d")
 
 
@@ -44,12 +50,30 @@ def _runner_seconds(config, force: bool = False) -> float:
     return time.time() - started
 
 
-def run_conveyor(work: str, train_steps: int, beam_args):
+def shared_data(given, text: bool):
+    """(the MNIST folder, the IMDB CSV or None when not `text`) under the data folder: `given`,
+    else $CONVEYOR_SHARED_DATA, else ../shared/data beside the clone.
+
+    Raises:
+      SystemExit: a file is missing; the message names it and how to point at the data.
+    """
+    root = os.path.abspath(given or os.environ.get(SHARED_DATA_ENV) or os.path.join(ROOT, "..", "shared", "data"))
+    mnist = os.path.join(root, "mnist")
+    needed = [os.path.join(mnist, name) for name in MNIST_FILES] + ([os.path.join(root, IMDB_FILE)] if text else [])
+    missing = [path for path in needed if not os.path.isfile(path)]
+    if missing:
+        raise SystemExit(f"bench/pipeline.py: no {missing[0]}: pass --data DIR (or set {SHARED_DATA_ENV}) with "
+                         f"mnist/{MNIST_FILES[0]}, mnist/{MNIST_FILES[1]} (`conveyor download mnist --out DIR/mnist`)"
+                         f" and {IMDB_FILE} (or --no-text)")
+    return mnist, (os.path.join(root, IMDB_FILE) if text else None)
+
+
+def run_conveyor(work: str, train_steps: int, beam_args, mnist: str):
     from pipelines.config import load_config
     config = load_config("image", overrides={"home": os.path.join(work, "conveyor"), "name": "mnist_conveyor",
                                              "train_steps": train_steps, "eval_steps": 50, "model": "cnn",
                                              "epochs": 5, "batch_size": 64, "accuracy_floor": 0.9,
-                                             "data": os.path.abspath(MNIST), "input_pattern": "*",
+                                             "data": mnist, "input_pattern": "t10k-*",
                                              "beam_args": beam_args})
     wall = _runner_seconds(config)
     summary, seconds = _component_seconds(config.metadata_path, config.name)
@@ -63,13 +87,13 @@ def run_conveyor(work: str, train_steps: int, beam_args):
             "blessed": summary.blessed, "pushed_version": summary.pushed_version}
 
 
-def _write_tfx_example_data(path: str) -> None:
+def _write_tfx_example_data(path: str, mnist: str) -> None:
     """The tfx example reads tf.Examples with `image_floats` (784 floats in [-0.5, 0.5]) and `image_class`."""
     import numpy as np
     import tensorflow as tf
     from data.idx import read_idx
-    images = read_idx(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")).reshape(-1, 784)
-    labels = read_idx(os.path.join(MNIST, "t10k-labels-idx1-ubyte.gz"))
+    images = read_idx(os.path.join(mnist, MNIST_FILES[0])).reshape(-1, 784)
+    labels = read_idx(os.path.join(mnist, MNIST_FILES[1]))
     os.makedirs(path, exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(path, "mnist.tfrecord")) as writer:
         for pixels, label in zip(images, labels):
@@ -80,12 +104,12 @@ def _write_tfx_example_data(path: str) -> None:
             writer.write(example.SerializeToString())
 
 
-def run_tfx_example(work: str, train_steps: int, beam_args):
+def run_tfx_example(work: str, train_steps: int, beam_args, mnist: str):
     from tfx.examples.mnist import mnist_pipeline_native_keras as example
     from tfx.proto import trainer_pb2
     from tfx.utils import proto_utils
     data = os.path.join(work, "tfx_example_data")
-    _write_tfx_example_data(data)
+    _write_tfx_example_data(data, mnist)
     module_file = os.path.join(os.path.dirname(example.__file__), "mnist_utils_native_keras.py")
     metadata_path = os.path.join(work, "tfx_example", "metadata.sqlite")
     pipeline = example._create_pipeline(  # the example exposes no public factory
@@ -106,15 +130,15 @@ def run_tfx_example(work: str, train_steps: int, beam_args):
             "blessed": summary.blessed}
 
 
-def run_text(work: str, model: str, train_steps: int, beam_args):
+def run_text(work: str, model: str, train_steps: int, beam_args, csv: str):
     """The text pipeline on the 2,500 real IMDB reviews (80/20 hash split)."""
     from pipelines.config import load_config
     from pipelines.pipeline import create_pipeline
     config = load_config("text", overrides={"home": os.path.join(work, "text"), "name": f"imdb_{model}",
                                             "model": model, "train_steps": train_steps, "eval_steps": 20,
                                             "epochs": 10, "batch_size": 32,
-                                            "data": os.path.dirname(os.path.abspath(IMDB_CSV)),
-                                            "input_pattern": os.path.basename(IMDB_CSV),
+                                            "data": os.path.dirname(csv),
+                                            "input_pattern": os.path.basename(csv),
                                             "beam_args": beam_args})
     wall = _timed_run(create_pipeline(config))
     summary, seconds = _component_seconds(config.metadata_path, config.name)
@@ -180,7 +204,10 @@ def main() -> None:
     parser.add_argument("--text-train-steps", type=int, default=600)
     parser.add_argument("--no-text", action="store_true", help="skip the text pipeline")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--data", help=f"folder with mnist/ and imdb/ (default ${SHARED_DATA_ENV}, "
+                                       "else ../shared/data beside the clone)")
     args = parser.parse_args()
+    mnist, csv = shared_data(args.data, text=not args.no_text)
     from pipelines.config import Config
     beam_args = Config().beam_args
     work = tempfile.mkdtemp(prefix="conveyor-bench-")
@@ -192,7 +219,7 @@ def main() -> None:
             result = {"first": order[0]}
             for which in order:
                 run = run_conveyor if which == "conveyor" else run_tfx_example
-                result[which] = run(os.path.join(round_dir, which), args.train_steps, beam_args)
+                result[which] = run(os.path.join(round_dir, which), args.train_steps, beam_args, mnist)
             rounds.append(result)
             shutil.rmtree(round_dir, ignore_errors=True)
         results = {"images": 10000, "train_steps": args.train_steps, "cores": os.cpu_count(),
@@ -201,7 +228,7 @@ def main() -> None:
                    "tfx_example": median_run([r["tfx_example"] for r in rounds]),
                    "text_reviews": 2500, "text_train_steps": args.text_train_steps,
                    "text": {} if args.no_text else
-                   {m: run_text(work, m, args.text_train_steps, beam_args) for m in TEXT_MODELS}}
+                   {m: run_text(work, m, args.text_train_steps, beam_args, csv) for m in TEXT_MODELS}}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)

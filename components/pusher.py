@@ -18,6 +18,7 @@ from typing import Optional
 from absl import logging
 from tfx.components.pusher import executor as tfx_executor
 from tfx.components.pusher.component import Pusher
+from tfx.components.util import model_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -116,6 +117,30 @@ def publish(source: str, base: str, model_uri: str, model_id: int) -> Published:
     return Published(version, final, False)
 
 
+NOT_BLESSED = "not blessed"  # by the Evaluator (TFX's wording; older Pushers wrote it for both verdicts)
+INFRA_FAILED = "infra validation failed"
+
+
+def not_pushed_reason(input_dict) -> str:
+    """Why TFX's CheckBlessing refused the push, from the verdicts it read.
+
+    Args:
+      input_dict: the Pusher's inputs; `model_blessing` and `infra_blessing` (one artifact
+        each, either may be absent) are read with tfx.components.util.model_utils.
+    Returns:
+      NOT_BLESSED (the Evaluator said no), INFRA_FAILED (the infra validator said no), or
+      both joined by "; ".
+    """
+    reasons = []
+    for key, blessed, reason in ((standard_component_specs.MODEL_BLESSING_KEY, model_utils.is_model_blessed,
+                                  NOT_BLESSED),
+                                 (standard_component_specs.INFRA_BLESSING_KEY, model_utils.is_infra_validated,
+                                  INFRA_FAILED)):
+        if input_dict.get(key) and not blessed(artifact_utils.get_single_instance(input_dict[key])):
+            reasons.append(reason)
+    return "; ".join(reasons) or NOT_BLESSED
+
+
 class Executor(tfx_executor.Executor):
     """Pushes a blessed model as the next sequential version (see the module docstring)."""
 
@@ -123,7 +148,7 @@ class Executor(tfx_executor.Executor):
         pushed = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(pushed)
-            pushed.set_string_custom_property("reason", "not blessed")
+            pushed.set_string_custom_property("reason", not_pushed_reason(input_dict))
             return
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         destination = pusher_pb2.PushDestination()
@@ -152,7 +177,8 @@ class ServingPusher(Pusher):
         base path, <serving models dir>/<model name>; its parent gets models.config.
     Outputs:
       `outputs['pushed_model']`: PushedModel, `pushed` 1 with `pushed_version` and
-      `pushed_destination`, or `pushed` 0 with a `reason` ("not blessed", or "already
+      `pushed_destination`, or `pushed` 0 with a `reason` ("not blessed" by the Evaluator,
+      "infra validation failed", both joined by "; " (`not_pushed_reason`), or "already
       serving as version N" with that `pushed_version`).
     Raises (when the component runs):
       OSError: the base directory cannot be created or written.

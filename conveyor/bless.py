@@ -101,30 +101,41 @@ def _execution(store, type_name: str, **custom) -> mlmd_pb2.Execution:
     return execution
 
 
-def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] = None,
-          name: Optional[str] = None) -> Blessed:
-    """Blesses run `run`'s model by hand, pushes it as the next version and records both.
+@dataclasses.dataclass
+class Candidate:
+    """A run whose model `conveyor bless` may push (what `check` found).
+
+    Fields:
+      store, graph: the read-write store and a Graph on it.
+      pipeline: the pipeline (model) name; run: the run's context.
+      model: the Model the Evaluator judged; verdict: its NOT-blessed ModelBlessing.
+      evaluation: its ModelEvaluation (None if it recorded none); infra: the passed InfraBlessing.
+    """
+    store: metadata_store.MetadataStore
+    graph: Graph
+    pipeline: str
+    run: mlmd_pb2.Context
+    model: mlmd_pb2.Artifact
+    verdict: mlmd_pb2.Artifact
+    evaluation: Optional[mlmd_pb2.Artifact]
+    infra: mlmd_pb2.Artifact
+
+
+def check(run: str, home: Optional[str] = None, name: Optional[str] = None) -> Candidate:
+    """Whether run `run`'s model may be blessed by hand; reads MLMD only (no TensorFlow, no
+    writes, a fraction of a second).
 
     Args:
       run: run id, unique prefix or position (1 = oldest, -1 = latest), as `conveyor runs` shows.
-      reason: why (required, non-empty; recorded in MLMD).
-      by: who (default: the OS user).
-      home: Conveyor HOME (default ./conveyor_home). Hold its run lock
-        (pipelines.local_runner.home_lock) around the call, as `conveyor bless` does.
+      home: Conveyor HOME (default ./conveyor_home); never created.
       name: pipeline (model) name; needed when the store holds several.
     Returns:
-      the Blessed record.
+      the Candidate.
     Raises:
-      BlessError / LineageError: refused (see the module docstring) or unknown run/pipeline;
-        nothing is pushed or recorded then.
-      OSError: the push failed (nothing recorded).
+      BlessError / LineageError: refused (see the module docstring), no store in HOME, or
+        an unknown run/pipeline.
     """
-    from components.pusher import publish  # imports TFX: only once the blessing is allowed
-    if not reason or not reason.strip():
-        raise BlessError("give the reason for blessing by hand with --reason \"...\"")
-    by = by or getpass.getuser()
-    home = home_dir(home)
-    store = _store(home)
+    store = _store(home_dir(home))
     graph = Graph(store)
     pipeline = default_pipeline(graph, name)
     context = resolve_run(graph, pipeline, run)
@@ -134,6 +145,8 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
         raise BlessError(f"run {context.name} has no evaluation to override (it stopped before the "
                          "Evaluator, or it is not a pipeline run)")
     model = graph.input(evaluator, "model")
+    if model is None:
+        raise BlessError(f"run {context.name}'s Evaluator recorded no candidate model in MLMD")
     evaluation = (graph.outputs(evaluator).get("evaluation") or [None])[0]
     _, infra = graph.first_output_of_type(executions, "InfraBlessing")
     if infra is None:
@@ -150,7 +163,35 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
         what = "is the latest blessed model already" if latest == model.id else \
             f"is older than the latest blessed model (artifact {latest}), which stays the baseline"
         raise BlessError(f"run {context.name}'s model (artifact {model.id}) {what}; not blessing it")
+    return Candidate(store=store, graph=graph, pipeline=pipeline, run=context, model=model, verdict=verdict,
+                     evaluation=evaluation, infra=infra)
 
+
+def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] = None,
+          name: Optional[str] = None) -> Blessed:
+    """Blesses run `run`'s model by hand, pushes it as the next version and records both.
+
+    Args:
+      run: run id, unique prefix or position (1 = oldest, -1 = latest), as `conveyor runs` shows.
+      reason: why (required, non-empty; recorded in MLMD).
+      by: who (default: the OS user).
+      home: Conveyor HOME (default ./conveyor_home), never created. Hold its run lock
+        (pipelines.local_runner.home_lock) around the call, as `conveyor bless` does.
+      name: pipeline (model) name; needed when the store holds several.
+    Returns:
+      the Blessed record.
+    Raises:
+      BlessError / LineageError: refused (see `check`); nothing is pushed or recorded then.
+      OSError: the push failed (nothing recorded).
+    """
+    if not reason or not reason.strip():
+        raise BlessError("give the reason for blessing by hand with --reason \"...\"")
+    by = by or getpass.getuser()
+    home = home_dir(home)
+    found = check(run, home, name)
+    from components.pusher import publish  # imports TFX: only once the blessing is allowed
+    store, graph, pipeline, context = found.store, found.graph, found.pipeline, found.run
+    model, verdict, evaluation, infra = found.model, found.verdict, found.evaluation, found.infra
     published = publish(os.path.join(model.uri, SERVING_MODEL_DIR), os.path.join(home, "serving", pipeline),
                         model.uri, model.id)
     stamp = datetime.datetime.now()
@@ -206,11 +247,18 @@ def add_command(sub) -> None:
 
 def cmd_bless(args) -> int:
     """`conveyor bless`: 0 when blessed and pushed, 1 (one line on stderr) when refused.
-    TensorFlow's start-up output goes to HOME/logs/bless-<time>.log."""
+
+    The checks read MLMD only and answer at once; a HOME without a metadata store is
+    refused without creating anything. TensorFlow's start-up output during the push goes to
+    HOME/logs/bless-<time>.log."""
     home = home_dir(args.home)
-    log_dir = os.path.join(home, "logs")
     try:
+        if not args.reason.strip():
+            raise BlessError("give the reason for blessing by hand with --reason \"...\"")
+        _store(home)  # refuses a HOME without a store before the lock creates anything
         with home_lock(home):
+            check(args.run, home, args.name)
+            log_dir = os.path.join(home, "logs")
             os.makedirs(log_dir, exist_ok=True)
             with output_to_log(os.path.join(log_dir, f"bless-{time.strftime('%Y%m%d-%H%M%S')}.log")):
                 b = bless(args.run, args.reason, args.by, home, args.name)

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from conveyor.quiet import third_party_output
 from conveyor.drift import DriftError, DriftRecord, check_drift
 from conveyor.metadata.store import LineageError, home_dir
 from pipelines.config import DEFAULT_HOME, Config, ConfigError
@@ -45,7 +46,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         print(f"conveyor drift: --threshold: expected 0..1, got {args.threshold}", file=sys.stderr)
         return 2
     try:
-        record = check_drift(home_dir(args.home), args.model, args.threshold, args.config, args.request_log_dir)
+        with third_party_output(home_dir(args.home), "drift"):
+            record = check_drift(home_dir(args.home), args.model, args.threshold, args.config, args.request_log_dir)
     except (DriftError, LineageError, ConfigError) as e:
         print(f"conveyor drift: {e}", file=sys.stderr)
         return 2

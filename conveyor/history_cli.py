@@ -11,11 +11,16 @@ from typing import Any, Callable, List
 from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
+from conveyor.quiet import third_party_output
 from conveyor.metadata.store import LineageError, Record, home_dir, open_store, to_json_value
 from pipelines.config import DEFAULT_HOME, Config
 
 COMMANDS = ("runs", "lineage", "diff", "report")
 _HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{DEFAULT_HOME})"
+
+
+class UsageError(ValueError):
+    """Flags that do not make a command (exit status 2); the message says what to give."""
 
 
 def add_commands(sub) -> None:
@@ -53,12 +58,19 @@ def dispatch(args: argparse.Namespace) -> int:
 
     Returns:
       the exit status: 0 done, 1 a lookup failed (message on stderr), 2 bad arguments.
+      Third-party start-up output goes to HOME/logs/<command>.log (conveyor/quiet.py).
     """
+    command = {"runs": cmd_runs, "lineage": cmd_lineage, "diff": cmd_diff, "report": cmd_report}[args.command]
     try:
-        return {"runs": cmd_runs, "lineage": cmd_lineage, "diff": cmd_diff, "report": cmd_report}[args.command](args)
+        # Output is printed inside the block (stdout is the terminal's); error lines after it.
+        with third_party_output(home_dir(getattr(args, "home", None)), args.command):
+            return command(args)
     except LineageError as e:
         print(f"conveyor {args.command}: {e}", file=sys.stderr)
         return 1
+    except UsageError as e:
+        print(f"conveyor {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def _print_json(value: Any) -> None:
@@ -136,8 +148,7 @@ def format_runs(rows: List[RunRecord]) -> str:
 def cmd_lineage(args: argparse.Namespace) -> int:
     """`conveyor lineage --model N [--version V] | --from-examples URI [--json]`; 2 if neither is given."""
     if not args.model and not args.from_examples:
-        print("conveyor lineage: give --model NAME [--version V] or --from-examples URI", file=sys.stderr)
-        return 2
+        raise UsageError("give --model NAME [--version V] or --from-examples URI")
     store = open_store(args.home)
     if args.from_examples:
         return _emit(args, models_from_examples(store, args.from_examples), format_forward)

@@ -184,11 +184,12 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
     summary.not_blessed_because[:0] = [f"rule {r.rule}: candidate " + (
         f"{r.candidate:.4f}" if r.candidate is not None else "-") + (f" ({r.note})" if r.note != "failed" else "")
         for r in blocked]
-    if summary.blessed is False and summary.push_note == "not blessed":
-        summary.push_note = (f"blocked by blessing rule {blocked[0].rule}" if blocked
-                             else "not blessed by the Evaluator")
-    elif summary.infra_blessed is False and summary.push_note == "not blessed":
-        summary.push_note = "infra validation failed"
+    if summary.blessed is False and summary.push_note.startswith(runs.PUSH_NOT_BLESSED):
+        summary.push_note = ((f"blocked by blessing rule {blocked[0].rule}" if blocked
+                              else "not blessed by the Evaluator")
+                             + summary.push_note[len(runs.PUSH_NOT_BLESSED):])
+    elif summary.infra_blessed is False and summary.push_note == runs.PUSH_NOT_BLESSED:
+        summary.push_note = runs.PUSH_INFRA_FAILED  # recorded by Pushers before the reasons were told apart
     failed = [n.node for n in summary.nodes if n.state == "failed"]
     if failed and not summary.push_note:
         summary.push_note = f"run stopped at {failed[0]}"

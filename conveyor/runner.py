@@ -8,6 +8,7 @@ and the next commands to try, with real paths.
 import csv
 import os
 import shlex
+import shutil
 import sys
 from typing import Optional
 
@@ -65,25 +66,73 @@ def sample_input(config: Config) -> Optional[str]:
     return None
 
 
-def next_commands(config: Config, report: Optional[str]) -> str:
+def conveyor_command(cwd: Optional[str] = None) -> str:
+    """How the user runs this installation's `conveyor` from `cwd` (default: the current folder).
+
+    Returns:
+      "conveyor" when the `conveyor` found on PATH is this installation's script (the one
+      beside the running Python, e.g. .venv/bin/conveyor); else that script's path, relative
+      when it is under `cwd` (".venv/bin/conveyor" after `make demo`), absolute otherwise;
+      else (no script installed) "<python> -m conveyor.cli". Shell-quoted.
+    """
+    cwd = os.path.abspath(cwd or os.getcwd())
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "conveyor")
+    if not os.path.isfile(script):
+        return f"{shlex.quote(sys.executable)} -m conveyor.cli"
+    on_path = shutil.which("conveyor")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+        return "conveyor"
+    relative = os.path.relpath(script, cwd)
+    return shlex.quote(script if relative.startswith(os.pardir) else relative)
+
+
+def next_commands(config: Config, report: Optional[str], run_id: Optional[str] = None,
+                  blessable: bool = False) -> str:
     """What to try next, with this run's real paths: serve the pushed model, ask it for a
-    prediction on a sample of the data just used, open the report."""
+    prediction on a sample of the data just used, open the report.
+
+    Args:
+      config: the run's Config.
+      report: the run's report file, if written.
+      run_id: the run's id (named in the `conveyor bless` hint).
+      blessable: the run's model was not blessed by the Evaluator but passed infra
+        validation, so `conveyor bless --run run_id` may push it.
+    Returns:
+      the "Next:" block, one command per line, `conveyor` written as the user can run it
+      (conveyor_command).
+    """
+    conveyor = conveyor_command()
     home = shlex.quote(config.home_dir)
     version = preflight.served_version(config)
     lines = ["", "Next:"]
     if version is not None:
-        lines.append(f"  conveyor serve --home {home}   # serves {config.name} version {version} "
+        lines.append(f"  {conveyor} serve --home {home}   # serves {config.name} version {version} "
                      "(REST :8501, gRPC :8500)")
         sample = sample_input(config)
-        lines.append(f"  conveyor predict --model {config.name} {sample or '<image file>'}   # in another terminal")
+        lines.append(f"  {conveyor} predict --model {config.name} {sample or '<image file>'}   # in another terminal")
     else:
-        lines.append(f"  nothing is served yet for {config.name}: see why above, then "
-                     f"`conveyor bless --run RUN --reason \"...\" --home {home}` to push it anyway")
+        lines.append(f"  nothing is served yet for {config.name}: see why above")
+    if blessable and run_id:
+        lines.append(f"  {conveyor} bless --run {shlex.quote(run_id)} --reason \"...\" --home {home}"
+                     "   # push this run's model anyway, recorded as your decision")
     if report:
         opener = "open" if sys.platform == "darwin" else "xdg-open"
         lines.append(f"  {opener} {shlex.quote(report)}   # the run report")
-    lines.append(f"  conveyor runs --home {home}   # every run of this HOME")
+    lines.append(f"  {conveyor} runs --home {home}   # every run of this HOME")
     return "\n".join(lines)
+
+
+def _blessable(config: Config, summary: run_summary.RunSummary) -> bool:
+    """Whether `conveyor bless` would push the run's model (conveyor/bless.py `check`)."""
+    if summary.blessed is not False or summary.infra_blessed is not True:
+        return False
+    from conveyor.bless import check
+    from conveyor.metadata.store import LineageError
+    try:
+        check(summary.run_id, config.home_dir, config.name)
+    except LineageError:
+        return False
+    return True
 
 
 def _unchanged(config: Config, unchanged: preflight.Unchanged, stream) -> run_summary.RunSummary:
@@ -118,7 +167,7 @@ def run(config: Config, stream=sys.stdout, force: bool = False) -> run_summary.R
         stream.write(summary.table() + "\n")
         report = _write_report(config, stream)
         if not any(n.state == "failed" for n in summary.nodes):
-            stream.write(next_commands(config, report) + "\n")
+            stream.write(next_commands(config, report, summary.run_id, _blessable(config, summary)) + "\n")
         return summary
 
     return local_runner.run(config, stream, on_finish=finish,

@@ -7,10 +7,12 @@ RequestLogger and hands the server its `log` method as the on_predict hook. Ever
 flag goes to serving.server unchanged.
 """
 import argparse
+import os
 import sys
 from typing import List, Optional
 
-from conveyor import request_log
+from conveyor.quiet import third_party_output
+from pipelines.config import DEFAULT_HOME
 
 CONVEYOR_FLAGS_HELP = """
 Conveyor extensions (request logging for `conveyor drift`):
@@ -37,10 +39,16 @@ def _home(argv: List[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Runs the server until SIGINT/SIGTERM; returns the exit status (2: bad command line)."""
-    from serving import server
+    """Runs the server until SIGINT/SIGTERM; returns the exit status (2: bad command line).
 
+    TensorFlow's import-time output (C++ start-up lines, FutureWarnings of Google client
+    libraries) goes to HOME/logs/serve.log (dropped without an existing HOME, see
+    conveyor/quiet.py); everything the server logs once it runs reaches the terminal.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    with third_party_output(os.path.abspath(_home(argv) or DEFAULT_HOME), "serve"):
+        from conveyor import request_log  # both import TensorFlow
+        from serving import server
     if "-h" in argv or "--help" in argv:
         server.build_parser().print_help()
         print(CONVEYOR_FLAGS_HELP)

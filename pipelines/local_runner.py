@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 from absl import logging as absl_logging
 
@@ -90,50 +90,73 @@ _OWN_CODE = tuple(os.path.join(PROJECT_ROOT, folder) + os.sep
 
 class OwnWarningsHandler(logging.Handler):
     """Copies WARNING+ records logged by Conveyor's own code (components/, modules/, ...) to
-    the terminal; third-party warnings stay in the log file only."""
+    the terminal; third-party warnings stay in the log file only.
 
-    def __init__(self, stream):
+    Args:
+      stream: the terminal.
+      own_code: folder prefixes (absolute, ending in os.sep) whose records are copied
+        (default: components/, modules/, pipelines/, data/ of this project).
+    """
+
+    def __init__(self, stream, own_code: Optional[Tuple[str, ...]] = None):
         super().__init__(logging.WARNING)
         self.stream = stream
+        self.own_code = own_code or _OWN_CODE
 
     def emit(self, record):
-        if not record.pathname.startswith(_OWN_CODE):
+        if not record.pathname.startswith(self.own_code):
             return
         self.stream.write(f"  warning: {record.getMessage()}\n")
         self.stream.flush()
 
 
 @contextlib.contextmanager
-def output_to_log(log_path: str):
-    """Sends third-party output to `log_path` (appending) until the block ends.
+def stderr_to_log(log_path: str):
+    """Points file descriptor 2 at `log_path` (appending) until the block ends.
 
-    File descriptor 2 is pointed at the log, so what bypasses Python's logging lands there:
-    TF's C++ start-up lines, Python warnings (sys.stderr writes to fd 2), the stderr of
-    subprocesses. sys.stdout is swapped for the log too (Keras' per-epoch lines, prints in
-    libraries); callers keep their own reference to the terminal's stdout for progress.
+    What bypasses Python's logging lands there: TF's C++ start-up lines (cuDNN/cuFFT/cuBLAS
+    factory registrations, written before absl logging is initialised), Python warnings
+    (sys.stderr writes to fd 2), the stderr of subprocesses.
 
+    Args:
+      log_path: a file (created if missing) or os.devnull.
     Yields:
       a text stream on the original stderr, for what a person must see.
     """
     sys.stderr.flush()
-    sys.stdout.flush()
     saved = os.dup(2)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     terminal = os.fdopen(os.dup(saved), "w", buffering=1)
-    log_out = os.fdopen(os.dup(log_fd), "w", buffering=1)
-    stdout = sys.stdout
     try:
         os.dup2(log_fd, 2)
-        sys.stdout = log_out
         yield terminal
     finally:
-        sys.stdout = stdout
         sys.stderr.flush()
         os.dup2(saved, 2)
         for fd in (saved, log_fd):
             os.close(fd)
-        log_out.close()
         terminal.close()
+
+
+@contextlib.contextmanager
+def output_to_log(log_path: str):
+    """Sends third-party output to `log_path` (appending) until the block ends: fd 2 as in
+    `stderr_to_log`, and sys.stdout (Keras' per-epoch lines, prints in libraries); callers
+    keep their own reference to the terminal's stdout for progress.
+
+    Yields:
+      a text stream on the original stderr, for what a person must see.
+    """
+    sys.stdout.flush()
+    stdout = sys.stdout
+    with stderr_to_log(log_path) as terminal:
+        log_out = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+        try:
+            sys.stdout = log_out
+            yield terminal
+        finally:
+            sys.stdout = stdout
+            log_out.close()
 
 
 @contextlib.contextmanager
@@ -204,6 +227,9 @@ def run(config: Config, stream=sys.stdout,
             return None
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
                      f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
+        remeasure = preflight.infra_remeasure(config)
+        if remeasure and remeasure.startswith(preflight.REMEASURE_AFTER_FAILURE):
+            stream.write("  the last infra validation failed: measuring it again\n")
         stream.flush()
         failure = None
         with output_to_log(log_path) as terminal:
@@ -215,7 +241,7 @@ def run(config: Config, stream=sys.stdout,
             started = time.time()
             with _logging_to(log_path, stream, terminal):
                 try:
-                    LocalDagRunner().run(create_pipeline(config))
+                    LocalDagRunner().run(create_pipeline(config, infra_remeasure=remeasure))
                 except Exception as e:  # the summary below says which component failed
                     failure = e
             if failure is None:

@@ -52,7 +52,8 @@ def example_gen(config: Config):
 def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                     metadata_connection_config=None,
                     worker_setup_file: Optional[str] = SETUP_FILE,
-                    cloud_training: Optional[Dict[str, Any]] = None) -> pipeline.Pipeline:
+                    cloud_training: Optional[Dict[str, Any]] = None,
+                    infra_remeasure: Optional[str] = None) -> pipeline.Pipeline:
     """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
     -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher.
 
@@ -67,6 +68,9 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     (tfx.extensions.google_cloud_ai_platform: ENABLE_VERTEX_KEY, VERTEX_REGION_KEY,
     TRAINING_ARGS_KEY); with them the Trainer is that extension's, which runs the same run_fn
     as a Vertex AI custom job on the worker pools they name (kubeflow/runner.py builds them).
+
+    `infra_remeasure`: the infra validator's cache-key token (pipelines/preflight.py
+    `infra_remeasure`: new after a failed verdict, so it measures again); None leaves it out.
     """
     from components.pusher import ServingPusher
 
@@ -131,7 +135,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     infra = ConveyorInfraValidator(
         model=trainer.outputs["model"], examples=examples.outputs["examples"],
         num_requests=config.infra_requests, p99_budget_ms=config.infra_p99_budget_ms,
-        model_name=config.name, server=config.infra_server)
+        model_name=config.name, server=config.infra_server, remeasure=infra_remeasure)
     pusher = ServingPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],

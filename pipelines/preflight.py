@@ -5,7 +5,8 @@ Resolver (the gate, the Evaluator comparing the model with itself, a warm-starti
 Trainer), several seconds for a result known in advance. Before importing TFX, the runner
 computes the fingerprint of everything a run's outcome depends on (`run_inputs`) and
 compares it with the one recorded on the last run's `pipeline_run` context. When they are
-equal and that run completed, it records a no-op rerun in MLMD (an execution of type
+equal, that run completed and its infra validation passed (a failed one is measured again:
+`infra_remeasure`), it records a no-op rerun in MLMD (an execution of type
 UNCHANGED_TYPE in a new `pipeline_run` context, `repeats_run` naming the run it repeats)
 and stops.
 
@@ -19,7 +20,7 @@ and stops.
   user_code     modules_fingerprint(), the sha256 of modules/*.py
   pipeline_code sha256 of the pipeline code (components/, pipelines/, serving/, data/)
   schema        sha256 of the curated schema file, "none" without one
-  packages      Python and the TFX stack's versions
+  packages      Python's and PACKAGES' versions (the TFX stack, Keras, Pillow, numpy, ...)
   baseline      MLMD id of the latest blessed model (what the Resolver will return)
   served        the newest version folder under serving/<name>/ and the model it holds
 
@@ -46,8 +47,16 @@ UNCHANGED_TYPE = "conveyor.UnchangedRerun"
 FINGERPRINT_PROPERTY = "conveyor_inputs_fingerprint"
 INPUTS_PROPERTY = "conveyor_inputs"
 REPEATS_PROPERTY = "repeats_run"
+# The infra validator's exec property that only enters TFX's cache key (its REMEASURE_KEY).
+INFRA_REMEASURE_PROPERTY = "remeasure"
+REMEASURE_AFTER_FAILURE = "after-infra-blessing-"  # + the failed InfraBlessing's id
+# Distributions whose version can change a run's result: the TFX stack, and what modules/
+# and components/ compute with (Keras 2 trains the models, Pillow decodes images at
+# ingestion, numpy/pyarrow/tfx-bsl/tensorflow-metadata carry the data and statistics,
+# protobuf the artifacts' payloads).
 PACKAGES = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-data-validation",
-            "tensorflow-model-analysis", "ml-metadata", "apache-beam", "tensorflow-serving-api")
+            "tensorflow-model-analysis", "ml-metadata", "apache-beam", "tensorflow-serving-api",
+            "tf-keras", "pillow", "numpy", "protobuf", "pyarrow", "tfx-bsl", "tensorflow-metadata")
 PIPELINE_CODE = ("components", "pipelines", "serving", "data")
 # Settings a local run does not read (drift/request logging, Airflow scheduling).
 _NOT_RUN_INPUTS = {"serving": None, "orchestration": ("schedule", "start_date", "retries", "catchup")}
@@ -218,6 +227,71 @@ def latest_blessed_model_id(store, pipeline: str) -> Optional[int]:
     return max(models & blessed, default=None)
 
 
+@dataclasses.dataclass(frozen=True)
+class InfraVerdict:
+    """The newest infra validation of a pipeline.
+
+    Fields:
+      blessed: its InfraBlessing's `blessed` == 1.
+      reason: why not blessed ("" when blessed or not recorded).
+      blessing_id: the InfraBlessing's MLMD id.
+      remeasure: the `remeasure` exec property of the execution that produced (or, cached,
+        re-emitted) it; None when it had none.
+    """
+    blessed: bool
+    reason: str
+    blessing_id: int
+    remeasure: Optional[str]
+
+
+def latest_infra_verdict(store, pipeline: str) -> Optional[InfraVerdict]:
+    """The InfraBlessing of the pipeline's newest execution with one as output (the infra
+    validator's, cached ones included: they link the verdict they reuse as their output),
+    or None when the pipeline has none."""
+    from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+    context = store.get_context_by_type_and_name("pipeline", pipeline)
+    if context is None:
+        return None
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    blessings = {a.id: a for a in store.get_artifacts_by_context(context.id)
+                 if types.get(a.type_id) == "InfraBlessing"}
+    if not blessings:
+        return None
+    events = [e for e in store.get_events_by_artifact_ids(list(blessings))
+              if e.type == mlmd_pb2.Event.OUTPUT]
+    artifact_of = {e.execution_id: e.artifact_id for e in events}
+    executions = store.get_executions_by_id(list(artifact_of))
+    if not executions:
+        return None
+    newest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
+    blessing = blessings[artifact_of[newest.id]]
+    marks, run = blessing.custom_properties, newest.custom_properties
+    return InfraVerdict(blessed="blessed" in marks and marks["blessed"].int_value == 1,
+                        reason=marks["reason"].string_value if "reason" in marks else "",
+                        blessing_id=blessing.id,
+                        remeasure=run[INFRA_REMEASURE_PROPERTY].string_value
+                        if INFRA_REMEASURE_PROPERTY in run else None)
+
+
+def infra_remeasure(config: Config) -> Optional[str]:
+    """The `remeasure` token for this run's infra validator (components/infra_validator).
+
+    TFX's cache would hand an unchanged model its earlier verdict, also a failed one, and
+    a p99 measured under load deserves a second measurement. After a failed verdict the
+    token names that verdict ("after-infra-blessing-<id>"), new for every failure, so the
+    validator measures again; after a passing one it is that verdict's own token (None at
+    first), so TFX's cache key, and the passing verdict, stay the same.
+
+    Returns:
+      the token, or None (no store, no infra validation yet, or the last one passed without one).
+    """
+    found = _pipeline_store(config)
+    verdict = latest_infra_verdict(found[0], config.name) if found is not None else None
+    if verdict is None:
+        return None
+    return verdict.remeasure if verdict.blessed else f"{REMEASURE_AFTER_FAILURE}{verdict.blessing_id}"
+
+
 def run_inputs(config: Config, store=None) -> RunInputs:
     """The RunInputs of a run of `config` now (store: the HOME's MLMD, None before any run)."""
     from components.spans import split_span_path
@@ -266,13 +340,15 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
     """Records a no-op rerun and returns it when nothing changed since the last run.
 
     "Nothing changed": `inputs` (inputs_before_run(config)) has the fingerprint recorded
-    (record_run_inputs) on the pipeline's newest DAG run, and every execution of that run is
-    COMPLETE or CACHED. Call under the HOME lock.
+    (record_run_inputs) on the pipeline's newest DAG run, every execution of that run is
+    COMPLETE or CACHED, and the newest infra verdict passed. Call under the HOME lock.
 
     Returns:
-      the Unchanged run recorded in MLMD, or None (the pipeline must run): no store yet,
-      no earlier run, or something differs.
+      the Unchanged run recorded in MLMD, or None (the pipeline must run): caching is off
+      (`enable_cache: false`), no store yet, no earlier run, or something differs.
     """
+    if not config.enable_cache:  # whoever turned caching off wants every run to run
+        return None
     found = _pipeline_store(config)
     if found is None:
         return None
@@ -286,6 +362,9 @@ def check_unchanged(config: Config, inputs: RunInputs) -> Optional[Unchanged]:
         return None
     done = (mlmd_pb2.Execution.COMPLETE, mlmd_pb2.Execution.CACHED)
     if any(e.last_known_state not in done for e in store.get_executions_by_context(last.id)):
+        return None
+    infra = latest_infra_verdict(store, config.name)
+    if infra is not None and not infra.blessed:  # measure again (see infra_remeasure)
         return None
     served = inputs.served.split(":", 1)[0] if inputs.served != "none" else ""
     execution_type = mlmd_pb2.ExecutionType(name=UNCHANGED_TYPE)

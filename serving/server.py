@@ -515,6 +515,7 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
         return 0
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    one_handler_for_tensorflow()
     _check_flags(parser, args)
     try:
         server = ModelServer(ServerOptions.from_args(args), on_predict)
@@ -529,6 +530,21 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
     log.info("Shutting down")
     server.stop()
     return 0
+
+
+def one_handler_for_tensorflow() -> None:
+    """TF's logger prints through the root logger's handlers only.
+
+    TensorFlow gives its "tensorflow" logger a stream handler of its own when the root
+    logger had none at import time (tensorflow/python/platform/tf_logging.py get_logger),
+    and the logger still propagates to the root: once main() configured the root, every
+    TF line would be printed twice ("WARNING:tensorflow:..." and the server's format).
+    """
+    tf_logger = logging.getLogger("tensorflow")
+    if logging.getLogger().handlers:
+        for handler in list(tf_logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                tf_logger.removeHandler(handler)
 
 
 def tf_version() -> str:

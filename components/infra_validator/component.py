@@ -1,4 +1,6 @@
 """ConveyorInfraValidator's declaration: its ComponentSpec and the component itself."""
+from typing import Optional
+
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
@@ -7,7 +9,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.errors import InfraInputError
 from components.infra_validator.executor import (
     BLESSING_KEY, DEFAULT_MODEL_NAME, DEFAULT_SERVER, EXAMPLES_KEY, MODEL_KEY, MODEL_NAME_KEY,
-    NUM_REQUESTS_KEY, P99_BUDGET_MS_KEY, SERVER_KEY, Executor)
+    NUM_REQUESTS_KEY, P99_BUDGET_MS_KEY, REMEASURE_KEY, SERVER_KEY, Executor)
 from components.infra_validator.runners import SERVER_MODES
 
 
@@ -19,6 +21,7 @@ class InfraValidatorSpec(types.ComponentSpec):
         P99_BUDGET_MS_KEY: ExecutionParameter(type=float),
         MODEL_NAME_KEY: ExecutionParameter(type=str),
         SERVER_KEY: ExecutionParameter(type=str, optional=True),
+        REMEASURE_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -45,7 +48,8 @@ class ConveyorInfraValidator(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel,
                  num_requests: int = 50, p99_budget_ms: float = 500.0,
-                 model_name: str = DEFAULT_MODEL_NAME, server: str = DEFAULT_SERVER):
+                 model_name: str = DEFAULT_MODEL_NAME, server: str = DEFAULT_SERVER,
+                 remeasure: Optional[str] = None):
         """Declares the component; nothing runs until the pipeline does.
 
         Args:
@@ -58,6 +62,12 @@ class ConveyorInfraValidator(base_component.BaseComponent):
           model_name: the name the model is served and requested under.
           server: "in_process" (the executor's own process) or "subprocess" (a fresh
             `python -m serving.server`), see SERVER_MODES.
+          remeasure: None, or a token that only enters TFX's cache key (the executor ignores
+            it). TFX reuses the verdict of an earlier execution with the same inputs and
+            parameters (tfx/orchestration/portable/cache_utils.py), also a failed one; a
+            verdict measured under load is worth measuring again, so the local runner passes
+            a new token after a failed verdict (pipelines/preflight.py `infra_remeasure`) and
+            the token of the last passing verdict otherwise, which keeps that one cached.
         Outputs:
           `outputs['blessing']`: an InfraBlessing, blessed or not with a `reason`, read by
           TFX's Pusher through its `infra_blessing` input.
@@ -72,5 +82,5 @@ class ConveyorInfraValidator(base_component.BaseComponent):
             model=model, examples=examples,
             blessing=types.Channel(type=standard_artifacts.InfraBlessing),
             num_requests=num_requests, p99_budget_ms=p99_budget_ms, model_name=model_name,
-            server=server)
+            server=server, remeasure=remeasure)
         super().__init__(spec=spec)

@@ -30,6 +30,8 @@ NUM_REQUESTS_KEY = "num_requests"
 P99_BUDGET_MS_KEY = "p99_budget_ms"
 MODEL_NAME_KEY = "model_name"
 SERVER_KEY = "server"  # one of runners.SERVER_MODES
+# Only part of TFX's cache key (see ConveyorInfraValidator's `remeasure`); the executor ignores it.
+REMEASURE_KEY = "remeasure"
 
 # Same artifact contract as tfx.components.infra_validator.executor (_mark_blessed /
 # _mark_not_blessed); tfx.components.util.model_utils.is_infra_validated reads BLESSED_KEY.

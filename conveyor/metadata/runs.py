@@ -9,6 +9,11 @@ from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, RUN_CONTEXT_TYPES, Gr
 from pipelines.preflight import REPEATS_PROPERTY, UNCHANGED_TYPE
 
 
+# The Pusher's `reason` for not pushing (components/pusher.py not_pushed_reason).
+PUSH_NOT_BLESSED = "not blessed"
+PUSH_INFRA_FAILED = "infra validation failed"
+
+
 def pipeline_executions(graph: Graph, pipeline: str) -> List[mlmd_pb2.Execution]:
     """Every execution of a pipeline, oldest first.
 
@@ -205,6 +210,8 @@ def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb
             record.pushed_version = p.get("pushed_version")
         else:
             record.push_note = p.get("reason", "not pushed")
+            if record.push_note == PUSH_NOT_BLESSED and record.blessed and record.infra_blessed is False:
+                record.push_note = PUSH_INFRA_FAILED  # Pushers before the reasons were told apart
     elif any(n.state == "failed" for n in record.nodes):
         record.push_note = "run failed at " + next(n.node for n in record.nodes if n.state == "failed")
     for e in everything:

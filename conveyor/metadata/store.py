@@ -357,17 +357,32 @@ class Graph:
         return self._art_events[artifact_id]
 
     @staticmethod
-    def _key(event: mlmd_pb2.Event) -> str:
-        return next((s.key for s in event.path.steps if s.HasField("key")), "")
+    def event_keys(event: mlmd_pb2.Event) -> List[str]:
+        """Every input/output key an event files its artifact under, in path order.
+
+        TFX records ONE event per (execution, artifact): an artifact given under two keys
+        (e.g. the Evaluator's `model` and `baseline_model` when a rerun's candidate is the
+        latest blessed model itself) has the path [key1, index1, key2, index2]
+        (tfx/orchestration/portable/mlmd/event_lib.py: add_event_path, _parse_path).
+        An event without a key step gives [""].
+        """
+        keys = list(dict.fromkeys(s.key for s in event.path.steps if s.HasField("key")))
+        return keys or [""]
 
     def _linked(self, execution: mlmd_pb2.Execution, types) -> Dict[str, List[mlmd_pb2.Artifact]]:
         events = [e for e in self.execution_events(execution.id) if e.type in types]
         artifacts = {a.id: a for a in self.artifacts(e.artifact_id for e in events)}
-        out: Dict[str, List[mlmd_pb2.Artifact]] = {}
+        indexed: Dict[str, List[tuple]] = {}
         for e in events:
-            if e.artifact_id in artifacts:
-                out.setdefault(self._key(e), []).append(artifacts[e.artifact_id])
-        return out
+            if e.artifact_id not in artifacts:
+                continue
+            steps = list(e.path.steps)
+            pairs = [(s.key, steps[i + 1].index if i + 1 < len(steps) and steps[i + 1].HasField("index") else 0)
+                     for i, s in enumerate(steps) if s.HasField("key")] or [("", 0)]
+            for key, index in dict.fromkeys(pairs):
+                indexed.setdefault(key, []).append((index, e.artifact_id))
+        return {key: [artifacts[i] for _, i in sorted(pairs, key=lambda p: p[0])]
+                for key, pairs in indexed.items()}
 
     def inputs(self, execution) -> Dict[str, List[mlmd_pb2.Artifact]]:
         """Input artifacts of an execution by input key (e.g. "examples")."""
@@ -411,5 +426,5 @@ class Graph:
     def consumers(self, artifact: mlmd_pb2.Artifact, key: Optional[str] = None) -> List[mlmd_pb2.Execution]:
         """Executions that read the artifact (under input `key`, if given), by id."""
         events = [e for e in self.artifact_events(artifact.id)
-                  if e.type in _INPUTS and (key is None or self._key(e) == key)]
+                  if e.type in _INPUTS and (key is None or key in self.event_keys(e))]
         return sorted(self.executions(e.execution_id for e in events), key=lambda e: e.id)

@@ -163,12 +163,25 @@ def test_component_wiring():
         num_requests=20, p99_budget_ms=250, model_name="image_classifier")
     assert component.outputs["blessing"].type is standard_artifacts.InfraBlessing
     assert component.exec_properties == {"num_requests": 20, "p99_budget_ms": 250.0,
-                                         "model_name": "image_classifier", "server": "in_process"}
+                                         "model_name": "image_classifier", "server": "in_process",
+                                         "remeasure": None}
     with pytest.raises(ValueError, match="in_process"):
         iv.ConveyorInfraValidator(model=Channel(type=standard_artifacts.Model),
                                   examples=Channel(type=standard_artifacts.Examples), server="docker")
     assert component.executor_spec.executor_class is iv.Executor
     assert "Docker" in iv.ConveyorInfraValidator.__doc__
+
+
+def test_remeasure_token_is_an_exec_property_only_when_given():
+    from components.infra_validator.executor import REMEASURE_KEY
+    from pipelines.preflight import INFRA_REMEASURE_PROPERTY
+    assert REMEASURE_KEY == INFRA_REMEASURE_PROPERTY  # preflight reads it back without importing TFX
+    channels = {"model": Channel(type=standard_artifacts.Model), "examples": Channel(type=standard_artifacts.Examples)}
+    # None: TFX's compiler leaves the property out (tfx/dsl/compiler/compiler.py skips None
+    # values), so the cache key of verdicts cached before tokens existed is unchanged.
+    assert iv.ConveyorInfraValidator(**channels).exec_properties[REMEASURE_KEY] is None
+    again = iv.ConveyorInfraValidator(**channels, remeasure="after-infra-blessing-7")
+    assert again.exec_properties[REMEASURE_KEY] == "after-infra-blessing-7"
 
 
 def test_reading_requests_without_a_server(store, tmp_path):

@@ -297,3 +297,19 @@ def test_serve_help_into_a_closed_pipe_ends_without_a_traceback(args):
     status, stderr = closed_pipe_run(args)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
     assert status == 1
+
+
+def test_tensorflow_lines_are_logged_once():
+    import subprocess
+    import sys
+    script = ("import logging, tensorflow as tf\n"
+              "tf.get_logger()  # TF adds its own handler: the root had none yet\n"
+              "logging.basicConfig(format='%(levelname)s %(name)s: %(message)s')\n"
+              "from serving.server import one_handler_for_tensorflow\n"
+              "one_handler_for_tensorflow()\n"
+              "tf.get_logger().warning('tf_record_iterator is deprecated')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "tf_record_iterator" in line]
+    assert lines == ["WARNING tensorflow: tf_record_iterator is deprecated"], result.stderr[-2000:]

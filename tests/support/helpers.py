@@ -2,7 +2,10 @@
 small first runs. Everything runs for real: Beam DirectRunner, TFT, MLMD on SQLite."""
 import os
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+# The shared datasets (never copied into the repo): $CONVEYOR_SHARED_DATA, else ../shared/data
+# beside the clone (bench/pipeline.py looks in the same places).
+SHARED_DATA = os.path.abspath(os.environ.get("CONVEYOR_SHARED_DATA")
+                              or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 
 
 def run_example_gen(component, output_dir: str):

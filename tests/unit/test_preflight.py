@@ -51,6 +51,9 @@ def test_run_inputs_name_what_changed(tmp_path):
     config = Config(kind="image", home=str(tmp_path / "home"), data=str(tmp_path))
     inputs = preflight.run_inputs(config)
     assert inputs.baseline == "None" and inputs.served == "none" and "tfx=" in inputs.packages
+    import importlib.metadata
+    for name in ("tf-keras", "pillow", "numpy", "protobuf"):  # what the models compute with
+        assert f"{name}={importlib.metadata.version(name)}" in inputs.packages.split()
     recorded = dict(inputs.__dict__, data="other")
     assert inputs.changed(recorded) == ["data"]
     assert preflight.run_inputs(config).fingerprint() == inputs.fingerprint()
@@ -105,3 +108,33 @@ def test_sample_input_is_a_file_or_a_text_of_the_data(tmp_path):
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
     assert sample_input(Config(kind="image", data=str(tmp_path / "idx"))) is None
+
+
+def test_a_failed_infra_verdict_is_measured_again_a_passing_one_stays_cached(tmp_path):
+    from tests.support import mlmd_records as rec
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    config = Config(kind="image", home=str(tmp_path / "home"), data=str(tmp_path / "data"))
+    store = rec.sqlite_store(config.metadata_path)
+    rec.context(store, "pipeline", config.name)
+    inputs = preflight.inputs_before_run(config)
+    fingerprint = {preflight.FINGERPRINT_PROPERTY: inputs.fingerprint()}
+    model = rec.artifact(store, "Model", "/m/1")
+    rec.execution(store, config.name, rec.run_context(store, "r0", **fingerprint), "Trainer",
+                  outputs=[(model, ["model", 0])])
+    failed = rec.artifact(store, "InfraBlessing", "/i/1", blessed=0, reason="p99 latency 9 ms exceeds 1 ms")
+    rec.execution(store, config.name, rec.run_context(store, "r1", **fingerprint), "ConveyorInfraValidator",
+                  inputs=[(model, ["model", 0])], outputs=[(failed, ["blessing", 0])])
+    assert preflight.latest_infra_verdict(store, config.name).reason == "p99 latency 9 ms exceeds 1 ms"
+    # Same inputs as the last run, but its infra verdict failed: run, and measure again.
+    assert preflight.check_unchanged(config, inputs) is None
+    token = preflight.infra_remeasure(config)
+    assert token == f"after-infra-blessing-{failed.id}"
+    passed = rec.artifact(store, "InfraBlessing", "/i/2", blessed=1)
+    rec.execution(store, config.name, rec.run_context(store, "r2", **fingerprint), "ConveyorInfraValidator",
+                  inputs=[(model, ["model", 0])], outputs=[(passed, ["blessing", 0])], remeasure=token)
+    # Passed: the next run keeps the token (TFX's cache key, so the pass is reused) and
+    # an unchanged rerun is a no-op again.
+    assert preflight.infra_remeasure(config) == token
+    assert preflight.check_unchanged(config.replace(enable_cache=False), inputs) is None  # every run runs
+    unchanged = preflight.check_unchanged(config, inputs)
+    assert unchanged is not None and unchanged.repeats_run == "r2"
