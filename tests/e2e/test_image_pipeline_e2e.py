@@ -24,8 +24,14 @@ COMPONENTS = {"ImageExampleGen", "StatisticsGen", "SchemaGen", "GatedExampleVali
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, digits_dir):
     home = str(tmp_path_factory.mktemp("home"))
+    config = os.path.join(home, "test-config.yaml")
+    with open(config, "w", encoding="utf-8") as f:
+        # Parallel test workers share 2 cores: a p99 over the default budget would make the
+        # forced rerun re-measure (a failed verdict is never reused). Latency has its own tests.
+        f.write("infra_p99_budget_ms: 10000\n")
     result = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "run", "image", "--data", digits_dir, "--home", home, *STEPS],
+        [sys.executable, "-m", "conveyor.cli", "run", "image", "--data", digits_dir, "--home", home,
+         "--config", config, *STEPS],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return home, result.stdout
@@ -79,7 +85,7 @@ def test_pushed_model_classifies_png_bytes(first_run, digits_dir):
 def test_unchanged_rerun_runs_nothing_and_forced_rerun_is_served_from_cache(first_run, digits_dir):
     home, _ = first_run
     config = load_config("image", overrides={"home": home, "train_steps": 60, "eval_steps": 5,
-                                             "data": digits_dir})
+                                             "data": digits_dir, "infra_p99_budget_ms": 10000})
     noop = local_runner.run(config, stream=io.StringIO())
     assert noop.unchanged_since and noop.nodes == [] and noop.pushed_version == "1"
     summary = local_runner.run(config, stream=io.StringIO(), force=True)

@@ -157,7 +157,7 @@ def _state(home: str) -> dict:
 def _run(home: str, data: str) -> dict:
     config = load_config("image", overrides={
         "home": home, "name": NAME, "train_steps": 40, "eval_steps": 5, "epochs": 2, "image_size": 16,
-        "infra_requests": 10, "warm_start": True, "data": data})
+        "infra_requests": 10, "infra_p99_budget_ms": 10000, "warm_start": True, "data": data})
     logs = set(os.listdir(os.path.join(home, "logs"))) if os.path.isdir(os.path.join(home, "logs")) else set()
     out = io.StringIO()
     summary = local_runner.run(config, stream=out)
