@@ -135,8 +135,12 @@ class _TopOne:
                              f"or a macro average), got sub key {sub_key}")
         key = tfma.metrics.MetricKey(name=name, model_name=model_name, output_name=output_name, sub_key=sub_key,
                                      aggregation_type=aggregation_type, example_weighted=example_weighted)
+        # thresholds=[0.0]: the top-1 value is a probability >= 1/classes > 0 and TFMA sets the
+        # others to -inf. TFMA's default for top_k ([-inf], counted from its calibration
+        # histogram) counts every example as predicted when class k is never the top-1, which
+        # gave recall 1.0 to a class the model never predicts.
         return super()._metric_computations(
-            top_k=1, name=name, eval_config=eval_config, model_name=model_name, output_name=output_name,
+            top_k=1, thresholds=[0.0], name=name, eval_config=eval_config, model_name=model_name, output_name=output_name,
             sub_key=sub_key, aggregation_type=aggregation_type, class_weights=class_weights,
             example_weighted=example_weighted, preprocessors=preprocessors, metric_key=key, **kwargs)
 
@@ -148,8 +152,8 @@ class TopOnePrecision(_TopOne, tfma.metrics.Precision):
 
 
 class TopOneRecall(_TopOne, tfma.metrics.Recall):
-    """TFMA's Recall of class k, predicted when k has the highest probability: TP / (TP + FN),
-    NaN when k has no examples. Key name `recall`, sub key the class."""
+    """TFMA's Recall of class k, predicted when k has the highest probability: TP / (TP + FN)
+    (0 when k is never predicted), NaN when k has no examples. Key name `recall`, sub key the class."""
 
 
 class TopOneF1Score(_TopOne, tfma.metrics.F1Score):

@@ -9,6 +9,7 @@ import sys
 from typing import Any, Callable, List
 
 from conveyor.metadata.diff import RunDiff, diff_runs
+from conveyor.metadata.artifacts import rule_line
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
 from conveyor.quiet import third_party_output
@@ -168,6 +169,7 @@ def format_lineage(r: Lineage) -> str:
         out.append(f"  blessing    artifact {b.artifact_id}: {'BLESSED' if b.blessed else 'NOT blessed'}"
                    f"  (accuracy floor {_fmt(b.accuracy_floor)}, majority-class rate "
                    f"{_fmt(b.majority_baseline)})")
+        out.extend(f"      {rule_line(rule)}" for rule in b.rules)
     infra = r.infra_blessing
     if infra:
         out.append(f"  infra       artifact {infra.artifact_id}: {'BLESSED' if infra.blessed else 'NOT blessed'}"

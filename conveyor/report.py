@@ -12,7 +12,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor.drift import DriftRecord, read_drift
-from conveyor.metadata.artifacts import ACCURACY, RuleResult
+from conveyor.metadata.artifacts import ACCURACY, RuleResult, run_spans
 from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
@@ -437,11 +437,14 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
             if details.pushed_version else f"not pushed ({_e(details.push_note or '-')})")
     node_rows = [[_e(n.node), f"<span style=\"color:{_COLORS.get(n.state, '#757575')}\">{_e(n.state)}</span>",
                   _num(n.seconds, 1), _e(n.execution_id)] for n in details.nodes]
+    spans = run_spans(graph, {n.node: n.execution_id for n in details.nodes if n.execution_id is not None})
+    data_line = (f"<p id=\"run-data\">Data of this run: {_e(spans.sentence())}</p>"
+                 if spans is not None and spans.evaluated_on is not None else "")
     drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
             f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, took "
-            f"{_num(details.duration_seconds, 1)} s. {verdict} {push}</p>",
+            f"{_num(details.duration_seconds, 1)} s. {verdict} {push}</p>", data_line,
             "<h2>Pipeline</h2>", dag_svg(details.nodes, edges),
             "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",

@@ -12,7 +12,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from conveyor.metadata import artifacts, runs
-from conveyor.metadata.artifacts import RuleResult, SpansUsed, rule_line, spans_used
+from conveyor.metadata.artifacts import RuleResult, SpansUsed, rule_line
 from conveyor.metadata import store as mlmd
 from conveyor.metadata.runs import NodeRun
 from pipelines.config import Config
@@ -176,10 +176,8 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
                 summary.pushed_path = p.get("pushed_destination")
             else:
                 summary.push_note = p.get("reason", "not pushed")
-    by_node = {n.node: n.execution_id for n in summary.nodes if n.execution_id is not None}
-    trainer, evaluator = (graph.executions([by_node[node]])[0] if node in by_node else None
-                          for node in ("Trainer", "BaselineEvaluator"))
-    summary.spans = spans_used(graph, trainer, evaluator)
+    summary.spans = artifacts.run_spans(graph, {n.node: n.execution_id for n in summary.nodes
+                                                if n.execution_id is not None})
     blocked = [r for r in summary.rules if r.passed is False]
     summary.not_blessed_because[:0] = [f"rule {r.rule}: candidate " + (
         f"{r.candidate:.4f}" if r.candidate is not None else "-") + (f" ({r.note})" if r.note != "failed" else "")

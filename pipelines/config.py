@@ -438,8 +438,24 @@ def _nest(values: Mapping[str, Any], source: str) -> Dict[str, Any]:
 
 
 def _strip_optional(annotation: Any) -> Any:
+    """Optional[X] -> X, Annotated[X, ...] -> X (the type a value must have)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _bounds_metadata(field: Any) -> Sequence[Any]:
+    """A field's bound constraints, also when they sit inside Optional[Annotated[...]]."""
+    if field.metadata:
+        return field.metadata
+    for arg in typing.get_args(field.annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            return [m for extra in typing.get_args(arg)[1:]
+                    for m in (getattr(extra, "metadata", None) or [extra])]
+    return []
 
 
 def _expected_type(annotation: Any) -> str:
@@ -485,7 +501,8 @@ def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Calla
     if error["type"] == "config_rule":
         return f"config key '{key}': {error['msg']}, got {value!r}"
     if error["type"] in _BOUND_ERRORS:
-        return f"config key '{key}': expected {_expected_bounds(field.metadata, field.annotation)}, got {value!r}"
+        return (f"config key '{key}': expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
+                f", got {value!r}")
     if error["type"] == "literal_error":
         return f"config key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
     return f"{source_of(key)}: key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"

@@ -423,6 +423,14 @@ def spans_used(graph: Graph, trainer: Optional[mlmd_pb2.Execution],
     return SpansUsed(trained, evaluated, evaluated is not None and evaluated not in trained)
 
 
+def run_spans(graph: Graph, execution_ids: Dict[str, int]) -> Optional[SpansUsed]:
+    """spans_used of one run, from {node id: execution id} of its executions (the Trainer's
+    and the BaselineEvaluator's are read)."""
+    trainer, evaluator = (graph.executions([execution_ids[node]])[0] if node in execution_ids else None
+                          for node in ("Trainer", "BaselineEvaluator"))
+    return spans_used(graph, trainer, evaluator)
+
+
 # blessings -----------------------------------------------------------------------------
 
 @dataclasses.dataclass

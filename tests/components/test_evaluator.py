@@ -233,18 +233,10 @@ class _PassThroughModel(tf.Module):
                 contract.CLASS_NAMES: tf.gather(tf.constant(FOUR), class_ids)}
 
 
-@pytest.fixture(scope="module")
-def four_classes(tmp_path_factory):
-    """(blessing, evaluation, labels, probabilities [300, 4] float32) of the pass-through model
-    on 300 examples, evaluated against itself as the baseline."""
+def _pass_through_evaluation(root: str, labels, probabilities, rules):
+    """(blessing, evaluation) of the pass-through model on examples with these labels and
+    probabilities, evaluated against itself as the baseline."""
     from tfx.types import standard_artifacts
-    root = str(tmp_path_factory.mktemp("four"))
-    rng = np.random.default_rng(1)
-    # Dirichlet(1, 1, 1, 1): the top probability is below 0.5 for about half the examples.
-    probabilities = rng.dirichlet(np.ones(4), 300).astype(np.float32)
-    predicted = probabilities.argmax(axis=1)
-    # The label is the argmax 70% of the time, else a class drawn with "z" rare.
-    labels = np.where(rng.uniform(size=300) < 0.7, predicted, rng.choice(4, 300, p=[0.4, 0.3, 0.25, 0.05]))
     examples = standard_artifacts.Examples()
     examples.uri = os.path.join(root, "examples")
     examples.split_names = json.dumps(["eval"])
@@ -261,8 +253,46 @@ def four_classes(tmp_path_factory):
     model.uri = os.path.join(root, "model")
     tf.saved_model.save(module, os.path.join(model.uri, "Format-Serving"),
                         signatures={contract.EXAMPLES_SIGNATURE: module.serve_examples})
-    blessing, evaluation = _evaluate(root, "four", examples, model, model, FOUR_RULES)
+    return _evaluate(root, "four", examples, model, model, rules)
+
+
+@pytest.fixture(scope="module")
+def four_classes(tmp_path_factory):
+    """(blessing, evaluation, labels, probabilities [300, 4] float32) of the pass-through model
+    on 300 examples, evaluated against itself as the baseline."""
+    rng = np.random.default_rng(1)
+    # Dirichlet(1, 1, 1, 1): the top probability is below 0.5 for about half the examples.
+    probabilities = rng.dirichlet(np.ones(4), 300).astype(np.float32)
+    predicted = probabilities.argmax(axis=1)
+    # The label is the argmax 70% of the time, else a class drawn with "z" rare.
+    labels = np.where(rng.uniform(size=300) < 0.7, predicted, rng.choice(4, 300, p=[0.4, 0.3, 0.25, 0.05]))
+    blessing, evaluation = _pass_through_evaluation(str(tmp_path_factory.mktemp("four")), labels,
+                                                    probabilities, FOUR_RULES)
     return blessing, evaluation, labels, probabilities
+
+
+def test_a_class_never_predicted_has_recall_0_not_1(tmp_path):
+    """TFMA's default for top_k counted every example as predicted when the class never is."""
+    from sklearn.metrics import recall_score
+    rng = np.random.default_rng(2)
+    probabilities = rng.dirichlet(np.ones(4), 120).astype(np.float32)
+    # "z" (class 3) is never the top-1: swap it below the largest other probability.
+    top = probabilities[:, :3].argmax(axis=1)
+    rows = np.arange(120)
+    never = probabilities[:, 3] > probabilities[rows, top]
+    probabilities[never, 3], probabilities[never, top[never]] = (probabilities[never, top[never]],
+                                                                 probabilities[never, 3].copy())
+    predicted = probabilities.argmax(axis=1)
+    assert 3 not in predicted
+    labels = np.where(rng.uniform(size=120) < 0.8, predicted, 3)  # z has examples, never predicted
+    blessing, _ = _pass_through_evaluation(str(tmp_path), labels, probabilities,
+                                           [{"metric": "recall", "slice": "z", "min": 0.5},
+                                            {"metric": "recall", "min": 0.1}])
+    rules = _rules(blessing)
+    assert rules["recall[z] >= 0.5"]["candidate"] == 0.0 and rules["recall[z] >= 0.5"]["passed"] is False
+    macro = rules["recall (macro) >= 0.1"]["candidate"]
+    assert macro == pytest.approx(recall_score(labels, predicted, labels=range(4), average="macro",
+                                               zero_division=0), abs=1e-6)
 
 
 FOUR_RULES = [{"metric": "recall", "slice": "x", "min": 0.99}, {"metric": "precision", "max_drop": 0.0},

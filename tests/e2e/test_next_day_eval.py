@@ -79,9 +79,14 @@ def test_lineage_and_report_name_the_spans(next_day, capsys):
     capsys.readouterr()
     assert cli.main(["lineage", "--home", home, "--model", NAME, "--version", served, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["spans"]["next_day"] is True and record["spans"]["evaluated_on"] == int(served)  # version n was judged on span n
+    pushed_by = 3 if runs[3]["summary"].pushed_version else 2  # the run that pushed it judged its own span
+    assert record["spans"]["next_day"] is True and record["spans"]["evaluated_on"] == pushed_by
     assert cli.main(["lineage", "--home", home, "--model", NAME, "--version", served]) == 0
-    assert "next-day evaluation: trained on span" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "next-day evaluation: trained on span" in text
+    assert "pass  accuracy >= 0.5  candidate" in text  # every blessing rule, as in the run summary
     from conveyor import report
     html = report.render(open_store(home), NAME, home=home)
     assert "next-day evaluation: trained on span" in html
+    # The report of a run names its own spans, also when it pushed nothing.
+    assert "Data of this run: next-day evaluation: trained on spans 1, 2, evaluated on span 3" in html

@@ -174,3 +174,16 @@ def test_config_built_in_code_takes_flat_or_grouped_keys():
     assert Config(kind="text").model == "multihot"
     with pytest.raises(ConfigError, match="Config: key 'epochs' is given both as 'epochs' and as 'training.epochs'"):
         Config(epochs=1, training={"epochs": 2})
+
+
+def test_next_day_settings_are_checked_at_load():
+    import pytest as _pytest
+    from pipelines.config import Config, ConfigError
+    assert Config(kind="image", eval_span="next", train_spans=2).train_spans == 2
+    for value, message in ((0, "expected a positive number, got 0"), ("2", "expected an integer, got '2'")):
+        with _pytest.raises(ConfigError, match=message):
+            Config(kind="image", eval_span="next", train_spans=value)
+    with _pytest.raises(ConfigError, match="train_spans applies only with eval_span: next"):
+        Config(kind="image", train_spans=2)
+    with _pytest.raises(ConfigError, match="expected one of same, next"):
+        Config(kind="image", eval_span="tomorrow")
