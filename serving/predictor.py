@@ -3,7 +3,9 @@
 Both front ends translate their wire format into these calls, so model resolution,
 signature checks, batching and error codes are identical over REST and gRPC.
 """
+import asyncio
 import re
+from concurrent.futures import Executor
 from typing import Dict, Iterable, Optional, Tuple
 
 import grpc
@@ -61,28 +63,31 @@ class Predictor:
           {output alias: array} as the graph computed them.
         Raises:
           ServingError: TF Serving's codes; when TF rejects an input whose shape the signature
-            does not allow, the message starts by naming that input and both shapes.
+            does not allow, the message starts by naming that input and both shapes;
+            UNAVAILABLE when the batching queue is full.
         """
-        signature_name = signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature(signature_name)
-        wanted = list(output_filter)
-        for alias in wanted:
-            if alias not in signature.outputs:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output tensor alias not found in signature: {alias} Outputs "
-                                   f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
+        if self.batcher is None:
+            return call.finish(call.run)
+        return call.finish(lambda: self.batcher.run(call.key, call.run_inputs, inputs))
+
+    async def predict_async(self, servable: Servable, signature_name: str,
+                            inputs: Dict[str, np.ndarray], executor: Executor,
+                            output_filter: Iterable[str] = (), timeout_ms: int = 0
+                            ) -> Dict[str, np.ndarray]:
+        """`predict` for an asyncio front end: the model runs in the batcher, or on
+        `executor` without batching; the event loop only waits. Same Args/Returns/Raises,
+        plus `executor`: the threads that run unbatched model calls."""
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
         try:
-            if self.batcher is not None:
-                key = (servable.name, servable.version, signature_name, tuple(wanted))
-                outputs = self.batcher.run(
-                    key, lambda x: servable.run(signature_name, x, wanted, timeout_ms), inputs)
+            if self.batcher is None:
+                outputs = await asyncio.get_running_loop().run_in_executor(executor, call.run)
             else:
-                outputs = servable.run(signature_name, inputs, wanted, timeout_ms)
+                outputs = await asyncio.wrap_future(
+                    self.batcher.submit(call.key, call.run_inputs, inputs))
         except ServingError as e:
-            raise ServingError(e.code, _shape_hint(signature, inputs) + _one_line(e)) from e
-        if self.on_predict is not None:
-            self.on_predict(servable.name, servable.version, inputs)
-        return outputs
+            raise call.error(e) from e
+        return call.finish(lambda: outputs)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> Tuple[Servable, classification_pb2.ClassificationResponse]:
@@ -140,6 +145,47 @@ class Predictor:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return servable, response
 
+
+
+class _PredictCall:
+    """One predict request between its checks and its outputs (shared by the sync and
+    async paths of Predictor)."""
+
+    def __init__(self, predictor: Predictor, servable: Servable, signature_name: str,
+                 inputs: Dict[str, np.ndarray], output_filter: Iterable[str], timeout_ms: int):
+        self.predictor = predictor
+        self.servable = servable
+        self.name = signature_name or DEFAULT_SIGNATURE
+        self.signature = servable.signature(self.name)
+        self.wanted = list(output_filter)
+        for alias in self.wanted:
+            if alias not in self.signature.outputs:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output tensor alias not found in signature: {alias} Outputs "
+                                   f"expected to be in the set {{{','.join(sorted(self.signature.outputs))}}}.")
+        self.inputs = inputs
+        self.timeout_ms = timeout_ms
+        self.key = (servable.name, servable.version, self.name, tuple(self.wanted))
+
+    def run(self) -> Dict[str, np.ndarray]:
+        return self.run_inputs(self.inputs)
+
+    def run_inputs(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return self.servable.run(self.name, inputs, self.wanted, self.timeout_ms)
+
+    def error(self, e: ServingError) -> ServingError:
+        """The error with the shape hint and TF's text on one line."""
+        return ServingError(e.code, _shape_hint(self.signature, self.inputs) + _one_line(e))
+
+    def finish(self, produce):
+        """produce() with errors rewritten by `error`; calls on_predict after outputs."""
+        try:
+            result = produce()
+        except ServingError as e:
+            raise self.error(e) from e
+        if self.predictor.on_predict is not None:
+            self.predictor.on_predict(self.servable.name, self.servable.version, self.inputs)
+        return result
 
 
 def _fill_spec(spec: model_pb2.ModelSpec, servable: Servable, signature_name: str) -> None:
