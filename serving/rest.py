@@ -433,14 +433,21 @@ class RestServer:
 
     async def _api(self, request: web.BaseRequest, method: str, path: str) -> Tuple[int, bytes, bool]:
         """(status, JSON body, close the connection) of a request for the API."""
+        # A timer rather than asyncio.wait_for, which costs a task per request.
+        task, expired = asyncio.current_task(), []
+        timer = self._loop.call_later(self.timeout_seconds, lambda: (expired.append(1), task.cancel()))
         try:
-            body = await asyncio.wait_for(self._read_body(request), self.timeout_seconds)
+            body = await self._read_body(request)
         except _BodyTooLarge as e:
             return 413, _error_body(str(e)), True
-        except asyncio.TimeoutError:
+        except asyncio.CancelledError:
+            if not expired:
+                raise
             return 408, _error_body(f"Request body not received within {self.timeout_seconds:g} s"), True
         except (http_exceptions.HttpProcessingError, ValueError) as e:  # e.g. bad chunk framing
             return 400, _error_body(f"Bad request body: {str(e).strip().splitlines()[0]}"), True
+        finally:
+            timer.cancel()
         if method == "OPTIONS":
             return self._options(request, path) + (False,)
         if not _is_api_path(path):
