@@ -332,6 +332,11 @@ def main(argv=None) -> int:
                 for name, point in points.items():
                     print(name, point, flush=True)
                 results["points"].update(points)
+            if not batching:  # batch-1 latency: one connection, one request at a time
+                name = f"REST {args.model}, {mode}, 1 connection"
+                results["points"][name] = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict",
+                                                    files[args.model][0], 1, args.seconds, proc.pid)
+                print(name, results["points"][name], flush=True)
             if batching:
                 name = f"REST {args.model}, {mode}, {args.overload_connections} connections"
                 point = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict", files[args.model][0],
