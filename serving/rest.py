@@ -267,8 +267,7 @@ def _is_api_path(path: str) -> bool:
 
 
 class _BodyTooLarge(Exception):
-    """The body exceeds --rest_api_max_body_bytes (413); `read_all` says whether the whole
-    body was read, so the connection could stay usable (it is closed anyway)."""
+    """The body exceeds --rest_api_max_body_bytes: 413, then the connection is closed."""
 
 
 class _ConnectionHandler(web_protocol.RequestHandler):
