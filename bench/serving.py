@@ -1,56 +1,232 @@
-"""Serving benchmark: batch-1 latency over REST and gRPC vs. an in-process SavedModel call,
-and throughput with concurrent clients with and without server-side batching.
+"""Serving benchmark: REST (wrk) and gRPC (a grpc.aio client in its own process) load against a
+`conveyor serve` subprocess, batching off and on, next to the in-process ceiling (the same
+SavedModel run by the server's own session code on batches of max_batch_size) and a no-op
+model that shows the front ends' own ceiling.
 
-    .venv/bin/python bench/serving.py                      # tiny fixture models
+    .venv/bin/python bench/serving.py --setup            # once: installs wrk (apt-get, as root)
+    .venv/bin/python bench/serving.py                    # tiny fixture image and text models
     .venv/bin/python bench/serving.py --home conveyor_home --model image_classifier
     .venv/bin/python bench/serving.py --home conveyor_home --model text_classifier --sample "a fine film"
 
-Writes bench/results/serving.json and bench/results/serving.md.
+Each point: `--connections` concurrent connections (default 16) for `--seconds` (default 15)
+after a 2 s warm-up. Reported: requests/s, p50/p99 latency, non-2xx answers, the share of
+the in-process ceiling, and the CPU used by the load generator and by the server (as a
+share of all CPUs), plus the machine's load average: other work on the machine lowers
+every figure. Writes bench/results/serving[-MODEL].json and .md.
 """
 import argparse
+import asyncio
 import base64
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
-import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from serving import testing as demo_models  # noqa: E402
-from serving.model_manager import version_dirs  # noqa: E402
-from serving.net import free_port  # noqa: E402
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+BATCHING = {"max_batch_size": 16, "batch_timeout_micros": 1000, "max_enqueued_batches": 2,
+            "num_batch_threads": 2}
 
 
-def start_server(home: str, batching: bool):
+# ---- setup ---------------------------------------------------------------------------------
+
+def ensure_wrk() -> str:
+    """The path of wrk, installed with apt-get when missing (the bench's own setup step)."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    if os.geteuid() != 0:
+        sys.exit("bench/serving.py: wrk is not installed; run `sudo apt-get install -y wrk`")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk")
+
+
+# ---- the gRPC load client (runs in its own process: --grpc-client) --------------------------
+
+async def _grpc_load(target: str, request: bytes, connections: int, seconds: float,
+                     warmup: float) -> dict:
+    import grpc
+
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    latencies: List[float] = []
+    codes: Dict[str, int] = {}
+    start = time.perf_counter()
+    measure_from, end = start + warmup, start + warmup + seconds
+
+    async def worker(channel):
+        call = channel.unary_unary(PREDICT_METHOD)  # bytes in, bytes out: no client-side protos
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                await call(request, timeout=30)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                latencies.append(t1 - t0)
+                codes[code] = codes.get(code, 0) + 1
+
+    await asyncio.gather(*(worker(c) for c in channels))
+    for channel in channels:
+        await channel.close()
+    return {"requests": len(latencies), "seconds": seconds, "codes": codes,
+            **_percentiles(latencies)}
+
+
+def _percentiles(samples: List[float]) -> dict:
+    if not samples:
+        return {"p50_ms": None, "p99_ms": None}
+    ms = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load_run(cmd: List[str], server_pid: int, env=None) -> dict:
+    """Runs a load generator to completion; its stdout, its and the server's CPU share."""
+    cpus = os.cpu_count() or 1
+    server_before = _cpu_seconds(server_pid)
+    before = os.times()
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    wall = time.perf_counter() - start
+    after = os.times()
+    client = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return {"stdout": out, "client_cpu_share": round(client / wall / cpus, 3),
+            "server_cpu_share": round((_cpu_seconds(server_pid) - server_before) / wall / cpus, 3)}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"not a wrk latency: {text!r}")
+    value, unit = match.groups()
+    return round(float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit], 2)
+
+
+def wrk_point(wrk: str, url: str, body_file: str, connections: int, seconds: int, pid: int) -> dict:
+    script = os.path.join(tempfile.mkdtemp(prefix="conveyor-wrk-"), "post.lua")
+    with open(script, "w") as f:
+        f.write('local f = io.open(os.getenv("BODY"), "rb")\nwrk.method = "POST"\n'
+                'wrk.body = f:read("*a")\nf:close()\nwrk.headers["Content-Type"] = "application/json"\n')
+    env = dict(os.environ, BODY=body_file)
+    threads = str(min(2, connections))
+    subprocess.run([wrk, "-t", threads, "-c", str(connections), "-d", "2s", "-s", script, url],
+                   capture_output=True, env=env, check=True)  # warm-up
+    run = _load_run([wrk, "-t", threads, "-c", str(connections), "-d", f"{seconds}s", "--latency",
+                     "-s", script, url], pid, env)
+    out = run.pop("stdout")
+    if "50%" not in out:
+        raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": round(rps, 1), "p50_ms": _ms(re.search(r" 50%\s+(\S+)", out).group(1)),
+            "p99_ms": _ms(re.search(r" 99%\s+(\S+)", out).group(1)),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(0) if errors else "", **run}
+
+
+def grpc_point(target: str, request_file: str, connections: int, seconds: int, pid: int) -> dict:
+    run = _load_run([sys.executable, os.path.abspath(__file__), "--grpc-client", target,
+                     "--request-file", request_file, "--connections", str(connections),
+                     "--seconds", str(seconds)], pid)
+    result = json.loads(run.pop("stdout").strip().splitlines()[-1])
+    ok = result["codes"].get("OK", 0)
+    return {"rps": round(result["requests"] / seconds, 1), "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "non_ok": result["requests"] - ok,
+            "codes": result["codes"], **run}
+
+
+def in_process(version_dir: str, key: str, sample: bytes, batch: int, seconds: float) -> dict:
+    """Rows/s of the SavedModel run by the server's own session code on batches of `batch`,
+    and batch-1 latency: the ceiling the front ends are measured against."""
+    from serving.servables import SavedModelServable
+
+    servable = SavedModelServable("bench", 1, version_dir)
+    one = {key: np.array([sample], dtype=object)}
+    many = {key: np.array([sample] * batch, dtype=object)}
+    for _ in range(50):
+        servable.run("", one)
+        servable.run("", many)
+    samples = []
+    end = time.perf_counter() + seconds / 2
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        servable.run("", one)
+        samples.append(time.perf_counter() - t0)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds / 2:
+        servable.run("", many)
+        runs += 1
+    rows_per_second = runs * batch / (time.perf_counter() - start)
+    servable.close()
+    return {"rps": round(rows_per_second, 1), "batch": batch, "batch1": _percentiles(samples)}
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+def noop_model(root: str) -> str:
+    """A SavedModel whose serving_default returns its string input: the front ends' ceiling."""
+    import tensorflow as tf
+
+    class Noop(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return {"echo": tf.identity(text)}
+
+    module = Noop()
+    path = os.path.join(root, "noop", "1")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return os.path.dirname(path)
+
+
+def start_server(config: str, batching: Optional[dict], workdir: str):
+    from serving.net import free_port
+
     rest, grpc_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "serving.server", "--home", home, "--port", str(grpc_port),
-           "--rest_api_port", str(rest), "--log_level", "WARNING"]
+    cmd = [sys.executable, "-m", "serving.server", "--model_config_file", config,
+           "--port", str(grpc_port), "--rest_api_port", str(rest), "--log_level", "WARNING"]
     if batching:
-        cmd += ["--enable_batching", "--max_batch_size", "16", "--batch_timeout_micros", "2000"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        params = os.path.join(workdir, "batching.config")
+        with open(params, "w") as f:
+            f.write("".join(f"{k} {{ value: {v} }}\n" for k, v in batching.items()))
+        cmd += ["--enable_batching", f"--batching_parameters_file={params}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc_port}"
 
 
-def wait_ready(url: str, model: str, proc) -> None:
-    deadline = time.monotonic() + 120
+def wait_ready(url: str, proc) -> None:
+    import requests
+
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("server exited during startup")
         try:
-            if requests.get(f"{url}/v1/models/{model}", timeout=2).status_code == 200:
+            if requests.get(f"{url}/v1/conveyor/ready", timeout=2).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
@@ -58,115 +234,145 @@ def wait_ready(url: str, model: str, proc) -> None:
     raise RuntimeError("server did not become ready")
 
 
-def percentiles(samples: List[float]) -> Dict[str, float]:
-    ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "n": len(samples)}
+def _write_request(path: str, model: str, key: str, value: bytes, binary: bool) -> tuple:
+    """(REST body file, gRPC request file) for one instance."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
-
-def time_calls(fn: Callable[[], None], n: int) -> List[float]:
-    for _ in range(min(10, n)):  # warm connections and caches
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def throughput(make_call: Callable[[], Callable[[], None]], clients: int, total: int) -> float:
-    per_client = max(1, total // clients)
-    calls = [make_call() for _ in range(clients)]
-    for call in calls:
-        call()
-    threads = [threading.Thread(target=lambda c=c: [c() for _ in range(per_client)]) for c in calls]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return round(per_client * clients / (time.perf_counter() - start), 1)
+    instance = {"b64": base64.b64encode(value).decode()} if binary else value.decode()
+    rest = f"{path}-{model}.json"
+    with open(rest, "w") as f:
+        json.dump({"instances": [instance]}, f)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs[key].CopyFrom(tf.make_tensor_proto([value]))
+    grpc_file = f"{path}-{model}.pb"
+    with open(grpc_file, "wb") as f:
+        f.write(request.SerializeToString())
+    return rest, grpc_file
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", help="Conveyor home with pushed models (default: tiny fixture models)")
+    parser.add_argument("--setup", action="store_true", help="install wrk and exit")
+    parser.add_argument("--home", help="Conveyor home with pushed models (default: fixture models)")
     parser.add_argument("--model", default="image", help="model name under HOME/serving/")
-    parser.add_argument("--sample", help="image file or text sent in every request (default: a "
-                                         "64x64 PNG for image models, a short review for text models)")
-    parser.add_argument("--requests", type=int, default=300, help="requests per latency measurement")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--sample", help="image file or text sent in every request")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--overload_connections", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    parser.add_argument("--grpc-client", help=argparse.SUPPRESS)
+    parser.add_argument("--request-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    home = args.home or tempfile.mkdtemp(prefix="conveyor-bench-")
+    if args.grpc_client:
+        with open(args.request_file, "rb") as f:
+            request = f.read()
+        print(json.dumps(asyncio.run(_grpc_load(args.grpc_client, request, args.connections,
+                                                args.seconds, warmup=2.0))))
+        return 0
+    wrk = ensure_wrk()
+    if args.setup:
+        print(f"wrk: {wrk}")
+        return 0
+
+    from serving import testing as demo_models
+    from serving.model_manager import version_dirs
+    from serving.servables import read_signature_defs
+
+    work = tempfile.mkdtemp(prefix="conveyor-bench-")
+    home = args.home or os.path.join(work, "home")
     if not args.home:
         demo_models.build_home(home)
     base = os.path.join(home, "serving", args.model)
     dirs = version_dirs(base)
     version_dir = os.path.join(base, dirs[max(dirs)])
-    direct = tf.saved_model.load(version_dir).signatures["serving_default"]
-    key = next(iter(direct.structured_input_signature[1]))  # "images" or "text"
+    signature = read_signature_defs(version_dir)["serving_default"]
+    key = next(iter(signature.inputs))
+    is_image = "image" in key
     if args.sample and os.path.isfile(args.sample):
         with open(args.sample, "rb") as f:
             sample = f.read()
     elif args.sample:
         sample = args.sample.encode()
     else:
-        sample = demo_models.solid_png((200, 30, 30), size=64) if key == "images" else b"a good movie"
-    rest_body = {"instances": [{"b64": base64.b64encode(sample).decode()} if key == "images"
-                               else sample.decode()]}
-    grpc_request = predict_pb2.PredictRequest()
-    grpc_request.model_spec.name = args.model
-    grpc_request.inputs[key].CopyFrom(tf.make_tensor_proto([sample]))
+        sample = demo_models.solid_png((200, 30, 30), size=64) if is_image else b"a good movie"
+    noop_base = noop_model(work)
+    config = os.path.join(work, "models.config")
+    with open(config, "w") as f:
+        f.write("model_config_list {\n" + "".join(
+            f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+            for name, path in ((args.model, base), ("noop", noop_base))) + "}\n")
+    try:
+        binary = not sample.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        binary = True
+    files = {args.model: _write_request(os.path.join(work, "req"), args.model, key, sample, binary),
+             "noop": _write_request(os.path.join(work, "req"), "noop", "text", b"x", False)}
 
     results = {"model": args.model, "version_dir": version_dir, "cpus": os.cpu_count(),
-               "latency_batch1": {}, "throughput_rps": {}}
-    inputs = {key: tf.constant([sample])}
-    results["latency_batch1"]["in-process SavedModel"] = percentiles(
-        time_calls(lambda: direct(**inputs), args.requests))
-    # The ceiling for server-side batching: the same model called in-process on batches of 16.
-    batch = {key: tf.constant([sample] * 16)}
-    batch_seconds = sum(time_calls(lambda: direct(**batch), args.requests // 16 or 1))
-    results["throughput_rps"]["in-process SavedModel, batches of 16"] = round(
-        16 * (args.requests // 16 or 1) / batch_seconds, 1)
-
-    for batching in (False, True):
-        proc, url, target = start_server(home, batching)
+               "connections": args.connections, "seconds": args.seconds, "batching": BATCHING,
+               "load_average_before": os.getloadavg(), "points": {}}
+    ceiling = in_process(version_dir, key, sample, BATCHING["max_batch_size"], 10)
+    results["in_process"] = ceiling
+    print(f"in-process ceiling: {ceiling}", flush=True)
+    for batching in (None, BATCHING):
+        mode = "batching" if batching else "no batching"
+        proc, url, target = start_server(config, batching, work)
         try:
-            wait_ready(url, args.model, proc)
+            wait_ready(url, proc)
+            for model in (args.model, "noop"):
+                rest_file, grpc_file = files[model]
+                points = {f"REST {model}, {mode}": wrk_point(
+                              wrk, f"{url}/v1/models/{model}:predict", rest_file,
+                              args.connections, args.seconds, proc.pid),
+                          f"gRPC {model}, {mode}": grpc_point(
+                              target, grpc_file, args.connections, args.seconds, proc.pid)}
+                for name, point in points.items():
+                    print(name, point, flush=True)
+                results["points"].update(points)
+            if not batching:  # batch-1 latency: one connection, one request at a time
+                name = f"REST {args.model}, {mode}, 1 connection"
+                results["points"][name] = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict",
+                                                    files[args.model][0], 1, args.seconds, proc.pid)
+                print(name, results["points"][name], flush=True)
+            if batching:
+                name = f"REST {args.model}, {mode}, {args.overload_connections} connections"
+                point = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict", files[args.model][0],
+                                  args.overload_connections, args.seconds, proc.pid)
+                import requests
 
-            def rest_call():
-                session = requests.Session()
-                return lambda: session.post(f"{url}/v1/models/{args.model}:predict",
-                                            json=rest_body, timeout=30).raise_for_status()
-
-            def grpc_call():
-                stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
-                return lambda: stub.Predict(grpc_request, timeout=30)
-
-            mode = "batching" if batching else "no batching"
-            if not batching:
-                results["latency_batch1"]["REST"] = percentiles(time_calls(rest_call(), args.requests))
-                results["latency_batch1"]["gRPC"] = percentiles(time_calls(grpc_call(), args.requests))
-            results["throughput_rps"][f"REST, {args.clients} clients, {mode}"] = throughput(
-                rest_call, args.clients, args.requests * 2)
-            results["throughput_rps"][f"gRPC, {args.clients} clients, {mode}"] = throughput(
-                grpc_call, args.clients, args.requests * 2)
+                with open(files[args.model][0]) as f:
+                    after = requests.post(f"{url}/v1/models/{args.model}:predict", data=f.read(), timeout=30)
+                point["answers_after"] = after.status_code
+                results["points"][name] = point
+                print(name, point, flush=True)
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            results.setdefault("exit_codes", []).append(proc.wait(timeout=60))
+    results["load_average_after"] = os.getloadavg()
+    for point in results["points"].values():
+        point["share_of_ceiling"] = round(point["rps"] / ceiling["rps"], 3)
 
     os.makedirs(args.out, exist_ok=True)
     stem = "serving" if args.model == "image" and not args.home else f"serving-{args.model}"
     with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(results, f, indent=2)
-    lines = [f"# Serving benchmark ({args.model}, {results['cpus']} CPUs)", "",
-             "| batch-1 latency | p50 ms | p99 ms |", "|---|---|---|"]
-    lines += [f"| {k} | {v['p50_ms']} | {v['p99_ms']} |" for k, v in results["latency_batch1"].items()]
-    lines += ["", "| throughput | requests/s |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in results["throughput_rps"].items()]
+    lines = [f"# Serving benchmark ({args.model}, {results['cpus']} CPUs, {args.connections} "
+             f"connections, {args.seconds} s per point)", "",
+             f"Load average before/after: {', '.join(f'{x:.1f}' for x in results['load_average_before'])}"
+             f" / {', '.join(f'{x:.1f}' for x in results['load_average_after'])}. "
+             f"Batching: {json.dumps(BATCHING)}.", "",
+             f"In-process ceiling (server's session code, batches of {ceiling['batch']}): "
+             f"{ceiling['rps']} rows/s; batch-1 p50 {ceiling['batch1']['p50_ms']} ms, "
+             f"p99 {ceiling['batch1']['p99_ms']} ms.", "",
+             "| point | requests/s | share of ceiling | p50 ms | p99 ms | errors | client CPU | server CPU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, p in results["points"].items():
+        errors = p.get("non_2xx", p.get("non_ok", 0))
+        lines.append(f"| {name} | {p['rps']} | {p['share_of_ceiling']:.0%} | {p['p50_ms']} | "
+                     f"{p['p99_ms']} | {errors} | {p['client_cpu_share']:.0%} | {p['server_cpu_share']:.0%} |")
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from serving.errors import ServingError
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -43,6 +44,15 @@ class Metrics:
             registry=self.registry)
         self._series_lock = threading.Lock()
         self._series: Dict[Tuple[str, str], Set[Tuple[str, str, str]]] = {}
+        self.batch_size = Histogram(
+            "conveyor_serving_batch_size",
+            "Rows of the requests merged into one model run (--enable_batching).",
+            ["model_name", "version"], buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.batch_padding = Counter(
+            "conveyor_serving_batch_padding_rows",
+            "Rows added to batches to reach an allowed_batch_sizes entry.",
+            ["model_name", "version"], registry=self.registry)
+        self._batch_series: Set[Tuple[str, str]] = set()
         self.loaded_versions = Gauge(
             "conveyor_serving_loaded_versions", "Versions currently AVAILABLE per model.",
             ["model_name"], registry=self.registry)
@@ -69,10 +79,28 @@ class Metrics:
                     self._series.setdefault((outcome.model_name, outcome.version), set()).add(
                         (api, protocol, outcome.status))
 
+    def observe_batch(self, model_name: str, version: int, rows: int, padded: int) -> None:
+        """Records one model run of the batcher: `rows` of requests, `padded` rows run."""
+        labels = (model_name, str(version))
+        self.batch_size.labels(*labels).observe(rows)
+        if padded > rows:
+            self.batch_padding.labels(*labels).inc(padded - rows)
+        if labels not in self._batch_series:
+            with self._series_lock:
+                self._batch_series.add(labels)
+
     def forget_version(self, model_name: str, version: int) -> None:
         """Drops the series of an unloaded version, so label sets do not grow with reloads."""
         with self._series_lock:
             series = self._series.pop((model_name, str(version)), set())
+            batched = (model_name, str(version)) in self._batch_series
+            self._batch_series.discard((model_name, str(version)))
+        if batched:
+            for metric in (self.batch_size, self.batch_padding):
+                try:
+                    metric.remove(model_name, str(version))
+                except KeyError:  # no padding was ever recorded
+                    pass
         for api, protocol, status in series:
             for metric, values in ((self.requests, (model_name, str(version), api, protocol, status)),
                                    (self.latency, (model_name, str(version), api, protocol))):

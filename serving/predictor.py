@@ -3,7 +3,9 @@
 Both front ends translate their wire format into these calls, so model resolution,
 signature checks, batching and error codes are identical over REST and gRPC.
 """
+import asyncio
 import re
+from concurrent.futures import Executor
 from typing import Dict, Iterable, Optional, Tuple
 
 import grpc
@@ -62,42 +64,36 @@ class Predictor:
           {output alias: array} as the graph computed them.
         Raises:
           ServingError: TF Serving's codes; when TF rejects an input whose shape the signature
-            does not allow, the message starts by naming that input and both shapes. For the
-            contract's encoded-image input (a string input named contract.SERVING_INPUT
-            ["image"]), INVALID_ARGUMENT "Input 'images' instance <i>: <why>" before the graph
-            runs for a value that is no PNG/JPEG/GIF/BMP or has more than
-            contract.MAX_IMAGE_PIXELS pixels (serving/images.py), and after a decoding failure
-            for the first instance the graph refuses.
+            does not allow, the message starts by naming that input and both shapes;
+            UNAVAILABLE when the batching queue is full. For the contract's encoded-image
+            input (a string input named contract.SERVING_INPUT["image"]), INVALID_ARGUMENT
+            "Input 'images' instance <i>: <why>" before the graph runs for a value that is no
+            PNG/JPEG/GIF/BMP or has more than contract.MAX_IMAGE_PIXELS pixels
+            (serving/images.py), and after a decoding failure for the first instance the
+            graph refuses.
         """
-        signature_name = signature_name or DEFAULT_SIGNATURE
-        signature = servable.signature(signature_name)
-        wanted = list(output_filter)
-        for alias in wanted:
-            if alias not in signature.outputs:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output tensor alias not found in signature: {alias} Outputs "
-                                   f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-        image_key = contract.SERVING_INPUT["image"]
-        image_input = signature.inputs.get(image_key)
-        has_images = (image_key in inputs and image_input is not None
-                      and image_input.dtype == types_pb2.DT_STRING)
-        if has_images:
-            images.check_image_input(image_key, inputs[image_key])
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
+        if self.batcher is None:
+            return call.finish(call.run)
+        return call.finish(lambda: self.batcher.run(call.key, call.run_inputs, inputs))
+
+    async def predict_async(self, servable: Servable, signature_name: str,
+                            inputs: Dict[str, np.ndarray], executor: Executor,
+                            output_filter: Iterable[str] = (), timeout_ms: int = 0
+                            ) -> Dict[str, np.ndarray]:
+        """`predict` for an asyncio front end: the model runs in the batcher, or on
+        `executor` without batching; the event loop only waits. Same Args/Returns/Raises,
+        plus `executor`: the threads that run unbatched model calls."""
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
         try:
-            if self.batcher is not None:
-                key = (servable.name, servable.version, signature_name, tuple(wanted))
-                outputs = self.batcher.run(
-                    key, lambda x: servable.run(signature_name, x, wanted, timeout_ms), inputs)
+            if self.batcher is None:
+                outputs = await asyncio.get_running_loop().run_in_executor(executor, call.run)
             else:
-                outputs = servable.run(signature_name, inputs, wanted, timeout_ms)
+                outputs = await asyncio.wrap_future(
+                    self.batcher.submit(call.key, call.run_inputs, inputs))
         except ServingError as e:
-            hint = _shape_hint(signature, inputs)
-            if has_images and not hint and e.code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise _image_error(servable, signature_name, image_key, inputs, e, timeout_ms) from e
-            raise ServingError(e.code, hint + _one_line(e)) from e
-        if self.on_predict is not None:
-            self.on_predict(servable.name, servable.version, inputs)
-        return outputs
+            raise call.error(e) from e
+        return call.finish(lambda: outputs)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> Tuple[Servable, classification_pb2.ClassificationResponse]:
@@ -155,6 +151,57 @@ class Predictor:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return servable, response
 
+
+
+class _PredictCall:
+    """One predict request between its checks and its outputs (shared by the sync and
+    async paths of Predictor)."""
+
+    def __init__(self, predictor: Predictor, servable: Servable, signature_name: str,
+                 inputs: Dict[str, np.ndarray], output_filter: Iterable[str], timeout_ms: int):
+        self.predictor = predictor
+        self.servable = servable
+        self.name = signature_name or DEFAULT_SIGNATURE
+        self.signature = servable.signature(self.name)
+        self.wanted = list(output_filter)
+        for alias in self.wanted:
+            if alias not in self.signature.outputs:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output tensor alias not found in signature: {alias} Outputs "
+                                   f"expected to be in the set {{{','.join(sorted(self.signature.outputs))}}}.")
+        self.inputs = inputs
+        self.timeout_ms = timeout_ms
+        self.key = (servable.name, servable.version, self.name, tuple(self.wanted))
+        image_key = contract.SERVING_INPUT["image"]
+        image_input = self.signature.inputs.get(image_key)
+        self.image_key = image_key if (image_key in inputs and image_input is not None
+                                       and image_input.dtype == types_pb2.DT_STRING) else None
+        if self.image_key:
+            images.check_image_input(image_key, inputs[image_key])
+
+    def run(self) -> Dict[str, np.ndarray]:
+        return self.run_inputs(self.inputs)
+
+    def run_inputs(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return self.servable.run(self.name, inputs, self.wanted, self.timeout_ms)
+
+    def error(self, e: ServingError) -> ServingError:
+        """The error with the shape hint and TF's text on one line; for encoded images the
+        first instance the graph refuses (`_image_error`)."""
+        hint = _shape_hint(self.signature, self.inputs)
+        if self.image_key and not hint and e.code == grpc.StatusCode.INVALID_ARGUMENT:
+            return _image_error(self.servable, self.name, self.image_key, self.inputs, e, self.timeout_ms)
+        return ServingError(e.code, hint + _one_line(e))
+
+    def finish(self, produce):
+        """produce() with errors rewritten by `error`; calls on_predict after outputs."""
+        try:
+            result = produce()
+        except ServingError as e:
+            raise self.error(e) from e
+        if self.predictor.on_predict is not None:
+            self.predictor.on_predict(self.servable.name, self.servable.version, self.inputs)
+        return result
 
 
 def _fill_spec(spec: model_pb2.ModelSpec, servable: Servable, signature_name: str) -> None:

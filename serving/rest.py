@@ -1,17 +1,30 @@
-"""TF Serving's REST API (/v1/models/...) on the stdlib's threaded HTTP server.
+"""TF Serving's REST API (/v1/models/...) on aiohttp's HTTP server, JSON by orjson.
 
-The stdlib server keeps the dependency set unchanged; requests are small and the
-heavy lifting happens in TensorFlow, which releases the GIL.
+Why aiohttp: a well-kept asyncio HTTP/1.1 server with a C parser (llhttp), already in the
+lock (Airflow needs it). One event-loop thread owns every connection, so an idle keep-alive
+connection or a slow client costs a socket, not a thread, and SIGTERM can stop accepting,
+finish what was received and close keep-alive connections (aiohttp's graceful shutdown).
+The model work runs on a bounded thread pool (TensorFlow releases the GIL) or, with
+--enable_batching, in the shared batcher; JSON is parsed and written by orjson, with the
+stdlib codec as the slow path where the two differ (errors, NaN/Infinity), so error texts
+and NaN outputs are what they were.
+
 URL patterns, status-code mapping and the `{"error": ...}` body follow TF Serving's
-http_rest_api_util.cc / http_server.cc.
+http_rest_api_util.cc / http_server.cc. Errors of the HTTP layer itself (bad request line,
+oversized URI or headers, unknown methods) are JSON too, through `_ConnectionHandler`.
 """
+import asyncio
 import json
 import logging
 import re
 import socket
+import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Optional, Tuple
+
+import orjson
+from aiohttp import http_exceptions, web, web_protocol, web_server
 
 import grpc
 from google.protobuf import json_format
@@ -37,14 +50,6 @@ _STATUS_RE = re.compile(
 _MAX_ERROR_CHARS = 1000
 
 
-class _BodyTooLarge(Exception):
-    """Raised before reading the body; `drain` says whether reading it first is affordable."""
-
-    def __init__(self, message: str, drain: int = 0):
-        super().__init__(message)
-        self.drain = drain
-
-
 def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> model_pb2.ModelSpec:
     spec = model_pb2.ModelSpec(name=urllib.parse.unquote(name))
     if version:
@@ -56,6 +61,27 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> mode
     if label:
         spec.version_label = urllib.parse.unquote(label)
     return spec
+
+
+def _error(e: ServingError) -> Tuple[int, Any]:
+    """(HTTP status, {"error": message}) of a ServingError (http_server.cc ToHTTPStatusCode).
+
+    Messages echo request values (names, signature keys): a huge one loses its middle,
+    keeping the start and the end that says what was wrong.
+    """
+    message = e.message
+    if len(message) > _MAX_ERROR_CHARS:
+        message = message[:_MAX_ERROR_CHARS - 205] + " ... " + message[-200:]
+    return HTTP_STATUS.get(e.code, 500), {"error": message}
+
+
+def _signature_name(request: dict) -> str:
+    signature_name = request.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"JSON Value: {json_tensors._short(request)} not formatted "
+                           "correctly. 'signature_name' key must be a string value.")
+    return signature_name
 
 
 def _proto_json(message, preserve_names: bool) -> Any:
@@ -72,15 +98,42 @@ class RestApi:
         self.timeout_ms = timeout_ms  # --rest_api_timeout_in_ms: bounds each predict run
 
     def handle(self, method: str, path: str, body: bytes) -> Tuple[int, Any]:
+        """(HTTP status, JSON-able payload) of one /v1/ request; blocks while the model runs.
+
+        Errors are TF Serving's status and `{"error": one line}`; nothing raises but bugs.
+        """
         try:
             return 200, self._dispatch(method, path, body)
         except ServingError as e:
-            # Messages echo request values (names, signature keys): a huge one loses its
-            # middle, keeping the start and the end that says what was wrong.
-            message = e.message
-            if len(message) > _MAX_ERROR_CHARS:
-                message = message[:_MAX_ERROR_CHARS - 205] + " ... " + message[-200:]
-            return HTTP_STATUS.get(e.code, 500), {"error": message}
+            return _error(e)
+
+    async def handle_async(self, method: str, path: str, body: bytes, executor: Executor,
+                           inline_bytes: int = 256 * 1024) -> Tuple[int, bytes]:
+        """`respond` for an asyncio server.
+
+        A :predict whose body is at most `inline_bytes` is parsed and answered on the event
+        loop, its model run awaited in the batcher or on `executor`, so no thread waits for
+        a batch to fill. Anything else (bigger bodies, whose parsing would stall the loop;
+        status, metadata, :classify, :regress) runs whole on `executor`.
+
+        Returns:
+          (HTTP status, JSON bytes).
+        """
+        match = _PREDICT_RE.fullmatch(path) if method == "POST" else None
+        if match is None or match.group(4).lower() != "predict" or len(body) > inline_bytes:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, self.respond, method, path, body)
+        try:
+            with self.metrics.track("predict", "rest") as outcome:
+                name, version, label, _ = match.groups()
+                servable, signature, inputs, fmt = self._predict_inputs(
+                    _model_spec(name, version, label), body, outcome)
+                outputs = await self.predictor.predict_async(
+                    servable, signature, inputs, executor, timeout_ms=self.timeout_ms)
+                status, payload = 200, json_tensors.format_predict_response(outputs, fmt)
+        except ServingError as e:
+            status, payload = _error(e)
+        return status, encode_json(payload)
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         if method == "POST":
@@ -118,24 +171,26 @@ class RestApi:
 
     def _post(self, api: str, spec: model_pb2.ModelSpec, body: bytes) -> Any:
         with self.metrics.track(api, "rest") as outcome:
-            request = self._parse_body(body)
-            signature_name = request.get("signature_name", "")
-            if not isinstance(signature_name, str):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"JSON Value: {json_tensors._short(request)} not formatted "
-                                   "correctly. 'signature_name' key must be a string value.")
             if api != "predict":
-                return self._classify_or_regress(api, spec, signature_name, request, outcome)
-            servable = self.predictor.servable(spec)
-            outcome.model_name, outcome.version = servable.name, str(servable.version)
-            name = signature_name or DEFAULT_SIGNATURE
-            if name not in servable.signature_defs:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f'Serving signature name: "{name}" not found in signature def')
-            inputs, fmt = json_tensors.parse_predict_request(
-                request, servable.signature_defs[name].inputs)
+                request = self._parse_body(body)
+                return self._classify_or_regress(api, spec, _signature_name(request), request,
+                                                 outcome)
+            servable, name, inputs, fmt = self._predict_inputs(spec, body, outcome)
             outputs = self.predictor.predict(servable, name, inputs, timeout_ms=self.timeout_ms)
             return json_tensors.format_predict_response(outputs, fmt)
+
+    def _predict_inputs(self, spec: model_pb2.ModelSpec, body: bytes, outcome):
+        """(servable, signature name, {input: array}, row or columnar format) of a :predict."""
+        request = self._parse_body(body)
+        signature_name = _signature_name(request)
+        servable = self.predictor.servable(spec)
+        outcome.model_name, outcome.version = servable.name, str(servable.version)
+        name = signature_name or DEFAULT_SIGNATURE
+        if name not in servable.signature_defs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f'Serving signature name: "{name}" not found in signature def')
+        inputs, fmt = json_tensors.parse_predict_request(request, servable.signature_defs[name].inputs)
+        return servable, name, inputs, fmt
 
     def _classify_or_regress(self, api: str, spec: model_pb2.ModelSpec, signature_name: str,
                              request: dict, outcome) -> Any:
@@ -152,212 +207,299 @@ class RestApi:
         outcome.model_name, outcome.version = servable.name, str(servable.version)
         return json_tensors.format_regression(response.result)
 
+    def respond(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        """`handle` with the payload encoded: (HTTP status, JSON bytes)."""
+        status, payload = self.handle(method, path, body)
+        return status, encode_json(payload)
+
     @staticmethod
     def _parse_body(body: bytes) -> dict:
         try:
-            request = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from e
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # The stdlib decoder is the reference (it accepts NaN/Infinity and lone
+            # surrogates, which json_tensors then rejects by name, and its messages say
+            # where the text broke); orjson only speeds up the bodies both accept.
+            try:
+                request = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from e
         if not isinstance(request, dict):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "JSON Parse error: request body must be a JSON object")
         return request
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "ConveyorModelServer"
-    timeout = 60  # seconds; a client that stalls mid-request only ties up its own thread
-    # Set on the subclass built by make_http_server.
-    api: RestApi
-    max_body_bytes: int
-    metrics_path: Optional[str]   # None: Prometheus export disabled (monitoring config)
-    cors: bool                    # --rest_api_enable_cors_support
+def encode_json(payload: Any) -> bytes:
+    """JSON bytes of a response payload (UTF-8, no spaces).
 
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without NODELAY, Nagle plus the
-        # client's delayed ACK adds ~40 ms to every keep-alive response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    orjson writes NaN and ±Infinity as null; TF Serving writes them as NaN/Infinity
+    (rapidjson's kWriteNanAndInfFlag), so a payload with a null is written by the stdlib
+    encoder, which does the same. Predict outputs never hold a real null.
+    """
+    data = orjson.dumps(payload)
+    if b"null" in data:
+        return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    return data
 
-    def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        if self.metrics_path and path == self.metrics_path:
-            manager = self.api.predictor.manager
-            loaded = {n: manager.loaded_versions(n) for n in manager.model_names()}
-            self._reply(200, self.api.metrics.render(loaded), self.api.metrics.content_type)
-            return
-        self._api("GET", path, b"")
 
-    def do_POST(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        self._api_with_body("POST", path)
+_JSON = "application/json"
+_CORS_HEADERS = {  # http_rest_api_util.cc AddCORSHeaders, on every REST API response
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+# Request-line and header limits (the stdlib server's, which the tests and clients know):
+# a longer request line is 414, a longer header line or more than 100 headers 431.
+_MAX_REQUEST_LINE = 65536
+_MAX_HEADER_LINE = 16384
+_MAX_HEADERS = 100
+_SERVER_HEADER = "ConveyorModelServer"
+_READ_CHUNK = 1 << 20
 
-    def do_OPTIONS(self) -> None:
-        """CORS preflight as http_server.cc answers it: 200 with an empty body when the
-        Origin header holds an http(s) URL, else 400; the body is read and ignored."""
-        path = urllib.parse.urlsplit(self.path).path
-        try:
-            self._read_body()
-        except (_BodyTooLarge, ValueError):
-            self.close_connection = True
-        if not re.match(r"(?i)/v1/", path):
-            self._json(404, {"error": f"Not found: OPTIONS {path}"})
-        elif re.search(r"https?://", self.headers.get("Origin", "")):
-            self._reply(200, b"", "application/json")
+
+def _error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _is_api_path(path: str) -> bool:
+    return path[:4].lower() == "/v1/"
+
+
+class _BodyTooLarge(Exception):
+    """The body exceeds --rest_api_max_body_bytes: 413, then the connection is closed."""
+
+
+class _ConnectionHandler(web_protocol.RequestHandler):
+    """aiohttp's per-connection protocol, with its HTTP-level errors answered as JSON.
+
+    aiohttp answers every parse error with 400 and a text body; the stdlib server this
+    replaced (and TF Serving's evhttp) distinguish them, so the status is taken from the
+    kind of error: request line too long 414, header line too long or too many headers 431,
+    an HTTP version other than 1.x 505, an unknown method on /v1/ TF Serving's 400
+    "Malformed request: METHOD PATH"; anything else 400 with aiohttp's first line.
+    """
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: Optional[BaseException] = None, message: Optional[str] = None
+                     ) -> web.StreamResponse:
+        if status == 500 or not isinstance(exc, http_exceptions.HttpProcessingError):
+            log.error("Internal error of the REST server", exc_info=exc)
+            error = f"Internal error: {type(exc).__name__}: {exc}" if exc else "Internal error"
+            status = 500
         else:
-            self._json(400, {"error": "Origin header is missing in CORS preflight"})
-
-    def _other_method(self) -> None:
-        # TF Serving answers any other method on /v1/ with 400 "Malformed request: PUT /v1/...";
-        # the body is still read (within the limit) so the connection stays usable.
-        self._api_with_body(self.command, urllib.parse.urlsplit(self.path).path)
-
-    def __getattr__(self, name: str) -> Any:
-        # The stdlib dispatches on do_<METHOD> and answers 501 when there is none; every
-        # method TF Serving does not serve (PUT, DELETE, HEAD, TRACE, BREW...) goes to
-        # _other_method instead.
-        if name.startswith("do_"):
-            return self._other_method
-        raise AttributeError(name)
-
-    def _api_with_body(self, method: str, path: str) -> None:
-        try:
-            body = self._read_body()
-        except _BodyTooLarge as e:
-            # Reading a moderately oversized body first lets the client see the 413 instead
-            # of a reset connection; either way the connection is not reused.
-            self._discard(e.drain)
-            self.close_connection = True
-            self._json(413, {"error": str(e)})
-            return
-        except ValueError as e:
-            self.close_connection = True
-            self._json(400, {"error": str(e)})
-            return
-        self._api(method, path, body)
-
-    def _api(self, method: str, path: str, body: bytes) -> None:
-        if not re.match(r"(?i)/v1/", path):
-            self._json(404, {"error": f"Not found: {method} {path}"})
-            return
-        try:
-            status, payload = self.api.handle(method, path, body)
-        except Exception as e:  # a server bug: report it, keep serving
-            log.exception("Internal error handling %s %s", method, path)
-            status, payload = 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
-        self._json(status, payload)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length_header = self.headers.get("Content-Length", "0")
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise ValueError(f"Invalid Content-Length: {json.dumps(length_header)}")
-        if length < 0:
-            raise ValueError(f"Invalid Content-Length: {json.dumps(length_header)}")
-        self._check_size(length, drain=length if length <= 4 * self.max_body_bytes else 0)
-        return self.rfile.read(length)
-
-    def _read_chunked(self) -> bytes:
-        """Chunked bodies (curl -T -, streaming clients); TF Serving's evhttp accepts them too.
-
-        Past the limit the remaining chunks are read and dropped (up to 4x the limit, as for
-        a declared Content-Length) so the client gets the 413 rather than a reset connection.
-        """
-        body = bytearray()
-        total = 0
-        while True:
-            line = self.rfile.readline(1024).split(b";")[0].strip()
-            try:
-                size = int(line, 16)
-            except ValueError:
-                raise ValueError("Malformed chunked request body")
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers
-                    pass
-                break
-            total += size
-            if total > 4 * self.max_body_bytes:
-                self._check_size(total)  # give up reading: 413, then the connection closes
-            if total > self.max_body_bytes:
-                body.clear()
-                self._discard(size)
-            else:
-                body += self.rfile.read(size)
-            self.rfile.readline(1024)
-        self._check_size(total)  # all of it was read, so the 413 reaches the client
-        return bytes(body)
-
-    def _check_size(self, size: int, drain: int = 0) -> None:
-        """413 for a body over the limit; `drain` bytes are read first so the client sees it."""
-        if size > self.max_body_bytes:
-            raise _BodyTooLarge(f"Request body of {size} bytes exceeds the limit of "
-                                f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)", drain)
-
-    def _discard(self, size: int) -> None:
-        try:
-            while size > 0:
-                chunk = self.rfile.read(min(size, 1 << 20))
-                if not chunk:
-                    return
-                size -= len(chunk)
-        except OSError:
-            pass
-
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
-        """The stdlib's own errors (bad request line, 414, 431, 505) as
-        `{"error": ...}` JSON like every other error, instead of its HTML page."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # request line unparsable: still send headers
-            self.request_version = "HTTP/1.0"
-        short, _ = self.responses.get(code, ("Error", ""))
-        self._json(code, {"error": message or short})
-
-    def _json(self, status: int, payload: Any) -> None:
-        self._reply(status, json.dumps(payload).encode("utf-8"), "application/json")
-
-    def _reply(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        if self.cors and re.match(r"(?i)/v1/", urllib.parse.urlsplit(getattr(self, "path", "")).path):
-            # http_rest_api_util.cc AddCORSHeaders, on every REST API response
-            self.send_header("Access-Control-Allow-Origin", "*")
-            self.send_header("Access-Control-Allow-Methods", "POST, GET")
-            self.send_header("Access-Control-Allow-Headers", "Content-Type")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        try:
-            self.end_headers()
-            if self.command != "HEAD":  # a HEAD response has headers and no body
-                self.wfile.write(data)
-        except ConnectionError:  # the client left without reading the answer: its loss only
-            self.close_connection = True
-            log.debug("Client %s closed the connection before the %d reply", self.address_string(), status)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+            status, error = _http_error(exc)
+            log.debug("HTTP error %d from %s: %s", status, request.remote, error)
+        response = web.Response(status=status, body=_error_body(error),
+                                headers={"Content-Type": _JSON, "Server": _SERVER_HEADER})
+        response.force_close()
+        return response
 
 
-def make_http_server(host: str, port: int, api: RestApi, max_body_bytes: int,
-                     metrics_path: Optional[str] = PROMETHEUS_PATH, cors: bool = False,
-                     timeout_seconds: float = 60) -> ThreadingHTTPServer:
-    """The REST server (not started).
+def _http_error(exc: http_exceptions.HttpProcessingError) -> Tuple[int, str]:
+    """(status, one-line message) for an aiohttp parse error (see _ConnectionHandler)."""
+    text = exc.message if isinstance(exc.message, str) else str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "Bad request")
+    if isinstance(exc, http_exceptions.LineTooLong):
+        if exc.args[1] == _MAX_REQUEST_LINE:
+            return 414, f"Request-URI Too Long (more than {_MAX_REQUEST_LINE} bytes)"
+        return 431, f"Request Header Fields Too Large (a line of more than {_MAX_HEADER_LINE} bytes)"
+    if "Too many headers" in text:
+        return 431, f"Request Header Fields Too Large (more than {_MAX_HEADERS} headers)"
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        # llhttp knows the registered methods only; TF Serving answers any other method
+        # on /v1/ with 400 "Malformed request" (http_rest_api_handler.cc).
+        line = re.search(r"b'([A-Za-z]+) (/\S*) HTTP/", text)
+        if line and _is_api_path(line.group(2)):
+            path = urllib.parse.urlsplit(line.group(2)).path
+            return 400, f"Malformed request: {line.group(1)} {path}"
+        return 400, "Bad request: invalid method"
+    if isinstance(exc, http_exceptions.BadStatusLine) and "Invalid HTTP version" in text:
+        return 505, "HTTP Version Not Supported"
+    detail = re.sub(r"^Bad status line:?\s*", "", first).rstrip(":")
+    return 400, f"Bad request: {detail}"
+
+
+class _Server(web_server.Server):
+    """aiohttp's low-level server building `_ConnectionHandler`s."""
+
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+
+
+class RestServer:
+    """The REST front end: aiohttp on its own event-loop thread, model work on a thread pool.
 
     Args:
-      host, port: where to listen.
+      host, port: where to listen (bound in the constructor).
       api: answers /v1/ requests.
-      max_body_bytes: larger bodies get 413.
+      max_body_bytes: larger bodies get 413 `{"error": ...}`; bodies up to 4x the limit are
+        read (and dropped) first so the client sees the 413, larger ones are not read and
+        the connection is closed after the answer.
       metrics_path: Prometheus page path (None: not served).
       cors: add TF Serving's CORS headers to REST responses.
-      timeout_seconds: a connection idle this long mid-request is closed.
+      timeout_seconds: a client that stalls mid-body this long, or an idle keep-alive
+        connection, is closed.
+      num_threads: threads running requests' parsing and model calls concurrently; more
+        concurrent requests wait in the event loop (they hold a socket and their body).
+      extra_routes: {path: fn() -> (status, JSON payload)} answered on GET, e.g. readiness.
+    Raises:
+      OSError: the port cannot be bound.
+
+    Thread safety: `start` and `stop` are called from one controlling thread.
     """
-    handler = type("RestHandler", (_Handler,), {"api": api, "max_body_bytes": max_body_bytes,
-                                                "metrics_path": metrics_path, "cors": cors,
-                                                "timeout": timeout_seconds})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+
+    def __init__(self, host: str, port: int, api: RestApi, max_body_bytes: int,
+                 metrics_path: Optional[str] = PROMETHEUS_PATH, cors: bool = False,
+                 timeout_seconds: float = 60, num_threads: int = 8,
+                 extra_routes: Optional[dict] = None):
+        self.api = api
+        self.max_body_bytes = max_body_bytes
+        self.metrics_path = metrics_path
+        self.cors = cors
+        self.timeout_seconds = timeout_seconds
+        self.extra_routes = dict(extra_routes or {})
+        self.draining = False
+        self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
+        self._socket = socket.create_server((host, port), backlog=1024)
+        self._loop = asyncio.new_event_loop()
+        self._thread: Optional[threading.Thread] = None
+        self._runner = self._loop.run_until_complete(self._setup())
+
+    async def _setup(self) -> web.BaseRunner:
+        server = _Server(self._handle, loop=self._loop, max_line_size=_MAX_REQUEST_LINE,
+                         max_field_size=_MAX_HEADER_LINE, max_headers=_MAX_HEADERS,
+                         keepalive_timeout=self.timeout_seconds, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, self._socket).start()
+        return runner
+
+    def start(self) -> None:
+        """Serves on a daemon thread; returns at once."""
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_seconds: float = 30) -> None:
+        """Graceful stop: closes the listening socket, then lets every request already
+        received finish (its response carries `Connection: close`) for up to
+        `timeout_seconds`, closes idle keep-alive connections, and stops the loop."""
+        if self._thread is None:
+            self._loop.run_until_complete(self._runner.cleanup())
+        else:
+            self._loop.call_soon_threadsafe(setattr, self, "draining", True)
+            done = asyncio.run_coroutine_threadsafe(self._shutdown(timeout_seconds), self._loop)
+            done.result(timeout=timeout_seconds + 10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False)
+        self._loop.close()
+
+    async def _shutdown(self, timeout_seconds: float) -> None:
+        self._runner._shutdown_timeout = timeout_seconds  # BaseRunner's own setting
+        await self._runner.cleanup()
+
+    # ---- one request -------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = urllib.parse.urlsplit(request.raw_path).path
+        method = request.method
+        close = False
+        try:
+            if method == "GET" and self.metrics_path and path == self.metrics_path:
+                status, data, content_type = 200, await self._metrics(), self.api.metrics.content_type
+            elif method == "GET" and path in self.extra_routes:
+                status, payload = self.extra_routes[path]()
+                data, content_type = encode_json(payload), _JSON
+            else:
+                status, data, close = await self._api(request, method, path)
+                content_type = _JSON
+        except Exception as e:  # a server bug: report it, keep serving
+            log.exception("Internal error handling %s %s", method, path)
+            status, data, content_type = 500, _error_body(f"Internal error: {type(e).__name__}: {e}"), _JSON
+        headers = {"Content-Type": content_type, "Server": _SERVER_HEADER}
+        if self.cors and _is_api_path(path):
+            headers.update(_CORS_HEADERS)
+        response = web.Response(status=status, body=data, headers=headers)
+        if close or self.draining:
+            response.force_close()  # "Connection: close": the client opens a new one
+        return response
+
+    async def _metrics(self) -> bytes:
+        manager = self.api.predictor.manager
+        loaded = {n: manager.loaded_versions(n) for n in manager.model_names()}
+        return self.api.metrics.render(loaded)
+
+    async def _api(self, request: web.BaseRequest, method: str, path: str) -> Tuple[int, bytes, bool]:
+        """(status, JSON body, close the connection) of a request for the API."""
+        # A timer rather than asyncio.wait_for, which costs a task per request.
+        task, expired = asyncio.current_task(), []
+        timer = self._loop.call_later(self.timeout_seconds, lambda: (expired.append(1), task.cancel()))
+        try:
+            body = await self._read_body(request)
+        except _BodyTooLarge as e:
+            return 413, _error_body(str(e)), True
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            return 408, _error_body(f"Request body not received within {self.timeout_seconds:g} s"), True
+        except (http_exceptions.HttpProcessingError, ValueError) as e:  # e.g. bad chunk framing
+            return 400, _error_body(f"Bad request body: {str(e).strip().splitlines()[0]}"), True
+        finally:
+            timer.cancel()
+        if method == "OPTIONS":
+            return self._options(request, path) + (False,)
+        if not _is_api_path(path):
+            return 404, _error_body(f"Not found: {method} {path}"), False
+        status, data = await self.api.handle_async(method, path, body, self._pool)
+        return status, data, False
+
+    def _options(self, request: web.BaseRequest, path: str) -> Tuple[int, bytes]:
+        """CORS preflight as http_server.cc answers it: 200 with an empty body when the
+        Origin header holds an http(s) URL, else 400."""
+        if not _is_api_path(path):
+            return 404, _error_body(f"Not found: OPTIONS {path}")
+        if re.search(r"https?://", request.headers.get("Origin", "")):
+            return 200, b""
+        return 400, _error_body("Origin header is missing in CORS preflight")
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        """The whole body (Content-Length or chunked; aiohttp decodes the framing).
+
+        Raises:
+          _BodyTooLarge: over the limit. The body is read to its end first when it is at
+            most 4x the limit, so the client gets to read the 413.
+        """
+        limit = self.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            if declared <= 4 * limit:
+                await self._discard(request, declared)
+            raise _BodyTooLarge(self._too_large(declared))
+        parts, total = [], 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total <= limit:
+                parts.append(chunk)
+            else:
+                parts.clear()
+                if total > 4 * limit:
+                    raise _BodyTooLarge(self._too_large(total))
+        if total > limit:
+            raise _BodyTooLarge(self._too_large(total))
+        return b"".join(parts)
+
+    @staticmethod
+    async def _discard(request: web.BaseRequest, size: int) -> None:
+        while size > 0:
+            chunk = await request.content.read(min(size, _READ_CHUNK))
+            if not chunk:
+                return
+            size -= len(chunk)
+
+    def _too_large(self, size: int) -> str:
+        return (f"Request body of {size} bytes exceeds the limit of "
+                f"{self.max_body_bytes} bytes (--rest_api_max_body_bytes)")

@@ -20,7 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tensorflow.core.protobuf import config_pb2
 
-from serving.batching import Batcher
+from serving.batching import Batcher, BatchingOptions
 from serving.config_protos import (BatchingParameters, ConfigFileError, MonitoringConfig,
                                    read_text_proto)
 from serving.errors import ServingError
@@ -29,9 +29,11 @@ from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
 from serving.model_manager import LoadOptions, ModelManager, version_dirs
 from serving.predictor import Predictor
-from serving.rest import RestApi, make_http_server
+from serving.rest import RestApi, RestServer
 
 log = logging.getLogger("conveyor.serving")
+# Conveyor's extension routes live under /v1/conveyor/, outside TF Serving's /v1/models.
+READY_PATH = "/v1/conveyor/ready"
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 USAGE = """\
@@ -56,7 +58,6 @@ CONVEYOR_DEFAULTS = {"rest_api_port": 8501, "host": "127.0.0.1"}
 # tensorflow_model_server 2.16 flags that have no effect here: accepted and logged once
 # (model_servers/main.cc). Value: why it has no meaning here.
 IGNORED_FLAGS = {
-    "rest_api_num_threads": "the REST server runs one thread per connection",
     "num_load_threads": "versions load one at a time on the polling thread",
     "num_unload_threads": "versions unload on the polling thread",
     "flush_filesystem_caches": "no file system cache to flush",
@@ -139,6 +140,8 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
     flag(net, "grpc_socket_path", str, "", "also serve gRPC on this UNIX socket")
     flag(net, "rest_api_port", int, defaults["rest_api_port"],
          "HTTP/REST port (0 disables it; TF Serving's default is 0, `conveyor serve`'s 8501)")
+    flag(net, "rest_api_num_threads", int, 0,
+         "threads running REST model calls, status and metadata (0: 4 x CPUs, as TF Serving)")
     flag(net, "rest_api_timeout_in_ms", int, 30000, "run timeout of a REST predict (DEADLINE_EXCEEDED)")
     flag(net, "rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses")
     flag(net, "grpc_channel_arguments", str, "", "k=v,... gRPC server arguments")
@@ -149,7 +152,8 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
     flag(batch, "enable_batching", bool, False,
          "merge concurrent requests to the same model version and signature")
     flag(batch, "batching_parameters_file", str, "",
-         "BatchingParameters text proto (max_batch_size, batch_timeout_micros)")
+         "BatchingParameters text proto (max_batch_size, batch_timeout_micros, "
+         "max_enqueued_batches, num_batch_threads, allowed_batch_sizes)")
     tf_group = p.add_argument_group("TensorFlow session (TF Serving)")
     flag(tf_group, "tensorflow_session_parallelism", int, 0, "threads of a session (0: auto)")
     flag(tf_group, "tensorflow_intra_op_parallelism", int, 0, "threads within an op (0: auto)")
@@ -173,6 +177,9 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
          "larger REST bodies get HTTP 413 (also the gRPC max message size)")
     flag(ext, "max_batch_size", int, 32, "rows per merged batch (batching_parameters_file wins)")
     flag(ext, "batch_timeout_micros", int, 2000, "how long a batch waits to fill up")
+    flag(ext, "drain_seconds", float, 10.0,
+         "on SIGTERM: time in-flight gRPC calls get to finish (REST requests already "
+         "received are always answered)")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Conveyor extension: log level")
     return p
@@ -199,6 +206,7 @@ class ServerOptions:
       host: address both APIs bind to (0.0.0.0: all interfaces).
       rest_api_max_body_bytes: larger REST bodies get HTTP 413; also the gRPC message limit.
       rest_api_timeout_in_ms: run timeout of a REST call, ms (then DEADLINE_EXCEEDED).
+      rest_api_num_threads: threads running REST model calls, status and metadata (0: 4 x CPUs).
       rest_api_enable_cors_support: add CORS headers to REST answers.
       grpc_max_threads: gRPC worker threads.
       grpc_channel_arguments: "k=v,..." gRPC server options.
@@ -210,6 +218,7 @@ class ServerOptions:
       batching_parameters_file: BatchingParameters text proto (needs enable_batching).
       max_batch_size: rows per merged batch (the batching file wins).
       batch_timeout_micros: how long a batch waits to fill up, µs (the batching file wins).
+      drain_seconds: on stop, how long in-flight gRPC calls get to finish.
       enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before AVAILABLE.
       num_request_iterations_for_warmup: replays of each warmup request.
       prefer_tflite_model: serve <version>/model.tflite when present.
@@ -235,6 +244,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     rest_api_max_body_bytes: int = 64 * 1024 * 1024
     rest_api_timeout_in_ms: int = 30000
+    rest_api_num_threads: int = 0
     rest_api_enable_cors_support: bool = False
     grpc_max_threads: int = 16
     grpc_channel_arguments: str = ""
@@ -246,6 +256,7 @@ class ServerOptions:
     batching_parameters_file: str = ""
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
+    drain_seconds: float = 10.0
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
     prefer_tflite_model: bool = False
@@ -312,22 +323,35 @@ class ServerOptions:
             return None
         return config.prometheus_config.path or PROMETHEUS_PATH
 
-    def batcher(self) -> Optional[Batcher]:
+    def batching_options(self) -> Optional[BatchingOptions]:
+        """The batching parameters, or None without --enable_batching: TF Serving's defaults
+        (BatchingOptions), --max_batch_size/--batch_timeout_micros, then the
+        --batching_parameters_file's fields, which win.
+
+        Raises:
+          ConfigFileError: the file is unreadable or a value is one TF Serving refuses.
+        """
         if not self.enable_batching:
             return None
-        size, timeout = self.max_batch_size, self.batch_timeout_micros
+        values: Dict[str, Any] = {"max_batch_size": self.max_batch_size,
+                                  "batch_timeout_micros": self.batch_timeout_micros}
         if self.batching_parameters_file:
             params = read_text_proto(self.batching_parameters_file, BatchingParameters)
-            if params.HasField("max_batch_size"):
-                size = params.max_batch_size.value
-            if params.HasField("batch_timeout_micros"):
-                timeout = params.batch_timeout_micros.value
-            used = {"max_batch_size", "batch_timeout_micros"}
+            for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
+                         "num_batch_threads"):
+                if params.HasField(name):
+                    values[name] = getattr(params, name).value
+            values["allowed_batch_sizes"] = tuple(params.allowed_batch_sizes)
+            used = set(values)
             others = [f.name for f, _ in params.ListFields() if f.name not in used]
             if others:
-                log.info("Batching parameters %s are ignored (Conveyor batches by size and "
-                         "timeout only)", ", ".join(others))
-        return Batcher(size, timeout)
+                log.info("Batching parameters %s are ignored (requests larger than "
+                         "max_batch_size always run in chunks of max_batch_size rows)",
+                         ", ".join(others))
+        try:
+            return BatchingOptions(**values)
+        except ValueError as e:
+            raise ConfigFileError(f"{self.batching_parameters_file or '--max_batch_size'}: {e}") from e
 
 
 def load_model_configs(options: ServerOptions) -> List[model_server_config_pb2.ModelConfig]:
@@ -370,24 +394,28 @@ class ModelServer:
         self.configs = load_model_configs(options)
         self.metrics = Metrics()
         metrics_path = options.metrics_path()
-        batcher = options.batcher()
+        batching = options.batching_options()
+        self.batcher = Batcher(batching, on_batch=self._observe_batch) if batching else None
         channel_arguments = parse_channel_arguments(options.grpc_channel_arguments)
         self.manager = ModelManager(
             self.configs, options.file_system_poll_wait_seconds,
             config_loader=(lambda: load_model_configs(options)) if options.config_path else None,
             config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
             load_options=options.load_options(), on_unload=self.metrics.forget_version)
-        predictor = Predictor(self.manager, batcher, on_predict,
+        predictor = Predictor(self.manager, self.batcher, on_predict,
                               method_name_check=options.enable_signature_method_name_check)
         self.metrics_path = metrics_path
+        self._stopping = False
         self.http = None
         self.grpc = None
         if options.rest_api_port:
-            self.http = make_http_server(
+            self.http = RestServer(
                 options.host, options.rest_api_port,
                 RestApi(predictor, self.metrics, options.rest_api_timeout_in_ms),
                 options.rest_api_max_body_bytes, metrics_path=metrics_path,
-                cors=options.rest_api_enable_cors_support)
+                cors=options.rest_api_enable_cors_support,
+                num_threads=options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
+                extra_routes={READY_PATH: self.readiness})
         addresses = []
         if options.port:
             addresses.append(f"{options.host}:{options.port}")
@@ -437,18 +465,48 @@ class ModelServer:
             if self.options.grpc_socket_path:
                 log.info("Running gRPC ModelServer at UNIX socket %s ...", self.options.grpc_socket_path)
         if self.http:
-            threading.Thread(target=self.http.serve_forever, name="rest", daemon=True).start()
+            self.http.start()
             log.info("Exporting HTTP/REST API at:%s:%d ... (metrics at %s)",
                      self.options.host, self.options.rest_api_port, self.metrics_path or "nowhere")
 
+    def readiness(self) -> Tuple[int, Dict[str, Any]]:
+        """GET /v1/conveyor/ready for load balancers (a Conveyor extension).
+
+        Returns:
+          (200, {"ready": true, "models": {name: [available versions]}}) when every
+          configured model has an AVAILABLE version; (503, {"error": ...} naming the models
+          without one, plus "models") otherwise, and while shutting down.
+        """
+        models = {name: sorted(self.manager.loaded_versions(name))
+                  for name in self.manager.model_names()}
+        if self._stopping:
+            return 503, {"error": "Not ready: the server is shutting down", "models": models}
+        missing = [name for name, versions in models.items() if not versions]
+        if missing:
+            return 503, {"error": "Not ready: no AVAILABLE version of model(s) "
+                                  + ", ".join(sorted(missing)), "models": models}
+        return 200, {"ready": True, "models": models}
+
+    def _observe_batch(self, key: Tuple, rows: int, padded: int) -> None:
+        name, version = key[0], key[1]
+        self.metrics.observe_batch(name, version, rows, padded)
+
     def stop(self) -> None:
-        """Closes the REST port, stops gRPC (in-flight calls get 2 s to finish), then stops
-        polling (waiting up to 30 s for a load in progress)."""
+        """Graceful stop: closes both ports to new connections and calls, lets every REST
+        request already received finish (keep-alive connections get `Connection: close` on
+        their last response) and in-flight gRPC calls up to `drain_seconds`, runs what the
+        batcher holds, then stops polling (waiting up to 30 s for a load in progress)."""
+        self._stopping = True
+        grpc_done = self.grpc.stop(grace=self.options.drain_seconds) if self.grpc else None
         if self.http:
-            self.http.shutdown()
-            self.http.server_close()
-        if self.grpc:
-            self.grpc.stop(grace=2).wait()
+            # A request already received is answered; its model run is bounded by
+            # --rest_api_timeout_in_ms, which bounds this wait too.
+            self.http.stop(max(self.options.drain_seconds,
+                               self.options.rest_api_timeout_in_ms / 1000 + 1))
+        if grpc_done is not None:
+            grpc_done.wait()
+        if self.batcher is not None:
+            self.batcher.close()
         self.manager.stop()
 
 

@@ -99,7 +99,7 @@ def test_openapi_covers_every_route(server):
         "/v1/models/{name}", "/v1/models/{name}/versions/{version}",
         "/v1/models/{name}/labels/{label}", "/v1/models/{name}/metadata",
         "/v1/models/{name}/versions/{version}/metadata", "/v1/models/{name}/labels/{label}/metadata",
-        "/monitoring/prometheus/metrics",
+        "/monitoring/prometheus/metrics", "/v1/conveyor/ready",
     } | {f"/v1/models/{{name}}{route}:{verb}" for verb in ("predict", "classify", "regress")
          for route in ("", "/versions/{version}", "/labels/{label}")}
     fill = {"{name}": "text", "{version}": "2", "{label}": "canary"}

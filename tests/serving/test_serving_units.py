@@ -13,7 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import server as server_lib
 from serving import model_manager, warmup
-from serving.batching import Batcher
+from serving.batching import Batcher, BatchingOptions
 from serving.errors import ServingError
 from serving.model_config import ModelConfigError, read_models_config
 from serving.model_manager import ModelManager, aspired_versions
@@ -52,7 +52,7 @@ def test_batcher_merges_concurrent_requests_and_splits_results():
         batch_sizes.append(len(inputs["x"]))
         return {"y": inputs["x"] * 2}
 
-    batcher = Batcher(max_batch_size=8, batch_timeout_micros=50_000)
+    batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000))
     results = {}
 
     def call(i):
