@@ -408,7 +408,8 @@ class SpansUsed(Record):
                     f"evaluated on span {self.evaluated_on} (never trained on)")
         line = f"trained on span {trained}, evaluated on the eval split of span {self.evaluated_on}"
         if requested == "next":
-            line += " (eval_span: next, but no earlier span has been ingested yet: nothing to hold out)"
+            line += (" (eval_span: next, but no earlier run of this pipeline ingested an earlier span: nothing to"
+                     " hold out; earlier span folders on disk count once a run has ingested them)")
         return line
 
 

@@ -65,7 +65,7 @@ def test_each_role_reads_the_spans_next_day_evaluation_names(next_day):
         for node in ("Transform", "Trainer"):
             assert _examples_spans(store, summary.node(node).execution_id) == trained, node
         assert _examples_spans(store, summary.node("BaselineEvaluator").execution_id) == [evaluated]
-    assert "no earlier span has been ingested yet" in runs[1]["stdout"]
+    assert "no earlier run of this pipeline ingested an earlier span" in runs[1]["stdout"]
     assert "next-day evaluation: trained on spans 1, 2, evaluated on span 3 (never trained on)" in runs[3]["stdout"]
     # The model trained on earlier spans classifies the unseen span well above chance.
     third = runs[3]["summary"]
