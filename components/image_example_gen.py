@@ -88,8 +88,16 @@ class Executor(LabelledExamplesExecutor):
             raise IngestError(f"{pattern}: no input files matched")
         files: List[str] = []
         for path in paths:
-            if os.path.isdir(path):  # a pattern like `*` that matched class folders
+            if os.path.isdir(path) and os.path.dirname(path) == os.path.dirname(pattern):
+                # a pattern like `data/*` that matched class folders
                 files.extend(sorted(os.path.join(path, f) for f in os.listdir(path)))
+            elif os.path.isdir(path):
+                # A folder inside a class folder: its name is no class, and its images are not
+                # the parent's by any rule a user would guess.
+                raise IngestError(
+                    f"{path}: a folder inside class folder '{os.path.basename(os.path.dirname(path))}'; "
+                    f"images must lie directly in <data>/<class name>/ (move them up, or make the "
+                    f"folder a class of its own)")
             else:
                 files.append(path)
         idx = [f for f in files if "images-idx3-ubyte" in os.path.basename(f)]

@@ -15,6 +15,7 @@ peer usually fails the next collective at once (its connection is reset), and ru
 either into DistributedTrainingError, so the Trainer fails and nothing downstream runs.
 """
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -69,11 +70,16 @@ def strategy_for(settings: ModuleSettings) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if settings.distribution == "multi_worker":
         try:
-            json.loads(os.environ.get(TF_CONFIG) or "{}")
+            tf_config = json.loads(os.environ.get(TF_CONFIG) or "{}")
         except json.JSONDecodeError as e:
             raise ValueError(f"{TF_CONFIG} is not JSON ({e}); expected "
                              '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') \
                 from None
+        if not (isinstance(tf_config, dict) and tf_config.get("cluster")):
+            # A warning from our code reaches the terminal of `conveyor run`.
+            logging.warning("distribution: multi_worker without a cluster in %s trains as one worker; "
+                            "each worker needs its own Trainer process with TF_CONFIG (README, "
+                            "'Scaling training')", TF_CONFIG)
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=settings.collective_timeout_seconds or None)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)

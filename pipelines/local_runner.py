@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from typing import Callable, Optional, Tuple, TypeVar
 
 from absl import logging as absl_logging
@@ -244,6 +245,10 @@ def run(config: Config, stream=sys.stdout,
                     LocalDagRunner().run(create_pipeline(config, infra_remeasure=remeasure))
                 except Exception as e:  # the summary below says which component failed
                     failure = e
+                    # The whole traceback goes to the run's log (fd 2 is the log here), which
+                    # the error message points at.
+                    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+                    sys.stderr.flush()
             if failure is None:
                 preflight.record_run_inputs(config, inputs, int(started * 1000))
             result = on_finish(config, started) if on_finish else None

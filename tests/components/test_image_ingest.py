@@ -201,3 +201,11 @@ def test_integer_class_names_sort_numerically(tmp_path):
     for example in read_examples(examples.uri, "train") + read_examples(examples.uri, "eval"):
         f = example.features.feature
         assert str(f["label"].int64_list.value[0]) == f["label_name"].bytes_list.value[0].decode()
+
+
+def test_a_folder_inside_a_class_folder_is_refused_not_made_a_class(tmp_path):
+    data = _class_tree(tmp_path / "data", {"0": 3, "1": 3})
+    _class_tree(tmp_path / "data" / "0", {"more": 2})  # data/0/more/*.png
+    with pytest.raises(IngestError, match=r"data/0/more: a folder inside class folder '0'; images must lie "
+                                          r"directly in <data>/<class name>/"):
+        _ingest(data, tmp_path / "out", skip_bad_images=True)
