@@ -188,7 +188,7 @@ def format_lineage(r: Lineage) -> str:
         for label, v in (ev.metrics.per_label if ev.metrics else {}).items():
             out.append(f"      accuracy[{label}]{'':<{max(0, 19 - len(label))}} candidate {_fmt(v.get('candidate'))}  "
                        f"baseline {_fmt(v.get('baseline'))}")
-    if r.spans and r.spans.evaluated_on is not None:
+    if r.spans and r.spans.worth_showing():
         out.append(f"  data        {r.spans.sentence()}")
     m = r.model
     if m:

@@ -365,7 +365,7 @@ def _lineage_section(lin: Optional[Lineage], note: str) -> str:
         rows.append(["examples", f"artifact {e.artifact_id} from <code>{_e(e.input_base)}</code>, span "
                                  f"{_e(e.span)}, {_e(e.example_count)} examples (" + ", ".join(
                                      f"{_e(k)} {_e(v)}" for k, v in e.split_counts.items()) + ")"])
-    if lin.spans and lin.spans.evaluated_on is not None:
+    if lin.spans and lin.spans.worth_showing():
         rows.append(["data spans", _e(lin.spans.sentence())])
     body = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
     out.append(f"<table class=\"lineage\">{body}</table>")
@@ -439,7 +439,7 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
                   _num(n.seconds, 1), _e(n.execution_id)] for n in details.nodes]
     spans = run_spans(graph, {n.node: n.execution_id for n in details.nodes if n.execution_id is not None})
     data_line = (f"<p id=\"run-data\">Data of this run: {_e(spans.sentence())}</p>"
-                 if spans is not None and spans.evaluated_on is not None else "")
+                 if spans is not None and spans.worth_showing() else "")
     drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",

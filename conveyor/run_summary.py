@@ -95,7 +95,7 @@ class RunSummary:
                              f"{(f'{base:10.4f}' if base is not None else '         -')}")
             if self.majority_baseline is not None:
                 lines.append(f"  {'majority-class rate (eval)':<28} {self.majority_baseline:10.4f}")
-        if self.spans is not None and self.spans.evaluated_on is not None:
+        if self.spans is not None and self.spans.worth_showing(self.eval_span):
             lines.append(f"\n  Data: {self.spans.sentence(self.eval_span)}")
         if self.rules:
             lines.append("\n  Blessing rules:")

@@ -400,6 +400,11 @@ class SpansUsed(Record):
     evaluated_on: Optional[int] = None
     next_day: bool = False
 
+    def worth_showing(self, requested: Optional[str] = None) -> bool:
+        """Whether a person learns anything from the sentence: span inputs, or next-day asked."""
+        return self.evaluated_on is not None and (
+            requested == "next" or self.next_day or self.evaluated_on != 0 or any(self.trained_on))
+
     def sentence(self, requested: Optional[str] = None) -> str:
         """One line for a person; `requested` is the config's eval_span ("same"/"next"), if known."""
         trained = ", ".join(str(s) for s in self.trained_on) or "-"

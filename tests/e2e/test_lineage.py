@@ -52,7 +52,7 @@ def history(tmp_path_factory, digits_dir):
     summaries = []
     for data in (good, shuffled):
         config = load_config("image", overrides={"home": home, "train_steps": 30, "eval_steps": 2,
-                                                 "data": data})
+                                                 "infra_p99_budget_ms": 10000, "data": data})
         summaries.append(local_runner.run(config, stream=io.StringIO()))
     assert summaries[0].blessed is True and summaries[0].pushed_version == "1", summaries[0].table()
     assert summaries[1].blessed is False, summaries[1].table()
@@ -170,7 +170,8 @@ def test_cli_json_keys_are_pinned(capsys, history, store):
 
     lin = cli_json(capsys, "lineage", "--model", NAME, "--home", history["home"])
     assert list(lin) == ["model_name", "version", "pushed_versions", "pushed", "model", "blessing", "evaluation",
-                         "transform_graph", "schema", "statistics", "anomalies", "examples", "infra_blessing"]
+                         "transform_graph", "schema", "statistics", "anomalies", "examples", "infra_blessing",
+                         "spans"]
     expected = {"pushed": REF + ["destination"], "model": MODEL,
                 "blessing": REF + ["blessed", "majority_baseline", "accuracy_floor", "rules"], "evaluation": EVALUATION,
                 "transform_graph": REF + ["module_path", "module_fingerprint"], "schema": REF + ["features"],

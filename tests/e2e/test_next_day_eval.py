@@ -25,7 +25,9 @@ SPAN_SIZE = 300
 def _run(home: str, data: str) -> dict:
     config = load_config("image", overrides={
         "home": home, "name": NAME, "train_steps": 40, "eval_steps": 5, "epochs": 2, "image_size": 16,
-        "infra_requests": 10, "infra_p99_budget_ms": 10000, "eval_span": "next", "data": data})
+        "infra_requests": 10, "infra_p99_budget_ms": 10000, "eval_span": "next", "data": data,
+        # Tiny runs vary by more than the default 0.01; the roles of the spans are what is tested.
+        "accuracy_floor": 0.0, "regression_tolerance": 1.0})
     out = io.StringIO()
     summary = local_runner.run(config, stream=out)
     return {"summary": summary, "stdout": out.getvalue()}
