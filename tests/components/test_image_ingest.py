@@ -95,6 +95,7 @@ def test_idx_files_with_class_names(tmp_path):
         assert f[IMAGE_MEAN].float_list.value[0] == pytest.approx(expected[IMAGE_MEAN], abs=1e-6)
 
 
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "mnist")), reason="shared MNIST data not available")
 def test_real_mnist_idx_file_reads(tmp_path):
     from data.idx import read_idx
     images = read_idx(os.path.join(SHARED_DATA, "mnist", "t10k-images-idx3-ubyte.gz"))
