@@ -1,18 +1,16 @@
 """NextDayTrainingSpans: which Examples artifacts next-day evaluation trains on, resolved from a
 real (in-memory SQLite) ML Metadata store."""
 import pytest
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 from tfx.types import standard_artifacts
 
 from components.training_spans import TRAINING_KEY, NextDayTrainingSpans
+from tests.support.mlmd_records import memory_store
 
 
 @pytest.fixture
 def store():
-    config = mlmd_pb2.ConnectionConfig()
-    config.fake_database.SetInParent()
-    return metadata_store.MetadataStore(config)
+    return memory_store()
 
 
 class _ExampleGen:

@@ -20,6 +20,13 @@ def sqlite_store(path: str) -> metadata_store.MetadataStore:
     return metadata_store.MetadataStore(config)
 
 
+def memory_store() -> metadata_store.MetadataStore:
+    """A read-write store in memory (MLMD's fake_database: SQLite in memory)."""
+    config = mlmd_pb2.ConnectionConfig()
+    config.fake_database.SetInParent()
+    return metadata_store.MetadataStore(config)
+
+
 def context(store, type_name: str, name: str, **custom: str) -> mlmd_pb2.Context:
     """The context of that type and name, created (with string custom properties) if new."""
     found = store.get_context_by_type_and_name(type_name, name)

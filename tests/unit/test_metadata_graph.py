@@ -1,15 +1,9 @@
 """conveyor/metadata/store.py Graph on a real (in-memory) MLMD store: how events file
 artifacts under input keys, in the shapes TFX records them."""
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from conveyor.metadata.store import Graph
-
-
-def _store():
-    config = mlmd_pb2.ConnectionConfig()
-    config.fake_database.SetInParent()
-    return metadata_store.MetadataStore(config)
+from tests.support.mlmd_records import event, memory_store
 
 
 def _artifact(store, type_name, uri):
@@ -18,29 +12,19 @@ def _artifact(store, type_name, uri):
     return store.get_artifacts_by_id([artifact_id])[0]
 
 
-def _event(kind, *steps):
-    event = mlmd_pb2.Event(type=kind)
-    for step in steps:
-        if isinstance(step, str):
-            event.path.steps.add().key = step
-        else:
-            event.path.steps.add().index = step
-    return event
-
-
 def test_an_artifact_input_under_two_keys_is_found_under_both():
     # A threshold-only rerun: the Evaluator's candidate is the latest blessed model itself.
     # TFX then records ONE input event whose path names both keys (event_lib.add_event_path).
-    store = _store()
+    store = memory_store()
     model = _artifact(store, "Model", "/m/1")
     examples = _artifact(store, "Examples", "/e/1")
     blessing = _artifact(store, "ModelBlessing", "/b/1")
     type_id = store.put_execution_type(mlmd_pb2.ExecutionType(name="Evaluator"))
     execution = mlmd_pb2.Execution(type_id=type_id, last_known_state=mlmd_pb2.Execution.COMPLETE)
     store.put_execution(execution, [
-        (model, _event(mlmd_pb2.Event.INPUT, "baseline_model", 0, "model", 0)),
-        (examples, _event(mlmd_pb2.Event.INPUT, "examples", 0)),
-        (blessing, _event(mlmd_pb2.Event.OUTPUT, "blessing", 0))], [])
+        (model, event(mlmd_pb2.Event.INPUT, ["baseline_model", 0, "model", 0])),
+        (examples, event(mlmd_pb2.Event.INPUT, ["examples", 0])),
+        (blessing, event(mlmd_pb2.Event.OUTPUT, ["blessing", 0]))], [])
     graph = Graph(store)
     [evaluator] = graph.executions(e.id for e in store.get_executions())
     assert graph.input(evaluator, "model").id == model.id
@@ -53,14 +37,14 @@ def test_an_artifact_input_under_two_keys_is_found_under_both():
 
 
 def test_artifacts_under_one_key_keep_their_index_order():
-    store = _store()
+    store = memory_store()
     spans = [_artifact(store, "Examples", f"/e/{i}") for i in range(3)]
     type_id = store.put_execution_type(mlmd_pb2.ExecutionType(name="Trainer"))
     execution = mlmd_pb2.Execution(type_id=type_id)
     # events given out of order: the path index decides the position
-    store.put_execution(execution, [(spans[2], _event(mlmd_pb2.Event.INPUT, "examples", 0)),
-                                    (spans[0], _event(mlmd_pb2.Event.INPUT, "examples", 2)),
-                                    (spans[1], _event(mlmd_pb2.Event.INPUT, "examples", 1))], [])
+    store.put_execution(execution, [(spans[2], event(mlmd_pb2.Event.INPUT, ["examples", 0])),
+                                    (spans[0], event(mlmd_pb2.Event.INPUT, ["examples", 2])),
+                                    (spans[1], event(mlmd_pb2.Event.INPUT, ["examples", 1]))], [])
     graph = Graph(store)
     [trainer] = graph.executions(e.id for e in store.get_executions())
     assert [a.uri for a in graph.inputs(trainer)["examples"]] == ["/e/2", "/e/1", "/e/0"]
