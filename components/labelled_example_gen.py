@@ -194,33 +194,48 @@ class LabelledExamplesExecutor(BaseExampleGenExecutor, abc.ABC):
         return names
 
     def _check_training_classes(self, examples_uri: str, names: List[str]) -> None:
-        """Every class must have examples in the written train split.
+        """Every class must have examples in the written train split, and in the eval split.
 
         A class seen only in the eval split (aclImdb's test/neutral without train/neutral), a
         configured class without examples, or one with so few examples that the hash split put
         them all in eval would give a model that cannot predict it, which the Evaluator can
-        still bless. Only the int64 `label` of each example is read back.
+        still bless. A class with no eval examples cannot be judged: its per-class metrics are
+        NaN, and so are the macro averages a blessing rule may gate on. Only the int64 `label`
+        of each example is read back.
 
         Raises:
-          IngestError: naming each such class and where its examples are.
+          IngestError: naming each such class, its example count and the split it lacks.
         """
-        files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-train", "*"))
-        counts = [0] * len(names)
-        if files:
-            spec = {LABEL: tf.io.FixedLenFeature([], tf.int64)}
-            records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
-            for batch in records.map(lambda b: tf.io.parse_example(b, spec)[LABEL]).as_numpy_iterator():
-                for label, count in zip(*np.unique(batch, return_counts=True)):
-                    counts[int(label)] += int(count)
         total = {name: 0 for name in names}
         for scan in self._scans.values():
             for record in scan.records:
                 total[record[LABEL_NAME]] += 1
-        missing = [f"'{name}' ({total[name]} example(s) in all, none in train)"
-                   for name, count in zip(names, counts) if count == 0]
-        if missing:
-            raise IngestError(f"class(es) {', '.join(missing)} have no training examples: a model "
-                              "cannot learn them; add training examples or remove the class")
+        for split, role in (("train", "training"), ("eval", "eval")):
+            counts = _label_counts(examples_uri, split, len(names))
+            if split == "eval" and not any(counts):
+                continue  # no eval split was written (Evaluator-less runs): nothing to judge
+            missing = [f"'{name}' ({total[name]} example(s) in all, none in {split})"
+                       for name, count in zip(names, counts) if count == 0]
+            if missing:
+                remedy = ("a model cannot learn them; add training examples or remove the class"
+                          if split == "train" else
+                          "too few to split, so the model cannot be judged on them; add examples "
+                          "(a few dozen per class) or remove the class")
+                raise IngestError(f"class(es) {', '.join(missing)} have no {role} examples: {remedy}")
+
+
+def _label_counts(examples_uri: str, split: str, num_classes: int) -> List[int]:
+    """Examples per label id in one written split (zeros if the split has no files)."""
+    counts = [0] * num_classes
+    files = tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+    if not files:
+        return counts
+    spec = {LABEL: tf.io.FixedLenFeature([], tf.int64)}
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+    for batch in records.map(lambda b: tf.io.parse_example(b, spec)[LABEL]).as_numpy_iterator():
+        for label, count in zip(*np.unique(batch, return_counts=True)):
+            counts[int(label)] += int(count)
+    return counts
 
 
 def _write_json(path: str, value) -> None:

@@ -58,7 +58,7 @@ def test_split_is_stable_across_runs(tmp_path):
 
 
 def test_class_names_are_sorted_folder_names(tmp_path):
-    data = _class_tree(tmp_path / "data", {"zebra": 3, "ant": 3, "moose": 3})
+    data = _class_tree(tmp_path / "data", {"zebra": 20, "ant": 20, "moose": 20})
     examples = _ingest(data, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == ["ant", "moose", "zebra"]
     for example in read_examples(examples.uri, "train") + read_examples(examples.uri, "eval"):
@@ -108,14 +108,14 @@ def test_tfrecord_input(tmp_path):
     data = tmp_path / "tfr"
     data.mkdir()
     with tf.io.TFRecordWriter(str(data / "part.tfrecord")) as writer:
-        for i in range(12):
+        for i in range(40):
             example = tf.train.Example(features=tf.train.Features(feature={
                 "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(i)])),
                 "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
             }))
             writer.write(example.SerializeToString())
     examples = _ingest(str(data), tmp_path / "out")
-    assert len(read_examples(examples.uri, "train") + read_examples(examples.uri, "eval")) == 12
+    assert len(read_examples(examples.uri, "train") + read_examples(examples.uri, "eval")) == 40
     assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == ["0", "1"]
 
 
@@ -129,14 +129,14 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 def test_skip_bad_images_records_them(tmp_path):
-    data = _class_tree(tmp_path / "data", {"a": 3, "b": 3})
+    data = _class_tree(tmp_path / "data", {"a": 20, "b": 20})
     (tmp_path / "data" / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "data" / "b" / "broken.png").write_bytes(b"\x89PNG garbage")
     examples = _ingest(data, tmp_path / "out", skip_bad_images=True)
     skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert sorted(os.path.basename(s["source"]) for s in skipped) == ["broken.png", "notes.txt"]
     assert examples.get_int_custom_property("skipped_count") == 2
-    assert len(read_examples(examples.uri, "train") + read_examples(examples.uri, "eval")) == 6
+    assert len(read_examples(examples.uri, "train") + read_examples(examples.uri, "eval")) == 40
 
 
 def test_mismatched_idx_counts(tmp_path):
@@ -193,10 +193,10 @@ def test_empty_data_dir(tmp_path):
 def test_integer_class_names_sort_numerically(tmp_path):
     data = tmp_path / "idx"
     data.mkdir()
-    # Distinct images: identical examples hash alike, and a class hashed into eval alone has
-    # no training examples (refused).
-    write_idx(str(data / "a-images-idx3-ubyte"), np.arange(24).reshape(24, 1, 1) * np.ones((24, 4, 4)))
-    write_idx(str(data / "a-labels-idx1-ubyte"), np.arange(24) % 12)
+    # Distinct images: identical examples hash alike, and a class the hash split puts wholly
+    # in train or in eval is refused. 20 per class.
+    write_idx(str(data / "a-images-idx3-ubyte"), np.arange(240).reshape(240, 1, 1) * np.ones((240, 4, 4)))
+    write_idx(str(data / "a-labels-idx1-ubyte"), np.arange(240) % 12)
     examples = _ingest(str(data), tmp_path / "out")
     assert json.loads((tmp_path / "out" / "label_names.json").read_text()) == [str(i) for i in range(12)]
     for example in read_examples(examples.uri, "train") + read_examples(examples.uri, "eval"):

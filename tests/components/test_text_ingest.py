@@ -325,16 +325,22 @@ def test_a_class_only_in_the_eval_split_stops_ingestion(tmp_path):
 
 def test_a_class_too_small_for_the_hash_split_stops_ingestion(tmp_path):
     rows = "".join(f"common review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
-    # One 'rare' example whose content hashes into eval (TFX's split is a stable hash):
-    # search a few candidate texts for one that lands there.
-    for k in range(20):
+    # One 'rare' example lands in train or in eval (TFX's split is a stable hash of the
+    # content); either way the class is refused, naming the split it lacks. Try candidate
+    # texts until both cases are seen.
+    messages = {}
+    for k in range(30):
         path = _write(tmp_path / f"d{k}" / "r.csv", "text,label\n" + rows + f"rare review {k},rare\n")
-        try:
+        with pytest.raises(IngestError) as refused:
             run_example_gen(TextExampleGen(input_base=path), str(tmp_path / f"out{k}"))
-        except IngestError as e:
-            assert "class(es) 'rare' (1 example(s) in all, none in train) have no training examples" in str(e)
-            return
-    pytest.fail("no candidate hashed into eval")
+        lacks = "train" if "none in train" in str(refused.value) else "eval"
+        messages.setdefault(lacks, str(refused.value))
+        if len(messages) == 2:
+            break
+    assert "class(es) 'rare' (1 example(s) in all, none in train) have no training examples" in messages["train"]
+    assert ("class(es) 'rare' (1 example(s) in all, none in eval) have no eval examples: too few to split"
+            in messages["eval"])
+    assert not os.path.exists(tmp_path / "out0" / "label_names.json")
 
 
 def test_a_configured_class_without_examples_stops_ingestion(tmp_path):

@@ -15,10 +15,16 @@ from pipelines.config import load_config
 from tests.support import trainer_workers
 from tests.support.helpers import read_examples, subset_digits
 
-# 40 real 8x8 digits per class (320 train / ~80 eval), 16x16 input, 2 epochs of 30 steps.
+# 40 real 8x8 digits per class (320 train / ~80 eval), 16x16 input, 2 epochs of 30 steps at a
+# learning rate that converges in that budget.
 TRAIN_STEPS = 60
-SETTINGS = {"image_size": 16, "batch_size": 32, "epochs": 2, "train_steps": TRAIN_STEPS, "eval_steps": 5}
-ACCURACY_TOLERANCE = 0.1
+SETTINGS = {"image_size": 16, "batch_size": 32, "epochs": 2, "train_steps": TRAIN_STEPS, "eval_steps": 5,
+            "learning_rate": 0.003}
+# Both runs start from different random weights and see different shards, so on ~80 eval
+# images their accuracies differ by up to ~0.14 (measured); what must hold is that the chief
+# exports a trained model (chance is 0.1), as good as one process within run-to-run spread.
+ACCURACY_FLOOR = 0.6
+ACCURACY_TOLERANCE = 0.2
 # A killed worker resets its connections: the chief's next collective fails at once (measured
 # 1-5 s here, on a loaded 2-core machine). The run must end well inside this.
 KILL_BOUND_SECONDS = 120
@@ -72,8 +78,9 @@ def test_two_workers_train_one_model_like_one_process(job, tmp_path, caplog):
     assert _steps(logs[0]) == _steps(logs[1]) == _steps(caplog.text) == TRAIN_STEPS
     eval_examples = read_examples(job.inputs["examples"][0].uri, "eval")
     multi_accuracy, single_accuracy = _accuracy(exported, eval_examples), _accuracy(single, eval_examples)
-    assert single_accuracy > 0.5, single_accuracy
+    assert min(multi_accuracy, single_accuracy) >= ACCURACY_FLOOR, (multi_accuracy, single_accuracy)
     assert abs(multi_accuracy - single_accuracy) <= ACCURACY_TOLERANCE, (multi_accuracy, single_accuracy)
+    print(f"accuracy on eval: two workers {multi_accuracy:.3f}, one process {single_accuracy:.3f}")
 
 
 def test_a_killed_worker_fails_the_run_and_nothing_is_exported(job, tmp_path):
