@@ -88,6 +88,36 @@ def detect_text_layout(data_path: str) -> TextLayout:
                       "<label>/<review>.txt folders, or train/ and test/ holding such folders)")
 
 
+# Files saved by spreadsheet programs on Windows are often Windows-1252 (a superset of Latin-1).
+NOT_UTF8_HINT = "text files must be UTF-8; convert e.g. with `iconv -f CP1252 -t UTF-8`"
+
+
+def _encoding_or_line_end_problem(head: bytes) -> str:
+    """Why a table whose first bytes are `head` cannot be read line by line as UTF-8, or ''.
+
+    UTF-16/32 text (what Excel's "Unicode text" saves) has NUL bytes; classic Mac files end
+    lines with CR alone, so the whole file would be one line.
+    """
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
+        return ("the file is UTF-16/UTF-32 encoded (it has NUL bytes); text files must be UTF-8: "
+                "convert e.g. with `iconv -f UTF-16 -t UTF-8`")
+    if b"\r" in head and b"\n" not in head:
+        return "lines end with CR alone (classic Mac line endings); save it with LF or CRLF line ends"
+    return ""
+
+
+def _delimiter_hint(header: List[str], delimiter: str) -> str:
+    """A hint when a one-column header looks separated by another character than `delimiter`."""
+    if len(header) != 1:
+        return ""
+    for other, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'"), (",", "commas")):
+        if other != delimiter and other in header[0]:
+            expected = "tab-separated (.tsv)" if delimiter == "\t" else "comma-separated (.csv)"
+            return (f"; the header looks separated by {name}, but this file must be {expected}"
+                    + ("" if other != "\t" else ": name it .tsv"))
+    return ""
+
+
 def _find_column(header: List[str], configured: Optional[str], candidates: Tuple[str, ...]) -> int:
     """Index of the configured column, else of the first candidate present; -1 if none."""
     names = [h.strip().lower() for h in header]
@@ -155,7 +185,7 @@ class _Lines:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 self.bad[self.number] = (f"byte 0x{raw[e.start]:02x} at column {e.start + 1} "
-                                         "is not valid UTF-8")
+                                         f"is not valid UTF-8 ({NOT_UTF8_HINT})")
                 yield raw.decode("utf-8", errors="replace")
 
 
@@ -217,6 +247,10 @@ class Executor(LabelledExamplesExecutor):
         class_names = options.get("class_names") or []
         kind = "TSV" if delimiter == "\t" else "CSV"
         with open(path, "rb") as f, _field_limit(os.fstat(f.fileno()).st_size + 1):
+            problem = _encoding_or_line_end_problem(f.read(65536))
+            if problem:
+                raise IngestError(f"{path}: {problem}")
+            f.seek(0)
             lines = _Lines(f)
 
             def reader_from(number: int):
@@ -238,7 +272,8 @@ class Executor(LabelledExamplesExecutor):
                 if index < 0:
                     expected = options.get(key) or " or ".join(candidates)
                     raise IngestError(f"{path} line 1: the header {header} has no {what} column "
-                                      f"'{expected}' (set {key} to name it)")
+                                      f"'{expected}' (set {key} to name it)"
+                                      f"{_delimiter_hint(header, delimiter)}")
             while True:
                 lines.new_record()
                 first_line = lines.number + 1
@@ -295,8 +330,10 @@ class Executor(LabelledExamplesExecutor):
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
+            problem = _encoding_or_line_end_problem(data[:65536])
             self._bad(scan, options, f"{path} line {line}",
-                      f"byte 0x{data[e.start]:02x} is not valid UTF-8")
+                      problem if problem.startswith("the file is UTF-16") else
+                      f"byte 0x{data[e.start]:02x} is not valid UTF-8 ({NOT_UTF8_HINT})")
             return
         label, reason = resolve_label(folder, options.get("class_names") or [])
         if not text.strip():

@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 
 
 def _rule(expected: str, ok: Callable[[Any], bool]) -> AfterValidator:
-    """A value check whose failure reads "config key 'K': <expected>, got V"."""
+    """A value check whose failure reads "<source>: key 'K': <expected>, got V"."""
     def check(value):
         if not ok(value):
             raise PydanticCustomError("config_rule", expected)
@@ -499,12 +499,10 @@ def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Calla
     if error["type"] == "blessing_rule":  # the message names the rule and the valid choices
         return f"{source_of('blessing')}: {error['msg']}"
     if error["type"] == "config_rule":
-        return f"config key '{key}': {error['msg']}, got {value!r}"
+        return f"{source_of(key)}: key '{key}': {error['msg']}, got {value!r}"
     if error["type"] in _BOUND_ERRORS:
-        return (f"config key '{key}': expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
+        return (f"{source_of(key)}: key '{key}': expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
                 f", got {value!r}")
-    if error["type"] == "literal_error":
-        return f"config key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
     return f"{source_of(key)}: key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
 
 

@@ -176,6 +176,27 @@ def test_non_utf8_bytes_name_their_line(tmp_path):
     assert len(scan.skipped) == 1
 
 
+def test_files_saved_in_other_encodings_or_dialects_say_how_to_fix_them(tmp_path):
+    body = "review,sentiment\nschöner Film,pos\nawful,neg\n"
+    latin1 = _write(tmp_path / "latin1.csv", body.encode("latin-1"), "wb")
+    with pytest.raises(IngestError, match=r"latin1\.csv line 2: byte 0xf6 .* not valid UTF-8 \(text files must "
+                                          r"be UTF-8; convert e\.g\. with `iconv -f CP1252 -t UTF-8`\)"):
+        _scan(latin1)
+    utf16 = _write(tmp_path / "utf16.csv", body.encode("utf-16"), "wb")
+    with pytest.raises(IngestError, match=r"utf16\.csv: the file is UTF-16/UTF-32 encoded .* must be UTF-8"):
+        _scan(utf16, skip_bad_rows=True)  # a whole-file problem: not skippable row by row
+    mac = _write(tmp_path / "mac.csv", body.replace("\n", "\r").encode(), "wb")
+    with pytest.raises(IngestError, match=r"mac\.csv: lines end with CR alone .* LF or CRLF"):
+        _scan(mac)
+    semicolons = _write(tmp_path / "semi.csv", body.replace(",", ";"))
+    with pytest.raises(IngestError, match=r"semi\.csv line 1: the header \['review;sentiment'\] has no text "
+                                          r"column .*separated by semicolons, but this file must be "
+                                          r"comma-separated \(\.csv\)"):
+        _scan(semicolons)
+    crlf = _write(tmp_path / "crlf.csv", body.replace("\n", "\r\n").encode(), "wb")  # Windows: fine
+    assert [r["text"] for r in _scan(crlf).records] == ["schöner Film", "awful"]
+
+
 def test_utf8_bom_and_non_ascii_text_are_fine(tmp_path):
     path = _write(tmp_path / "bom.csv", "\ufefftext,label\nNaïve café — 良い,pos\nbad,neg\n".encode("utf-8"), "wb")
     assert _scan(path).records[0] == {"text": "Naïve café — 良い", "label_name": "pos"}

@@ -20,7 +20,7 @@ def test_file_then_flags_override(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("trian_steps: 10\n", "unknown key 'trian_steps'"),
     ("train_steps: ten\n", "key 'train_steps': expected an integer"),
-    ("model: resnet\n", "config key 'model': expected one of mlp, cnn"),
+    ("model: resnet\n", "key 'model': expected one of mlp, cnn"),
     ("eval_percent: 0\n", "'eval_percent': expected 1..99"),
     ("- a\n- b\n", "expected a mapping"),
     ("kind: text\n", "kind is 'text' but the command runs 'image'"),
@@ -104,22 +104,22 @@ def test_an_integer_is_a_number(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("train_steps: 0\n", "config key 'train_steps': expected a positive number, got 0"),
-    ("training: {batch_size: -1}\n", "config key 'batch_size': expected a positive number, got -1"),
-    ("channels: 2\n", "config key 'channels': expected 1 (grey) or 3 (RGB), got 2"),
-    ("eval_percent: 100\n", "config key 'eval_percent': expected 1..99, got 100"),
-    ("accuracy_floor: 1.5\n", "config key 'accuracy_floor': expected 0..1, got 1.5"),
-    ("serving: {request_log_rate: -0.1}\n", "config key 'request_log_rate': expected 0..1, got -0.1"),
-    ("drift_threshold: 2\n", "config key 'drift_threshold': expected 0..1, got 2"),
-    ("regression_tolerance: -0.01\n", "config key 'regression_tolerance': expected >= 0, got -0.01"),
-    ("learning_rate: 0\n", "config key 'learning_rate': expected > 0, got 0"),
-    ("name: my model\n", "config key 'name': use letters, digits, '_' or '-', got 'my model'"),
-    ("model: multihot\n", "config key 'model': expected one of mlp, cnn, got 'multihot'"),
+    ("train_steps: 0\n", "key 'train_steps': expected a positive number, got 0"),
+    ("training: {batch_size: -1}\n", "key 'batch_size': expected a positive number, got -1"),
+    ("channels: 2\n", "key 'channels': expected 1 (grey) or 3 (RGB), got 2"),
+    ("eval_percent: 100\n", "key 'eval_percent': expected 1..99, got 100"),
+    ("accuracy_floor: 1.5\n", "key 'accuracy_floor': expected 0..1, got 1.5"),
+    ("serving: {request_log_rate: -0.1}\n", "key 'request_log_rate': expected 0..1, got -0.1"),
+    ("drift_threshold: 2\n", "key 'drift_threshold': expected 0..1, got 2"),
+    ("regression_tolerance: -0.01\n", "key 'regression_tolerance': expected >= 0, got -0.01"),
+    ("learning_rate: 0\n", "key 'learning_rate': expected > 0, got 0"),
+    ("name: my model\n", "key 'name': use letters, digits, '_' or '-', got 'my model'"),
+    ("model: multihot\n", "key 'model': expected one of mlp, cnn, got 'multihot'"),
 ])
 def test_out_of_bounds_values_are_refused_in_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         _load(tmp_path, text)
-    assert str(error.value) == message
+    assert str(error.value) == f"config file {tmp_path / 'c.yaml'}: {message}"
 
 
 def test_unknown_keys_list_the_known_ones(tmp_path):
@@ -149,7 +149,7 @@ def test_the_loaded_config_is_immutable_and_replace_validates_a_copy(tmp_path):
     assert (config.data, config.epochs) == (None, 5)
     with pytest.raises(ConfigError, match="Config.replace: key 'train_steps': expected an integer"):
         config.replace(train_steps="5")
-    with pytest.raises(ConfigError, match="config key 'train_steps': expected a positive number"):
+    with pytest.raises(ConfigError, match="key 'train_steps': expected a positive number"):
         config.replace(train_steps=0)
 
 

@@ -30,9 +30,9 @@ def test_replace_switches_distribution():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"distribution": "horovod"}, "config key 'distribution': expected one of none, mirrored, multi_worker, "
+    ({"distribution": "horovod"}, "key 'distribution': expected one of none, mirrored, multi_worker, "
                                   "got 'horovod'"),
-    ({"collective_timeout_seconds": -1}, "config key 'collective_timeout_seconds': expected >= 0, got -1"),
+    ({"collective_timeout_seconds": -1}, "key 'collective_timeout_seconds': expected >= 0, got -1"),
     ({"collective_timeout_seconds": "10"}, "key 'collective_timeout_seconds': expected a number, got '10'"),
 ])
 def test_bad_values_are_one_line_errors(values, message):
