@@ -44,4 +44,4 @@ def test_not_run_and_cached_nodes_are_not_changes():
 def test_real_config_change_is_listed_once():
     d = diff_runs(_two_runs(trainer_lr_b="0.01"), P, "1", "2")
     assert [(c.node, c.key, c.a, c.b) for c in d.config] == [("Trainer", "learning_rate", "0.001", "0.01")]
-    assert "Trainer.learning_rate: 0.001 -> 0.01" in format_diff(d)
+    assert "Trainer.learning_rate: '0.001' -> '0.01'" in format_diff(d)
