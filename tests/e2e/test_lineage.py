@@ -507,3 +507,35 @@ def test_runs_states_on_any_connection_config():
         lineage_of_version(store, "q")
     with pytest.raises(LineageError, match="model 'p' has no pushed versions yet"):
         lineage_of_version(store, "p")
+
+
+def test_ui_shows_a_running_model_server(history, tmp_path):
+    """--serving-url: the versions `conveyor serve` reports AVAILABLE and its request counts."""
+    from tests.support.serving_harness import ServerProcess
+    server = ServerProcess(["--model_config_file", os.path.join(history["home"], "serving", "models.config")],
+                           str(tmp_path / "server.log"), entry=["-m", "conveyor.cli", "serve"])
+    try:
+        server.wait_ready(NAME, timeout=180)
+        folder = os.path.join(history["good"], "0")
+        image = os.path.join(folder, sorted(os.listdir(folder))[0])
+        code, _, err = cli_capture("predict", "--model", NAME, "--url", server.url, image)
+        assert code == 0, err
+        with ui_server(history["home"], serving_url=server.url) as url, browser_page() as (page, _):
+            page.goto(url + "/serving")
+            versions = page.locator("#serving-versions tbody tr")
+            assert versions.count() == 1 and versions.first.inner_text().split("\t")[1:3] == ["1", "AVAILABLE"]
+            cells = [r.split("\t") for r in page.locator("#serving-requests tbody tr").all_inner_texts()]
+            assert any(c[0] == NAME and c[1] == "1" and c[2] == "OK" and int(c[3]) >= 1 for c in cells), cells
+            _shot(page, tmp_path / "ui-serving.png")
+    finally:
+        server.stop()
+    with ui_server(history["home"], serving_url=server.url) as url, browser_page() as (page, _):
+        page.goto(url + "/serving")  # the server is gone: one line, no traceback
+        assert "cannot reach the model server at " + server.url in page.locator("#serving-error").inner_text()
+
+
+def cli_capture(*argv):
+    """Runs `conveyor ARGV` in a subprocess; (exit code, stdout, stderr)."""
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli", *argv], capture_output=True, text=True,
+                            timeout=120)
+    return result.returncode, result.stdout, result.stderr
