@@ -86,6 +86,8 @@ def most_confident_mistakes(model_dir: str, examples_uri: str, class_names: Sequ
         batch.clear()
 
     for example in read_split_examples(split_pattern(examples_uri, split), limit=MAX_EXAMPLES):
+        if not scored and not batch and example.features.feature[F.IMAGE_RAW].bytes_list.value:
+            kind = "image"
         batch.append(example)
         if len(batch) == BATCH:
             flush()
@@ -98,7 +100,6 @@ def most_confident_mistakes(model_dir: str, examples_uri: str, class_names: Sequ
         entry = {"true": name(m["label"]), "predicted": name(m["predicted"]),
                  "probability": m["probability"], "true_probability": m["true_probability"]}
         if feature[F.IMAGE_RAW].bytes_list.value:
-            kind = "image"
             entry["image_png_b64"] = _thumbnail(feature[F.IMAGE_RAW].bytes_list.value[0])
         elif feature[F.TEXT].bytes_list.value:
             entry["text"] = feature[F.TEXT].bytes_list.value[0].decode("utf-8", "replace")[:TEXT_CHARS]

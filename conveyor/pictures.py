@@ -154,6 +154,8 @@ def mistakes_html(record: Dict) -> str:
             body = f'<blockquote>{_e(m.get("text", ""))}</blockquote>'
         items.append(f'<figure class="mistake">{body}<figcaption>true <b>{_e(m["true"])}</b>, predicted '
                      f'<b>{_e(m["predicted"])}</b> ({100 * m["probability"]:.1f}%)</figcaption></figure>')
+    if not items:
+        return f'<p id="no-mistakes">The model got all {_e(record.get("scored"))} eval examples right.</p>'
     head = (f'<p>{_e(record.get("wrong"))} of {_e(record.get("scored"))} eval examples are wrong; the '
             f'{len(items)} the model was surest about:</p>')
     return head + '<div class="mistakes">' + "".join(items) + "</div>"
@@ -204,7 +206,7 @@ def curves_svg(series: Dict[str, List[Tuple[int, float]]], title: str, unit_rang
       unit_range: fix the y axis to 0..1 (accuracies) instead of the data's range.
     """
     series = {k: v for k, v in series.items() if v}
-    width, height, left, top, plot_w, plot_h = 420, 230, 46, 24, 250, 160
+    width, height, left, top, plot_w, plot_h = 470, 230, 46, 24, 250, 160
     epochs = [e for v in series.values() for e, _ in v] or [0]
     values = [y for v in series.values() for _, y in v] or [0.0]
     lo, hi = (0.0, 1.0) if unit_range else (min(0.0, min(values)), max(values) or 1.0)
