@@ -28,6 +28,8 @@ CONFUSION_PLOT = "multi_class_confusion_matrix_plot"
 NO_CLASS = -1  # TFMA's predicted_class_id when no class reaches the threshold
 SAMPLES_PER_CLASS = 4
 SAMPLE_SCAN_LIMIT = 3000  # examples read at most to find the samples
+# Keras logs the metric under the name it was compiled with (modules/models.py: "accuracy").
+ACCURACY_NAMES = ("accuracy", "sparse_categorical_accuracy", "binary_accuracy")
 _COLORS = ("#1e88e5", "#fb8c00", "#43a047", "#8e24aa")
 
 
@@ -246,11 +248,12 @@ def training_curves_html(candidate: Dict, baseline: Optional[Dict]) -> str:
     """Loss and accuracy charts per epoch, train and validation, candidate vs baseline
     (histories as returned by training_history; baseline None or {} = not drawn)."""
     charts = []
-    for metric, title, unit in (("loss", "loss", False), ("sparse_categorical_accuracy", "accuracy", True)):
+    for metrics, title, unit in ((("loss",), "loss", False), (ACCURACY_NAMES, "accuracy", True)):
         series = {}
         for who, history in (("candidate", candidate), ("baseline", baseline or {})):
             for split in ("train", "validation"):
-                points = history.get(split, {}).get(metric)
+                logged = history.get(split, {})
+                points = next((logged[m] for m in metrics if logged.get(m)), None)
                 if points:
                     series[f"{who} {split}"] = points
         if series:

@@ -354,7 +354,9 @@ def test_report_is_self_contained(capsys, history, store):
     assert "<script" not in text and "<link" not in text and "@import" not in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     assert re.findall(r"https?://[^\s\"'<>]+", text) == ["http://www.w3.org/2000/svg"] * text.count("<svg")
-    assert text.count("<svg") == 2 and "<style>" in text
+    # DAG, accuracy chart, confusion matrix, loss and accuracy curves; images as PNG data URIs
+    assert text.count("<svg") == 5 and "<style>" in text
+    assert text.count('src="data:image/png;base64,') >= len(LABELS)
 
 
 def _shot(page, path):
