@@ -33,6 +33,8 @@ PORT = 8080
 MODELS_CONFIG = os.path.join("serving", "models.config")  # under HOME (pipelines/config.py serving_dir)
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default (serving/metrics.py)
 SERVING_TIMEOUT_S = 3.0
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           'fill="#263238"/><path d="M3 11h10M3 8h10M3 5h10" stroke="#80cbc4" stroke-width="1.6"/></svg>')
 
 
 def run_state(row: RunRecord) -> str:
@@ -173,6 +175,12 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.errorhandler(LineageError)
     def lineage_error(e):
         return render_template("error.html", message=str(e), home=home, serving_url=serving_url), 404
+
+    @app.route("/favicon.ico")
+    def favicon():
+        # Browsers ask for it on every page (also on the reports served here); a 404 would
+        # be a console error.
+        return app.response_class(FAVICON, mimetype="image/svg+xml")
 
     @app.route("/")
     def runs():
