@@ -14,6 +14,7 @@ store connection per request, so every page shows the store as it is now):
                     request counts from its Prometheus metrics.
 """
 import dataclasses
+import json
 import os
 import urllib.error
 import urllib.parse
@@ -118,8 +119,9 @@ def lineage_graph(lin: Lineage) -> Tuple[List[NodeRun], List[Tuple[str, str]]]:
 
 def serving_status(url: str, models: List[str]) -> Dict[str, Any]:
     """Status of a running model server: per model its versions and states (TF Serving's
-    GET /v1/models/<name>) and request counts per (model, version, status) summed from
-    the Prometheus metric `:tensorflow:serving:request_count`-style counters of its metrics page.
+    GET /v1/models/<name>) and request counts per (model, version, status), summed over API
+    and protocol from the counters with `model_name` and `status` labels on its Prometheus page
+    (serving/metrics.py: conveyor_serving_request_count).
 
     Returns:
       {"url", "error": None or one line, "models": {name: [{"version", "state", "error"}]},
@@ -133,7 +135,6 @@ def serving_status(url: str, models: List[str]) -> Dict[str, Any]:
             try:
                 with urllib.request.urlopen(f"{base}/v1/models/{urllib.parse.quote(name)}",
                                             timeout=SERVING_TIMEOUT_S) as r:
-                    import json
                     status = json.loads(r.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
                 out["models"][name] = [{"version": "-", "state": f"HTTP {e.code}", "error": ""}]
