@@ -12,6 +12,8 @@ setup(
     python_requires=">=3.9,<3.11",
     packages=[
         "conveyor",
+        "conveyor.metadata",
+        "conveyor.ui",
         "pipelines",
         "components",
         "modules",
@@ -19,6 +21,7 @@ setup(
         "serving",
         "kubeflow",
     ],
+    package_data={"conveyor.ui": ["templates/*.html"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",
@@ -33,6 +36,7 @@ setup(
         "pyyaml",
         "pydantic>=2,<3",
         "scikit-learn",
+        "flask>=2.2,<3",  # conveyor ui
     ],
     entry_points={"console_scripts": [
         "conveyor=conveyor.cli:main",

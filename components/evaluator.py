@@ -19,7 +19,8 @@ the metrics specs and one TFMA threshold per rule into the EvalConfig, and hands
 TFX's Evaluator: the blessing is TFMA's validation result. Afterwards it records on the
 ModelBlessing what each rule saw (`rules`: rule, candidate, baseline, passed, note), the
 `majority_baseline`, `accuracy_floor` (the first plain accuracy `min`) and
-`has_baseline_model` (0/1).
+`has_baseline_model` (0/1). It also writes the candidate's most confident mistakes on the
+eval split beside the metrics (components/mistakes.py), recorded on the ModelEvaluation.
 """
 import collections
 import functools
@@ -34,10 +35,11 @@ from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
-from tfx.utils import json_utils, proto_utils
+from tfx.utils import json_utils, path_utils, proto_utils
 
 from components.blessing_rules import (MAJORITY, MAJORITY_MARGIN, METRICS, Rule, RuleError, check_classes,
                                        parse_rules)
+from components import mistakes
 from components.errors import ComponentError
 from modules import features as F
 from modules.splits import read_split_examples, split_pattern
@@ -411,6 +413,9 @@ class Executor(tfx_executor.Executor):
         if floor is not None:
             blessing.set_float_custom_property("accuracy_floor", floor)
         blessing.set_int_custom_property("has_baseline_model", int(has_baseline))
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        mistakes.record(evaluation, mistakes.most_confident_mistakes(model_dir, examples.uri, class_names))
 
 
 class BlessingEvaluatorSpec(standard_component_specs.EvaluatorSpec):

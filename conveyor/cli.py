@@ -71,6 +71,18 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """`conveyor ui`: serves the dashboard until Ctrl-C; 0 then, 1 with one line when the
+    port cannot be bound."""
+    from conveyor.ui import serve
+    try:
+        serve(args.home, port=args.port, host=args.host, serving_url=args.serving_url)
+    except OSError as e:
+        print(f"conveyor: ui: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The `conveyor` command; returns the exit status (0 ok, 1 failed run or stdout's reader
     gone, 2 bad command line)."""
@@ -101,6 +113,13 @@ def _main(argv: List[str]) -> int:
     compile_.add_argument("--pipeline-root", help="gs://, s3:// or minio:// root (default minio://mlpipeline/conveyor)")
     compile_.add_argument("--image-config", help="YAML/JSON config of the image pipeline")
     compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
+    ui = sub.add_parser("ui", help="local read-only dashboard of runs, models and comparisons (a web page)")
+    ui.add_argument("--home", help="Conveyor HOME holding metadata.sqlite and serving/ (default ./conveyor_home)")
+    ui.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: only this machine; the pages are not authenticated)")
+    ui.add_argument("--serving-url", help="a running `conveyor serve` REST URL, e.g. http://127.0.0.1:8501, "
+                                          "for its live versions and request counts")
     from conveyor import history_cli
     history_cli.add_commands(sub)
     from conveyor import drift_cli
@@ -114,6 +133,8 @@ def _main(argv: List[str]) -> int:
         return bless.cmd_bless(args)
     if args.command == "download":
         return cmd_download(args)
+    if args.command == "ui":
+        return cmd_ui(args)
     if args.command in history_cli.COMMANDS:
         return history_cli.dispatch(args)
     if args.command == "compile":

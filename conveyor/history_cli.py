@@ -242,8 +242,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def format_diff(d: RunDiff) -> str:
-    """A RunDiff as text: config, data, schema, metric and state changes between runs A and B."""
-    out = [f"pipeline {d.pipeline}:  A = {d.run_a}   B = {d.run_b}", "", "config (exec properties):"]
+    """A RunDiff as text: component states, then config, data, schema and metric changes
+    between runs A and B (only what differs; a component that ran in one run only is
+    listed under its states as "not run", not compared)."""
+    out = [f"pipeline {d.pipeline}:  A = {d.run_a}   B = {d.run_b}", "", "component states:"]
+    out += [f"  {n}: {v.a} -> {v.b}" for n, v in d.states.items()] or ["  same in both runs"]
+    out += ["", "config (exec properties of components that ran in both runs):"]
     out += [f"  {c.node}.{c.key}: {c.a!r} -> {c.b!r}" for c in d.config] or ["  no changes"]
     out += ["", "data:"]
     ex = d.examples
@@ -261,6 +265,8 @@ def format_diff(d: RunDiff) -> str:
     out += [f"  + {f}" for f in sc.added] + [f"  - {f}" for f in sc.removed]
     out += [f"  ~ {c.feature}: {c.a.to_json()} -> {c.b.to_json()}" for c in sc.changed]
     out += ["", "metrics (candidate):"]
+    if not d.metrics:
+        out.append("  not compared: a run was not evaluated")
     for key, v in d.metrics.items():
         digits = 0 if "count" in key else 4
         delta = f"  ({v.delta:+.{digits}f})" if v.delta is not None else ""
@@ -269,8 +275,6 @@ def format_diff(d: RunDiff) -> str:
         out.append(f"  accuracy[{label}]{'':<{max(0, 22 - len(label))}} {_fmt(v.a)} -> {_fmt(v.b)}")
     out.append(f"  blessed: {_fmt(d.blessed.a)} -> {_fmt(d.blessed.b)}   pushed version: "
                f"{_fmt(d.pushed_version.a)} -> {_fmt(d.pushed_version.b)}")
-    if d.states:
-        out += ["", "component states:"] + [f"  {n}: {v.a} -> {v.b}" for n, v in d.states.items()]
     return "\n".join(out)
 
 

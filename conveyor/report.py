@@ -1,8 +1,11 @@
 """One self-contained HTML report of a pipeline run, read from MLMD (see conveyor/metadata).
 
-No network: inline CSS, inline SVG charts, no scripts. Sections: the DAG with component
-states and durations, dataset statistics and anomalies, evaluation metrics vs the baseline
-(chart + per-label accuracy), lineage of the pushed model, and the pushed versions.
+No network: inline CSS, inline SVG charts and PNG data URIs, no scripts. Sections: the DAG
+with component states and durations, dataset statistics, samples per class (images) or the
+token-length histogram (text) and anomalies, evaluation metrics vs the baseline (chart +
+per-label accuracy), where the model goes wrong (confusion matrix, most confident mistakes),
+training curves (candidate vs baseline), lineage of the pushed model, and the pushed versions
+(pictures: conveyor/pictures.py).
 """
 import datetime
 import html
@@ -11,6 +14,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
+from conveyor import pictures
 from conveyor.drift import DriftRecord, read_drift
 from conveyor.metadata.artifacts import ACCURACY, RuleResult, run_spans
 from conveyor.metadata.diff import RunDetails, dag_edges, run_details
@@ -34,6 +38,9 @@ th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums
 word-break:break-all}
 .bar{display:inline-block;height:10px;background:#64b5f6;vertical-align:middle}
 ul.reasons li{color:#c62828} .lineage td:first-child{font-weight:600;white-space:nowrap}
+.mistakes{display:flex;flex-wrap:wrap;gap:8px} figure.mistake{margin:0;padding:6px;border:1px solid #ddd;
+border-radius:4px;width:150px;font-size:12px;text-align:center} figure.mistake blockquote{margin:0;text-align:left;
+font-size:11px;max-height:120px;overflow:hidden} .charts{display:flex;flex-wrap:wrap;gap:16px}
 """
 
 
@@ -204,7 +211,54 @@ def metrics_chart(bars: List[Tuple[str, Optional[float], Optional[float]]], floo
 
 # sections -----------------------------------------------------------------------------
 
-def _dataset_section(details: RunDetails) -> str:
+def _data_pictures(graph: Graph, details: RunDetails) -> str:
+    """Sample images per class (image runs) or the token-length histogram (text runs)."""
+    ex = details.examples
+    if ex and ex.uri:
+        samples = pictures.sample_images(ex.uri, ex.label_names or [])
+        if samples:
+            return "<h3 id=\"samples\">Sample images per class</h3>" + pictures.samples_html(samples)
+    stats = graph.artifact(details.statistics.artifact_id) if details.statistics else None
+    buckets = pictures.token_histogram(graph, stats) if stats is not None else []
+    if buckets:
+        return ("<h3 id=\"token-lengths\">Text length (train split, TFDV statistics)</h3>" +
+                pictures.histogram_svg(buckets, "tokens per text"))
+    return ""
+
+
+def _model_pictures_section(graph: Graph, details: RunDetails) -> str:
+    """Where the model goes wrong (confusion matrix, most confident mistakes) and how
+    training went (loss and accuracy per epoch, candidate vs baseline)."""
+    out = []
+    ev = details.evaluation
+    evaluation = graph.artifact(ev.artifact.artifact_id) if ev and ev.artifact else None
+    if evaluation is not None:
+        names = (details.examples.label_names if details.examples else None) or []
+        confusion = pictures.confusion_matrix(evaluation.uri, names)
+        record = pictures.read_mistakes(evaluation)
+        if confusion or record:
+            out.append("<h2>Where the model goes wrong</h2>")
+        if confusion:
+            out.append("<h3 id=\"confusion\">Confusion matrix (TFMA, eval split)</h3>" + pictures.confusion_svg(confusion))
+        if record:
+            out.append("<h3 id=\"mistakes\">Most confident mistakes</h3>" + pictures.mistakes_html(record))
+    model = graph.artifact(details.model.artifact_id) if details.model else None
+    run_uri = pictures.model_run_uri(graph, model)
+    candidate = pictures.training_history(run_uri) if run_uri else {}
+    baseline = {}
+    if ev and ev.baseline_model:
+        base_uri = pictures.model_run_uri(graph, graph.artifact(ev.baseline_model.artifact_id))
+        baseline = pictures.training_history(base_uri) if base_uri else {}
+    charts = pictures.training_curves_html(candidate, baseline)
+    if charts:
+        out.append("<h2 id=\"training\">Training curves</h2><p class=\"muted\">Per epoch, from the Trainer's "
+                   "TensorBoard logs; dashed: validation (eval split)" +
+                   ("; baseline = the blessed model this run was compared with" if baseline else "") +
+                   f".</p><div class=\"charts\">{charts}</div>")
+    return "".join(out)
+
+
+def _dataset_section(details: RunDetails, data_pictures: str = "") -> str:
     out = ["<h2>Dataset</h2>"]
     ex = details.examples
     if ex:
@@ -232,6 +286,7 @@ def _dataset_section(details: RunDetails) -> str:
         out.append(_table(["label"] + [f"split {s}" for s in splits], rows))
     else:
         out.append("<p class=\"muted\">No statistics in this run.</p>")
+    out.append(data_pictures)
     anomalies = details.anomalies
     out.append("<h3>Anomalies (ExampleValidator vs schema)</h3>")
     if anomalies is None:
@@ -411,7 +466,8 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
       run: a run reference (id, unique prefix, position; None: the latest run).
       home: Conveyor HOME, for the served version's drift record (None: no drift section).
     Returns:
-      one self-contained HTML document (inline CSS and SVG, no scripts, no external links).
+      one self-contained HTML document (inline CSS, SVG and PNG data URIs, no scripts, no
+      external links).
     Raises:
       LineageError: unknown/ambiguous pipeline or run.
     """
@@ -449,7 +505,8 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
             "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",
             _table(["component", "state", "seconds", "execution"], node_rows, (2, 3)),
-            _dataset_section(details), _evaluation_section(details), _lineage_section(lin, note),
+            _dataset_section(details, _data_pictures(graph, details)), _evaluation_section(details),
+            _model_pictures_section(graph, details), _lineage_section(lin, note),
             _pushed_section(pushed), _drift_section(drift),
             f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"

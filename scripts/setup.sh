@@ -44,4 +44,5 @@ fi
 echo "setup: installing the locked stack (requirements.lock)"
 "$UV" pip install --quiet --python .venv/bin/python -r requirements.lock
 "$UV" pip install --quiet --python .venv/bin/python --no-deps -e .
+bash scripts/setup_browser.sh
 echo "setup: done ($(.venv/bin/python --version))"

@@ -10,7 +10,7 @@ from conveyor.metadata.artifacts import (AnomaliesSummary, ExamplesSummary, Feat
 from conveyor.metadata.lineage import Evaluation, ModelSummary, evaluation_of, model_summary
 from conveyor.metadata.runs import (RunRecord, default_pipeline, fill_run_record, node_executions, resolve_run,
                                     run_contexts, run_executions)
-from conveyor.metadata.store import Graph, Record, exec_properties, props
+from conveyor.metadata.store import NOT_RUN, Graph, Record, exec_properties, props
 
 
 @dataclasses.dataclass
@@ -18,7 +18,9 @@ class RunDetails(RunRecord):
     """Everything about one run: its RunRecord plus what its executions recorded.
 
     Fields (besides RunRecord's; None: the run has no such output):
-      exec_properties: node id -> that node's TFX exec properties (see store.exec_properties).
+      exec_properties: node id -> that node's TFX exec properties (see store.exec_properties),
+        only for nodes that ran; a cached node's are those of the execution that made the
+        artifacts it reused (a cached execution does not record all of them again).
       statistics: StatisticsGen's output.
       schema: the Schema output (SchemaGen or an importer).
       anomalies: ExampleValidator's output.
@@ -46,7 +48,7 @@ def run_details(graph: Graph, pipeline: str, run: mlmd_pb2.Context, with_metrics
     """
     details = fill_run_record(RunDetails(), graph, pipeline, run)
     by_node = node_executions(graph, run)
-    details.exec_properties = {node: exec_properties(e) for node, e in by_node.items()}
+    details.exec_properties = {node: exec_properties(_made_by(graph, e)) for node, e in by_node.items()}
     executions = list(by_node.values())
     _, statistics = graph.first_output_of_type(
         [e for e in executions if "statistics" in graph.outputs(e) and graph.type_of(e).endswith("StatisticsGen")],
@@ -72,6 +74,19 @@ def run_details(graph: Graph, pipeline: str, run: mlmd_pb2.Context, with_metrics
     _, model = graph.first_output_of_type(executions, "Model")
     details.model = model_summary(graph, model) if model is not None else None
     return details
+
+
+def _made_by(graph: Graph, execution: mlmd_pb2.Execution) -> mlmd_pb2.Execution:
+    """The execution whose work `execution` stands for: for a CACHED one, the producer of the
+    first artifact it output (TFX links the reused artifacts as its outputs), else itself."""
+    if execution.last_known_state != mlmd_pb2.Execution.CACHED or graph.type_of(execution).endswith("Resolver"):
+        return execution
+    for artifacts in graph.outputs(execution).values():
+        for artifact in artifacts:
+            producer = graph.producer(artifact)
+            if producer is not None:
+                return producer
+    return execution
 
 
 # diff ----------------------------------------------------------------------------------
@@ -140,13 +155,17 @@ class RunDiff(Record):
 
     Fields:
       pipeline, run_a, run_b: the pipeline and the two run ids.
-      states: node -> Change of its state (only nodes whose state differs).
-      config: exec properties that differ, per node and key.
-      data: split -> SplitDiff (statistics of the two runs).
+      states: node -> Change of its state (only nodes whose state differs; "not run" for a
+        node without an execution in that run).
+      config: exec properties that differ, per node and key, of nodes that ran (complete,
+        cached or failed) in both runs; a cached node compares the execution that made the
+        artifacts it reused. A node that ran in one run only is in `states`, not here.
+      data: split -> SplitDiff, only splits whose counts differ (both runs have statistics).
       examples: the two Examples artifacts.
-      schema: the schema change.
-      metrics: overall candidate metric name -> MetricChange.
-      per_label_accuracy: label -> Change of the candidate's accuracy (0..1).
+      schema: the schema change (empty unless both runs have a schema).
+      metrics: overall candidate metric name -> MetricChange (empty unless both runs were evaluated).
+      per_label_accuracy: label -> Change of the candidate's accuracy (0..1), labels whose
+        accuracy differs (empty unless both runs were evaluated).
       blessed: Change of the verdict (bool or None).
       pushed_version: Change of the pushed version (str or None).
     """
@@ -174,6 +193,8 @@ def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def _data_diff(a: Optional[StatisticsSummary], b: Optional[StatisticsSummary]) -> Dict[str, SplitDiff]:
+    if a is None or b is None:
+        return {}
     splits_a = a.splits if a else {}
     splits_b = b.splits if b else {}
     data = {}
@@ -181,13 +202,17 @@ def _data_diff(a: Optional[StatisticsSummary], b: Optional[StatisticsSummary]) -
         sa, sb = splits_a.get(split), splits_b.get(split)
         la = sa.labels if sa else {}
         lb = sb.labels if sb else {}
-        data[split] = SplitDiff(num_examples=Change(sa.num_examples if sa else None, sb.num_examples if sb else None),
-                                labels={l: Change(la.get(l), lb.get(l)) for l in sorted(set(la) | set(lb))
-                                        if la.get(l) != lb.get(l)})
+        change = SplitDiff(num_examples=Change(sa.num_examples if sa else None, sb.num_examples if sb else None),
+                           labels={l: Change(la.get(l), lb.get(l)) for l in sorted(set(la) | set(lb))
+                                   if la.get(l) != lb.get(l)})
+        if change.labels or change.num_examples.a != change.num_examples.b:
+            data[split] = change
     return data
 
 
 def _schema_diff(a: Optional[SchemaSummary], b: Optional[SchemaSummary]) -> SchemaDiff:
+    if a is None or b is None:
+        return SchemaDiff()
     fa = a.features if a else {}
     fb = b.features if b else {}
     return SchemaDiff(added=sorted(set(fb) - set(fa)), removed=sorted(set(fa) - set(fb)),
@@ -208,26 +233,37 @@ def diff_runs(store, pipeline: Optional[str], run_a: str, run_b: str) -> RunDiff
     pipeline = default_pipeline(graph, pipeline)
     a = run_details(graph, pipeline, resolve_run(graph, pipeline, run_a))
     b = run_details(graph, pipeline, resolve_run(graph, pipeline, run_b))
+    return compare_runs(a, b)
+
+
+def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
+    """The RunDiff of two RunDetails of one pipeline (see RunDiff for what is compared)."""
     config = []
-    for node in dict.fromkeys(list(a.exec_properties) + list(b.exec_properties)):
-        fa = _flatten(a.exec_properties.get(node, {}))
-        fb = _flatten(b.exec_properties.get(node, {}))
+    for node in [n for n in a.exec_properties if n in b.exec_properties]:
+        fa = _flatten(a.exec_properties[node])
+        fb = _flatten(b.exec_properties[node])
         for key in sorted(set(fa) | set(fb)):
             if fa.get(key) != fb.get(key):
                 config.append(ConfigChange(node, key, fa.get(key), fb.get(key)))
-    ma = a.evaluation.candidate if a.evaluation else {}
-    mb = b.evaluation.candidate if b.evaluation else {}
+    evaluated = a.evaluation is not None and b.evaluation is not None
+    ma = a.evaluation.candidate if evaluated else {}
+    mb = b.evaluation.candidate if evaluated else {}
     metrics = {}
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
         metrics[key] = MetricChange(va, vb, (vb - va) if va is not None and vb is not None else None)
-    pa = a.evaluation.metrics.per_label if a.evaluation and a.evaluation.metrics else {}
-    pb = b.evaluation.metrics.per_label if b.evaluation and b.evaluation.metrics else {}
+    pa = a.evaluation.metrics.per_label if evaluated and a.evaluation.metrics else {}
+    pb = b.evaluation.metrics.per_label if evaluated and b.evaluation.metrics else {}
     per_label = {label: Change(pa.get(label, {}).get("candidate"), pb.get(label, {}).get("candidate"))
-                 for label in sorted(set(pa) | set(pb))}
+                 for label in sorted(set(pa) | set(pb))
+                 if pa.get(label, {}).get("candidate") != pb.get(label, {}).get("candidate")}
+    states_b = {n.node: n.state for n in b.nodes}
+    states_a = {n.node: n.state for n in a.nodes}
     return RunDiff(
-        pipeline=pipeline, run_a=a.run_id, run_b=b.run_id,
-        states={n.node: Change(n.state, m.state) for n, m in zip(a.nodes, b.nodes) if n.state != m.state},
+        pipeline=a.pipeline, run_a=a.run_id, run_b=b.run_id,
+        states={node: Change(states_a.get(node, NOT_RUN), states_b.get(node, NOT_RUN))
+                for node in dict.fromkeys(list(states_a) + list(states_b))
+                if states_a.get(node, NOT_RUN) != states_b.get(node, NOT_RUN)},
         config=config, data=_data_diff(a.statistics, b.statistics),
         examples=ExamplesChange(a.examples.uri if a.examples else None, b.examples.uri if b.examples else None,
                                 bool(a.examples and b.examples and a.examples.artifact_id == b.examples.artifact_id)),

@@ -343,3 +343,21 @@ def test_multi_class_precision_recall_f1_are_top_1_as_in_sklearn(four_classes):
     on_y = rules["accuracy on label_name=y >= 0.5"]
     assert on_y["passed"] is True and on_y["candidate"] == pytest.approx(per_class[1][2], abs=1e-6)
     assert blessing.get_int_custom_property("blessed") == 0
+
+
+def test_most_confident_mistakes_are_recorded_beside_the_metrics(runs):
+    from components.mistakes import MISTAKES_COUNT_PROPERTY, MISTAKES_PROPERTY, SCORED_PROPERTY
+    _, evaluation = runs["rare"]
+    assert evaluation.get_string_custom_property(MISTAKES_PROPERTY) == "mistakes.json"
+    with open(os.path.join(evaluation.uri, "mistakes.json")) as f:
+        result = json.load(f)
+    # The `score` model says "common" for the 8 rare examples scored <= 0.8 and is right on the rest.
+    assert (result["scored"], result["wrong"]) == (200, 8)
+    assert evaluation.get_int_custom_property(MISTAKES_COUNT_PROPERTY) == 8
+    assert evaluation.get_int_custom_property(SCORED_PROPERTY) == 200
+    first = result["mistakes"][0]
+    assert (first["true"], first["predicted"]) == ("rare", "common")
+    # the lowest rare score (0.30) is the most confident wrong answer: P(common) = 1 - sigmoid(10 * (0.3 - 0.8))
+    assert first["probability"] == pytest.approx(1 - 1 / (1 + np.exp(5.0)), abs=1e-5)
+    assert [m["probability"] for m in result["mistakes"]] == sorted((m["probability"] for m in result["mistakes"]),
+                                                                   reverse=True)

@@ -1,7 +1,10 @@
 """`conveyor runs | lineage | diff | report` against real pipeline runs, checked against MLMD's own records.
 
 Two tiny image runs share one HOME: a blessed model on 3 digit classes x 40 images (pushed
-as version 1) and a rejected one on the same images with shuffled labels.
+as version 1) and a rejected one on the same images with shuffled labels. The digit 7 lies
+in a class folder named `<b>x<b>` (a folder name cannot hold "/"), so every page that shows
+class names must show it as text. The same HOME serves the `conveyor ui` and report tests in
+headless chromium (tests/support/browser.py).
 """
 import io
 import json
@@ -10,13 +13,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import urllib.error
+import urllib.request
 
 import pytest
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as pb
 
 from conveyor.cli import main
+from tests.support.browser import browser_page, ui_server
 from conveyor.metadata import runs as mlmd_runs
 from conveyor.metadata.artifacts import ACCURACY
 from conveyor.metadata.diff import run_details
@@ -30,6 +35,8 @@ from modules.settings import modules_fingerprint
 from pipelines.pipeline import RUN_FN
 
 CLASSES = ("0", "1", "7")
+FOLDERS = {"0": "0", "1": "1", "7": "<b>x<b>"}  # digit class -> the class folder it is copied to
+LABELS = tuple(FOLDERS[c] for c in CLASSES)
 PER_CLASS = 40
 NAME = "image_classifier"
 STATE = {pb.Execution.COMPLETE: "complete", pb.Execution.CACHED: "cached", pb.Execution.FAILED: "failed"}
@@ -37,9 +44,9 @@ STATE = {pb.Execution.COMPLETE: "complete", pb.Execution.CACHED: "cached", pb.Ex
 
 def _subset(source: str, target: str) -> str:
     for c in CLASSES:
-        os.makedirs(os.path.join(target, c))
+        os.makedirs(os.path.join(target, FOLDERS[c]))
         for f in sorted(os.listdir(os.path.join(source, c)))[:PER_CLASS]:
-            shutil.copy(os.path.join(source, c, f), os.path.join(target, c, f))
+            shutil.copy(os.path.join(source, c, f), os.path.join(target, FOLDERS[c], f))
     return target
 
 
@@ -253,7 +260,7 @@ def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
     assert result["evaluation"]["baseline_model"] is None  # the first blessed model had nothing to beat
     accuracy = result["evaluation"]["candidate"][ACCURACY]
     assert accuracy > result["blessing"]["majority_baseline"] and accuracy >= result["blessing"]["accuracy_floor"]
-    assert set(result["evaluation"]["per_label"]) == set(CLASSES)
+    assert set(result["evaluation"]["per_label"]) == set(LABELS)
 
     stats = _outputs(store, _run_execution(store, first, "StatisticsGen"), "ExampleStatistics")[0]
     assert result["statistics"]["artifact_id"] == stats.id
@@ -266,7 +273,7 @@ def test_lineage_of_pushed_version_matches_mlmd(capsys, history, store):
     assert ex["input_fingerprint"] == examples.custom_properties["input_fingerprint"].string_value
     assert ex["example_count"] == examples.custom_properties["example_count"].int_value == len(CLASSES) * PER_CLASS
     assert sum(ex["split_counts"].values()) == ex["example_count"] and set(ex["split_counts"]) == {"train", "eval"}
-    assert ex["label_names"] == list(CLASSES)
+    assert ex["label_names"] == list(LABELS)
 
     code, out, _ = cli(capsys, "lineage", "--model", NAME, "--version", "1", "--home", history["home"])
     assert code == 0 and f"model {NAME} version 1" in out and "BLESSED" in out and history["good"] in out
@@ -338,17 +345,6 @@ def test_diff_matches_mlmd(capsys, history, store):
 
 # report ------------------------------------------------------------------------------------
 
-def _chromium(*args, timeout=90):
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    try:
-        return subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             *args], capture_output=True, text=True, timeout=timeout)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 def test_report_is_self_contained(capsys, history, store):
     out = os.path.join(history["home"], "out", "report.html")
     code, stdout, err = cli(capsys, "report", "--run", "2", "--home", history["home"], "--out", out)
@@ -358,36 +354,117 @@ def test_report_is_self_contained(capsys, history, store):
     assert "<script" not in text and "<link" not in text and "@import" not in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     assert re.findall(r"https?://[^\s\"'<>]+", text) == ["http://www.w3.org/2000/svg"] * text.count("<svg")
-    assert text.count("<svg") == 2 and "<style>" in text
+    # DAG, accuracy chart, confusion matrix, loss and accuracy curves; images as PNG data URIs
+    assert text.count("<svg") == 5 and "<style>" in text
+    assert text.count('src="data:image/png;base64,') >= len(LABELS)
 
 
-@pytest.mark.skipif(not shutil.which("chromium"),
-                    reason="chromium is not installed (apt-get install -y chromium) - "
-                           "the rendered-report check needs a headless browser")
+def _shot(page, path):
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10000
+
+
 def test_report_renders_in_headless_chromium(capsys, history, store, tmp_path):
     out = str(tmp_path / "report.html")
     assert cli(capsys, "report", "--home", history["home"], "--out", out)[0] == 0  # latest run: the rejected one
     runs = _run_contexts(store)
     details = run_details(Graph(store), NAME, runs[-1])
-    dom = _chromium("--dump-dom", "file://" + out)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html_text = dom.stdout
-    assert runs[-1].name in html_text and "NOT BLESSED" in html_text
-    for node in details.nodes:
-        assert f'data-node="{node.node}" data-state="{node.state}"' in html_text
-    evaluation = details.evaluation
-    assert f'{evaluation.candidate[ACCURACY]:.4f}' in html_text
-    assert f'{evaluation.baseline[ACCURACY]:.4f}' in html_text
-    for split, s in details.statistics.splits.items():
-        assert f"split {split}" in html_text
-        for count in s.labels.values():
-            assert f"{count} <span" in html_text
-    assert "No anomalies in any split." in html_text
-    assert "This run pushed nothing (not blessed); the model served now is version 1." in html_text
-    assert history["good"] in html_text  # lineage of the served version reaches its input folder
-    shot = tmp_path / "report.png"
-    result = _chromium("--window-size=1100,1600", f"--screenshot={shot}", "file://" + out)
-    assert result.returncode == 0 and shot.stat().st_size > 10000, result.stderr[-2000:]
+    with browser_page() as (page, _):
+        page.goto("file://" + out)
+        html_text = page.content()
+        assert runs[-1].name in html_text and "NOT BLESSED" in html_text
+        for node in details.nodes:
+            assert page.locator(f'g.dag-node[data-node="{node.node}"][data-state="{node.state}"]').count() == 1
+        evaluation = details.evaluation
+        assert f'{evaluation.candidate[ACCURACY]:.4f}' in html_text
+        assert f'{evaluation.baseline[ACCURACY]:.4f}' in html_text
+        for split, s in details.statistics.splits.items():
+            assert f"split {split}" in html_text
+            for count in s.labels.values():
+                assert f"{count} <span" in html_text
+        assert "No anomalies in any split." in html_text
+        assert "This run pushed nothing (not blessed); the model served now is version 1." in html_text
+        assert history["good"] in html_text  # lineage of the served version reaches its input folder
+        # The class folder `<b>x<b>` is text wherever a class is named, never markup.
+        assert page.locator("b", has_text=re.compile(r"^x$")).count() == 0
+        assert page.get_by_text("<b>x<b>").first.is_visible()
+
+        # Confusion matrix: TFMA's counts, one cell per (true, predicted), summing to the eval split.
+        cells = page.locator("svg.confusion g.cm-cell")
+        assert cells.count() == len(LABELS) ** 2
+        counts = [int(c) for c in cells.evaluate_all("els => els.map(e => e.dataset.count)")]
+        assert sum(counts) == details.statistics.splits["eval"].num_examples
+        assert set(cells.evaluate_all("els => els.map(e => e.dataset.true)")) == set(LABELS)
+        # Most confident mistakes: decoded thumbnails, sorted by probability, from the Evaluator's record.
+        figures = page.locator("figure.mistake")
+        assert 0 < figures.count() <= 12
+        assert all(w > 0 for w in page.locator("figure.mistake img").evaluate_all(
+            "els => els.map(e => e.naturalWidth)"))
+        assert "true <b>" in page.locator("figure.mistake figcaption").first.inner_html()
+        # Training curves: candidate and the baseline (run 1's model), train and validation.
+        series = set(page.locator("svg.curve path.series").evaluate_all("els => els.map(e => e.dataset.series)"))
+        assert {"candidate train", "candidate validation", "baseline train", "baseline validation"} <= series
+        # Sample images per class, decoded.
+        rows = page.locator("tr.samples")
+        assert rows.count() == len(LABELS)
+        widths = page.locator("tr.samples img").evaluate_all("els => els.map(e => e.naturalWidth)")
+        assert len(widths) >= len(LABELS) and all(w > 0 for w in widths)
+        _shot(page, tmp_path / "report.png")
+
+
+def test_ui_pages_in_headless_chromium(history, store, tmp_path):
+    """`conveyor ui` on the two runs: runs, report, models, lineage graph, compare, serving;
+    no console errors, links work, `<b>x<b>` is text."""
+    runs = _run_contexts(store)
+    with ui_server(history["home"]) as url, browser_page() as (page, _):
+        page.goto(url + "/")
+        rows = page.locator("tr.run")
+        assert rows.count() == 2
+        assert rows.evaluate_all("els => els.map(e => e.dataset.run)") == [runs[1].name, runs[0].name]  # newest first
+        assert "no" in rows.nth(0).inner_text() and "yes" in rows.nth(1).inner_text()
+        _shot(page, tmp_path / "ui-runs.png")
+        page.select_option("#pipeline-filter", NAME)
+        page.click("button[type=submit]")
+        assert page.locator("tr.run").count() == 2 and f"pipeline={NAME}" in page.url
+        rows.nth(1).locator("a.report-link").click()
+        assert page.locator("#run-id").inner_text() == runs[0].name and page.locator("#verdict").inner_text() == "BLESSED"
+        assert page.locator("svg.confusion").count() == 1
+        page.go_back()
+
+        page.click("nav >> text=Models")
+        version = page.locator("tr.version")
+        assert version.count() == 1 and version.get_attribute("data-version") == "1"
+        assert "live" in version.inner_text()  # models.config's latest-version policy serves version 1
+        _shot(page, tmp_path / "ui-models.png")
+        version.locator("a.lineage-link").click()
+        drawn = set(page.locator("#lineage-graph g.dag-node").evaluate_all("els => els.map(e => e.dataset.node)"))
+        assert {"Examples", "Statistics", "Schema", "TransformGraph", "Model", "ModelEvaluation", "ModelBlessing",
+                "PushedModel"} <= drawn
+        assert page.locator("#lineage-graph path").count() >= 7  # the edges are drawn
+        assert history["good"] in page.locator("table.lineage").inner_text()
+        _shot(page, tmp_path / "ui-lineage.png")
+
+        page.click("nav >> text=Compare")
+        page.select_option("#run-a", runs[0].name)
+        page.select_option("#run-b", runs[1].name)
+        page.click("#compare-button")
+        diff = page.locator("#diff")
+        assert diff.locator('tr[data-key="blessed"]').inner_text().split("\t")[1:] == ["yes", "no"]
+        assert diff.locator('tr[data-key="config:ImageExampleGen.input_base"]').count() == 1
+        assert diff.locator(f'tr[data-key="metric:{ACCURACY}"]').count() == 1
+        assert "-> None" not in diff.inner_text()
+        # the shuffled labels moved examples into and out of class `<b>x<b>`: shown as text
+        assert f"label {LABELS[2]}" in diff.inner_text()
+        assert page.locator("b", has_text=re.compile(r"^x$")).count() == 0
+        _shot(page, tmp_path / "ui-compare.png")
+
+        page.click("nav >> text=Serving")
+        assert page.locator("#no-server").is_visible()
+        # (chromium logs a console error for any 404 page, so the error page is fetched directly)
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "/models/no_such_model/1", timeout=30)
+        assert missing.value.code == 404
+        assert "no model &#39;no_such_model&#39; in the metadata store" in missing.value.read().decode()
 
 
 def test_write_run_report_names_file_after_run(history, store):
@@ -434,3 +511,35 @@ def test_runs_states_on_any_connection_config():
         lineage_of_version(store, "q")
     with pytest.raises(LineageError, match="model 'p' has no pushed versions yet"):
         lineage_of_version(store, "p")
+
+
+def test_ui_shows_a_running_model_server(history, tmp_path):
+    """--serving-url: the versions `conveyor serve` reports AVAILABLE and its request counts."""
+    from tests.support.serving_harness import ServerProcess
+    server = ServerProcess(["--model_config_file", os.path.join(history["home"], "serving", "models.config")],
+                           str(tmp_path / "server.log"), entry=["-m", "conveyor.cli", "serve"])
+    try:
+        server.wait_ready(NAME, timeout=180)
+        folder = os.path.join(history["good"], "0")
+        image = os.path.join(folder, sorted(os.listdir(folder))[0])
+        code, _, err = cli_capture("predict", "--model", NAME, "--url", server.url, image)
+        assert code == 0, err
+        with ui_server(history["home"], serving_url=server.url) as url, browser_page() as (page, _):
+            page.goto(url + "/serving")
+            versions = page.locator("#serving-versions tbody tr")
+            assert versions.count() == 1 and versions.first.inner_text().split("\t")[1:3] == ["1", "AVAILABLE"]
+            cells = [r.split("\t") for r in page.locator("#serving-requests tbody tr").all_inner_texts()]
+            assert any(c[0] == NAME and c[1] == "1" and c[2] == "OK" and int(c[3]) >= 1 for c in cells), cells
+            _shot(page, tmp_path / "ui-serving.png")
+    finally:
+        server.stop()
+    with ui_server(history["home"], serving_url=server.url) as url, browser_page() as (page, _):
+        page.goto(url + "/serving")  # the server is gone: one line, no traceback
+        assert "cannot reach the model server at " + server.url in page.locator("#serving-error").inner_text()
+
+
+def cli_capture(*argv):
+    """Runs `conveyor ARGV` in a subprocess; (exit code, stdout, stderr)."""
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli", *argv], capture_output=True, text=True,
+                            timeout=120)
+    return result.returncode, result.stdout, result.stderr

@@ -66,6 +66,26 @@ def test_every_component_succeeded_and_the_model_was_pushed(first_run):
     assert [c.name for c in config.model_config_list.config] == ["text_classifier"]
 
 
+def test_text_report_shows_token_lengths_and_reviews_it_got_wrong(first_run, tmp_path):
+    """The run's report in headless chromium: the histogram of tokens per review (TFDV's
+    text_tokens statistics) and the most confident mistakes as truncated review texts."""
+    import glob
+    from tests.support.browser import browser_page
+    home, rows, _ = first_run
+    [report] = glob.glob(os.path.join(home, "reports", "*.html"))
+    with browser_page() as (page, _):
+        page.goto("file://" + report)
+        bars = page.locator("svg.histogram rect.hist-bar")
+        assert bars.count() >= 5
+        texts = page.locator("figure.mistake blockquote").all_inner_texts()
+        assert texts, page.locator("#mistakes").inner_text()
+        words = lambda t: " ".join(t.split())  # noqa: E731 - the page collapses white space
+        reviews = [words(text) for text, _ in rows]
+        assert all(any(r.startswith(words(t)[:200]) for r in reviews) for t in texts)
+        assert page.locator("svg.confusion g.cm-cell").count() == 4
+        page.screenshot(path=str(tmp_path / "text-report.png"), full_page=True)
+
+
 def test_pushed_model_classifies_raw_strings(first_run):
     home, rows, _ = first_run
     model = tf.saved_model.load(os.path.join(home, "serving", "text_classifier", "1"))

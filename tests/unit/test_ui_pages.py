@@ -1,0 +1,58 @@
+"""`conveyor ui` pages on an MLMD store written by hand (tests/support/mlmd_records): every
+string from MLMD and models.config is escaped, the live versions follow models.config's
+policy, the pages are read-only. The browser tests on real runs are in tests/e2e/test_lineage.py."""
+import os
+
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from conveyor.ui import create_app, live_versions
+from serving.model_config import write_models_config
+from tests.support import mlmd_records as rec
+
+EVIL = "<b>x<b>"
+
+
+def _home(tmp_path):
+    home = str(tmp_path / "home")
+    store = rec.sqlite_store(os.path.join(home, "metadata.sqlite"))
+    for i, run_name in enumerate((f"r1-{EVIL}", "r2")):
+        run = rec.run_context(store, run_name)
+        examples = rec.artifact(store, "Examples", f"/data/{EVIL}/{i}")
+        rec.execution(store, "p", run, "ImageExampleGen", outputs=[(examples, ["examples", 0])],
+                      input_base=f"/data/{EVIL}{i}")
+        rec.execution(store, "p", run, "Trainer", inputs=[(examples, ["examples", 0])],
+                      state=pb.Execution.COMPLETE if i == 0 else pb.Execution.FAILED)
+    return home
+
+
+def test_pages_escape_mlmd_strings(tmp_path):
+    client = create_app(_home(tmp_path)).test_client()
+    runs = client.get("/")
+    text = runs.get_data(as_text=True)
+    assert runs.status_code == 200 and EVIL not in text and "r1-&lt;b&gt;x&lt;b&gt;" in text
+    assert text.index('data-run="r2"') < text.index('data-run="r1-')  # newest first
+    assert ">failed<" in text  # the second run's Trainer failed
+    compare = client.get("/compare", query_string={"pipeline": "p", "a": "1", "b": "2"})
+    text = compare.get_data(as_text=True)
+    assert compare.status_code == 200 and EVIL not in text
+    assert "/data/&lt;b&gt;x&lt;b&gt;0" in text and "/data/&lt;b&gt;x&lt;b&gt;1" in text
+    missing = client.get("/models/nothing/1")
+    assert missing.status_code == 404 and "no model &#39;nothing&#39;" in missing.get_data(as_text=True)
+    assert client.post("/").status_code == 405  # read-only: GET pages only
+    assert client.get("/serving").status_code == 200
+
+
+def test_live_versions_follow_models_config(tmp_path):
+    home = str(tmp_path)
+    serving = os.path.join(home, "serving")
+    for v in ("1", "2", "10"):
+        os.makedirs(os.path.join(serving, "m", v))
+    write_models_config(os.path.join(serving, "models.config"), {"m": os.path.join(serving, "m")})
+    assert live_versions(home)["m"].versions == ["10"]  # TF Serving's default: the latest version
+    with open(os.path.join(serving, "models.config"), "w") as f:
+        f.write('model_config_list { config { name: "m" base_path: "%s" model_platform: "tensorflow" '
+                'model_version_policy { specific { versions: 1 versions: 2 } } version_labels { key: "stable" '
+                'value: 1 } } }' % os.path.join(serving, "m"))
+    live = live_versions(home)["m"]
+    assert (live.versions, live.labels, live.policy) == (["2", "1"], {"stable": "1"}, "specific")
+    assert live_versions(str(tmp_path / "nothing")) == {}
