@@ -44,4 +44,5 @@ fi
 echo "setup: installing the locked stack (requirements.lock)"
 "$UV" pip install --quiet --python .venv/bin/python -r requirements.lock
 "$UV" pip install --quiet --python .venv/bin/python --no-deps -e .
+bash scripts/setup_edge.sh "$UV" "$PY310"
 echo "setup: done ($(.venv/bin/python --version))"
