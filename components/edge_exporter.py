@@ -132,18 +132,18 @@ def edge_input(settings: ModuleSettings) -> Tuple[str, Any, List[Optional[int]]]
     return F.TOKENS, np.int32, [None, settings.max_tokens]
 
 
-def write_edge_saved_model(model_dir: str, settings: ModuleSettings, out_dir: str) -> None:
+def write_edge_saved_model(loaded, settings: ModuleSettings, out_dir: str) -> None:
     """Saves the Keras model of a Conveyor SavedModel behind EDGE_SIGNATURE (module docstring).
 
     Args:
-      model_dir: a SavedModel written by modules/export.py (its `model` attribute is the
-        trained Keras model).
+      loaded: tf.saved_model.load() of a SavedModel written by modules/export.py (its `model`
+        attribute is the trained Keras model).
       settings: the Trainer's ModuleSettings (which input, which sizes).
       out_dir: a new folder for the SavedModel.
     """
     import tensorflow as tf
 
-    keras_model = tf.saved_model.load(model_dir).model
+    keras_model = loaded.model
     name, dtype, shape = edge_input(settings)
 
     class Edge(tf.Module):
@@ -166,13 +166,14 @@ def write_edge_saved_model(model_dir: str, settings: ModuleSettings, out_dir: st
 
 # conversion ----------------------------------------------------------------------------
 
-def convert_tflite(edge_dir: str, mode: str, representative: np.ndarray) -> Tuple[bytes, str]:
+def convert_tflite(edge_dir: str, mode: str, representative: Optional[np.ndarray]) -> Tuple[bytes, str]:
     """A TFLite flatbuffer of the edge SavedModel in one post-training mode.
 
     Args:
       edge_dir: SavedModel from write_edge_saved_model.
       mode: "tflite_float16", "tflite_dynamic" or "tflite_int8".
-      representative: transformed training inputs [K, ...] (the int8 calibration data).
+      representative: transformed training inputs [K, ...], the int8 calibration data (only
+        read for tflite_int8).
     Returns:
       (model bytes, a note on the ops used).
     Raises:
@@ -354,11 +355,11 @@ def read_data(examples_uri: str, split: str, transform_graph_uri: str, settings:
                     np.asarray(labels, np.int64))
 
 
-def savedmodel_probabilities(model_dir: str, serialized: Sequence[bytes], batch: int = 256) -> np.ndarray:
-    """The SavedModel's `serving_examples` probabilities [N, classes] (the reference)."""
+def savedmodel_probabilities(loaded, serialized: Sequence[bytes], batch: int = 256) -> np.ndarray:
+    """The `serving_examples` probabilities [N, classes] of a loaded Conveyor SavedModel (the reference)."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(model_dir).signatures[contract.EXAMPLES_SIGNATURE]
+    fn = loaded.signatures[contract.EXAMPLES_SIGNATURE]
     return np.concatenate([fn(tf.constant(list(serialized[i:i + batch])))[OUTPUT].numpy()
                            for i in range(0, len(serialized), batch)])
 
@@ -473,12 +474,16 @@ def build_exports(model_dir: str, transform_graph_uri: str, examples_uri: str, s
     Returns:
       (the SavedModel's accuracy, examples evaluated, one ExportResult per export, in order).
     """
+    import tensorflow as tf
+
     data = read_data(examples_uri, "eval", transform_graph_uri, settings, eval_examples)
-    train = read_data(examples_uri, "train", transform_graph_uri, settings, REPRESENTATIVE_EXAMPLES)
-    reference = accuracy(savedmodel_probabilities(model_dir, data.serialized), data.labels)
+    representative = read_data(examples_uri, "train", transform_graph_uri, settings, REPRESENTATIVE_EXAMPLES
+                               ).inputs if "tflite_int8" in exports else None
+    loaded = tf.saved_model.load(model_dir)
+    reference = accuracy(savedmodel_probabilities(loaded, data.serialized), data.labels)
     edge_dir = os.path.join(os.path.dirname(work_dir.rstrip("/")), f"{TMP_PREFIX}edge-saved-model-{os.getpid()}")
     shutil.rmtree(edge_dir, ignore_errors=True)
-    write_edge_saved_model(model_dir, settings, edge_dir)
+    write_edge_saved_model(loaded, settings, edge_dir)
     write_contract(work_dir, settings, label_names, transform_graph_uri)
     golden = slice(0, GOLDEN_EXAMPLES)
     results = []
@@ -492,7 +497,7 @@ def build_exports(model_dir: str, transform_graph_uri: str, examples_uri: str, s
                 if name == "tfjs":
                     convert_tfjs(edge_dir, out)
                 else:
-                    flatbuffer, result.detail = convert_tflite(edge_dir, name, train.inputs)
+                    flatbuffer, result.detail = convert_tflite(edge_dir, name, representative)
                     with open(os.path.join(out, "model.tflite"), "wb") as f:
                         f.write(flatbuffer)
                 probabilities, result.latency_ms = predict_export(name, out, data.inputs, latency_examples)
@@ -568,9 +573,12 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         out = artifact_utils.get_single_instance(output_dict[EDGE_EXPORTS_KEY])
         pushed = artifact_utils.get_single_instance(input_dict[PUSHED_MODEL_KEY])
+        # pushed 1: a new version; pushed 0 with a version: this model already serves as that
+        # version (a rerun after edge_exports were added exports it then); no version: not pushed.
         version = pushed.get_string_custom_property("pushed_version")
-        if pushed.get_int_custom_property("pushed") != 1 or not version:
-            out.set_string_custom_property("reason", "no new version was pushed")
+        if not version:
+            out.set_string_custom_property(
+                "reason", f"the model was not pushed ({pushed.get_string_custom_property('reason') or 'no reason'})")
             return
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -628,8 +636,9 @@ class EdgeExporter(base_component.BaseComponent):
 
         Args:
           model: the Trainer's Model (the one the Pusher pushed).
-          pushed_model: the Pusher's PushedModel; nothing is exported unless it has
-            `pushed` 1 (a new version), whose `pushed_version` the exports take.
+          pushed_model: the Pusher's PushedModel; the exports take its `pushed_version` (a
+            new version, or the version already serving this model); without one (not
+            blessed) nothing is exported. A version whose edge folder exists is not redone.
           transform_graph: the Transform graph the model was trained with (builds the eval,
             calibration and golden inputs).
           examples: the Examples whose eval split is evaluated (train split: int8 calibration).

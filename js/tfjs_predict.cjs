@@ -42,17 +42,27 @@ async function main() {
   const raw = fs.readFileSync(request.inputs);
   const Typed = request.dtype === "int32" ? Int32Array : Float32Array;
   const values = new Typed(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
-  const x = tf.tensor(values, request.shape, request.dtype);
-  const y = model.predict(x);
-  const out = await y.data();
-  fs.writeFileSync(request.outputs, Buffer.from(new Float32Array(out).buffer));
-  const outputShape = y.shape;
-  tf.dispose([x, y]);
+  // Predictions in batches of 256 rows (a whole eval split at once can need GBs of activations).
+  const rows = request.shape[0];
+  const rowSize = values.length / rows;
+  const parts = [];
+  let outputShape = null;
+  for (let start = 0; start < rows; start += 256) {
+    const end = Math.min(rows, start + 256);
+    const x = tf.tensor(values.slice(start * rowSize, end * rowSize), [end - start, ...request.shape.slice(1)], request.dtype);
+    const y = model.predict(x);
+    parts.push(await y.data());
+    outputShape = [rows, ...y.shape.slice(1)];
+    tf.dispose([x, y]);
+  }
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) { out.set(p, offset); offset += p.length; }
+  fs.writeFileSync(request.outputs, Buffer.from(out.buffer));
 
   let latency = null;
   const n = Math.min(request.latency_examples || 0, request.shape[0]);
   if (n > 0) {
-    const rowSize = values.length / request.shape[0];
     const one = (i) => tf.tensor(values.slice(i * rowSize, (i + 1) * rowSize), [1, ...request.shape.slice(1)], request.dtype);
     const warm = one(0);
     tf.dispose([warm, model.predict(warm)]);  // first call compiles kernels: not timed

@@ -61,7 +61,7 @@ def artifacts(tmp_path_factory):
         settings = _settings(name)
         tf.keras.utils.set_random_seed(0)
         model = models.build(settings, len(LABELS))
-        model.fit(transformed[feature].numpy(), labels, epochs=30, batch_size=32, verbose=0)
+        model.fit(transformed[feature].numpy(), labels, epochs=15, batch_size=32, verbose=0)
         saved[name] = str(root / f"model_{name}")
         export.export(model, tft_output, list(LABELS), settings, saved[name])
     return {"examples": str(examples), "graph": graph, "saved": saved, "root": root}
