@@ -384,7 +384,7 @@ def write_contract(folder: str, settings: ModuleSettings, label_names: List[str]
         steps = [
             "Decode the image to 8-bit pixels (PNG, JPEG, GIF first frame, BMP); drop alpha; "
             f"convert grey <-> RGB to {settings.channels} channel(s) (TF's rgb_to_grayscale weights "
-            "0.2989, 0.5870, 0.1140).",
+            "0.2989, 0.5870, 0.1140, back to 8 bits).",
             f"Resize to {settings.image_size}x{settings.image_size} with bilinear interpolation "
             "(tf.image.resize, half-pixel centres, no antialias).",
             "Divide by 255: float32 in [0, 1], layout [N, height, width, channels] (NHWC)."]
