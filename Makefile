@@ -30,4 +30,4 @@ bench: setup
 	$(PY) bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .tools conveyor_home
+	rm -rf $(VENV) .tools js/node_modules conveyor_home

@@ -57,13 +57,15 @@ def markdown(results) -> str:
             continue
         lines += [f"## {key}: SavedModel accuracy {edge['reference_accuracy']:.4f} on {edge['eval_examples']} "
                   f"eval examples (EdgeExporter {r['edge_exporter_seconds']} s)", "",
-                  "| export | pushed | accuracy | delta | size KB | batch-1 latency ms |", "|---|---|---|---|---|---|"]
+                  "| export | pushed | accuracy | delta | size KB | batch-1 latency ms | note |",
+                  "|---|---|---|---|---|---|---|"]
         for x in edge["exports"]:
             if x["accuracy"] is None:
-                lines.append(f"| {x['name']} | no: {x['reason']} | - | - | - | - |")
+                lines.append(f"| {x['name']} | no: {x['reason']} | - | - | - | - | |")
                 continue
             lines.append(f"| {x['name']} | {'yes' if x['pushed'] else 'no'} | {x['accuracy']:.4f} | "
-                         f"{x['accuracy_delta']:+.4f} | {x['size_bytes'] / 1024:.1f} | {x['latency_ms']:.3f} |")
+                         f"{x['accuracy_delta']:+.4f} | {x['size_bytes'] / 1024:.1f} | {x['latency_ms']:.3f} | "
+                         f"{x.get('detail', '')} |")
         lines.append("")
     return "\n".join(lines)
 

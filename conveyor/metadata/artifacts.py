@@ -577,6 +577,7 @@ class EdgeExportRecord(Record):
       size_bytes: bytes of the model files.
       latency_ms: mean batch-1 prediction time in milliseconds.
       reason: why it was not pushed ("" when pushed).
+      detail: conversion note, e.g. "integer-only ops" for tflite_int8 ("" when none).
     """
     name: str = ""
     pushed: bool = False
@@ -585,6 +586,7 @@ class EdgeExportRecord(Record):
     size_bytes: Optional[int] = None
     latency_ms: Optional[float] = None
     reason: str = ""
+    detail: str = ""
 
     def line(self) -> str:
         """'tflite_int8: pushed, accuracy 0.9712 (-0.0010), 41.0 KB, 0.55 ms' or '...: NOT pushed: why'."""
@@ -592,6 +594,7 @@ class EdgeExportRecord(Record):
             return f"{self.name}: NOT pushed: {self.reason}"
         text = (f"{self.name}: {'pushed' if self.pushed else 'NOT pushed'}, accuracy {self.accuracy:.4f} "
                 f"({self.accuracy_delta:+.4f}), {self.size_bytes / 1024:.1f} KB, {self.latency_ms:.2f} ms")
+        text += f" ({self.detail})" if self.detail else ""
         return text if self.pushed else f"{text}: {self.reason}"
 
 

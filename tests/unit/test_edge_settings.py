@@ -35,11 +35,13 @@ def test_the_run_summary_says_which_exports_were_pushed_and_why_not():
     edge = EdgeExportsSummary(version="3", destination="/h/edge/m/3", reference_accuracy=0.9, eval_examples=200,
                               exports=[EdgeExportRecord("tflite_float16", True, 0.9, 0.0, 40960, 0.5, ""),
                                        EdgeExportRecord("tflite_int8", False, 0.85, -0.05, 20480, 0.25,
-                                                        "accuracy 0.8500 is 0.0500 below the SavedModel's 0.9000"),
+                                                        "accuracy 0.8500 is 0.0500 below the SavedModel's 0.9000",
+                                                        "integer-only ops"),
                                        EdgeExportRecord("tfjs", False, reason="tfjs: converter not found")])
     table = RunSummary("m", "r1", [], edge=edge).table()
     assert "Edge exports -> /h/edge/m/3 (SavedModel accuracy 0.9000 on 200 eval examples):" in table
     assert "    tflite_float16: pushed, accuracy 0.9000 (+0.0000), 40.0 KB, 0.50 ms" in table
-    assert ("    tflite_int8: NOT pushed, accuracy 0.8500 (-0.0500), 20.0 KB, 0.25 ms: accuracy 0.8500 is "
+    assert ("    tflite_int8: NOT pushed, accuracy 0.8500 (-0.0500), 20.0 KB, 0.25 ms (integer-only ops): "
+            "accuracy 0.8500 is "
             "0.0500 below the SavedModel's 0.9000") in table
     assert "    tfjs: NOT pushed: tfjs: converter not found" in table
