@@ -44,7 +44,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
@@ -520,16 +520,18 @@ def build_exports(model_dir: str, transform_graph_uri: str, examples_uri: str, s
     return reference, len(data.labels), results
 
 
-def publish_edge(base: str, version: int, build) -> Tuple[str, bool]:
+def publish_edge(base: str, version: int, build: Callable[[str], Any]) -> Tuple[str, Any]:
     """Publishes <base>/<version> atomically (hidden temp folder, then rename), under a lock.
 
     Args:
       base: HOME/edge/<name>.
       version: the SavedModel's pushed version.
-      build: callable(work_dir) filling the temp folder; its return value is passed back.
+      build: called with the temp folder to fill; an exception removes the temp folder.
     Returns:
-      (the version folder, whether it already existed: then `build` is not called and the
-      result is None).
+      (the version folder, build's return value; None when the folder already existed and
+      build was not called).
+    Raises:
+      whatever build raises; OSError when the folder cannot be written or renamed.
     """
     os.makedirs(base, exist_ok=True)
     final = os.path.join(base, str(version))
