@@ -9,7 +9,7 @@ STAMP := $(VENV)/.conveyor-installed
 setup: $(STAMP)
 
 # Reinstall only when the lock or setup.py changed, so a second `make setup` takes seconds.
-$(STAMP): requirements.lock setup.py scripts/setup.sh
+$(STAMP): requirements.lock setup.py scripts/setup.sh scripts/setup_edge.sh scripts/setup_browser.sh requirements-tfjs.lock js/package-lock.json
 	bash scripts/setup.sh
 	touch $(STAMP)
 
@@ -30,4 +30,4 @@ bench: setup
 	$(PY) bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) .tools conveyor_home
+	rm -rf $(VENV) .tools js/node_modules conveyor_home

@@ -175,6 +175,11 @@ def format_lineage(r: Lineage) -> str:
         out.append(f"  infra       artifact {infra.artifact_id}: {'BLESSED' if infra.blessed else 'NOT blessed'}"
                    f"  ({infra.measurements.get('num_requests', '-')} requests, "
                    f"p99 {_fmt(infra.measurements.get('p99_latency_ms'), 1)} ms)")
+    edge = r.edge_exports
+    if edge and edge.exports:
+        out.append(f"  edge        artifact {edge.artifact_id} -> {edge.destination}  (SavedModel accuracy "
+                   f"{_fmt(edge.reference_accuracy)} on {edge.eval_examples} eval examples)")
+        out.extend(f"      {x.line()}" for x in edge.exports)
     ev = r.evaluation
     if ev:
         base = ev.baseline_model

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor import pictures
 from conveyor.drift import DriftRecord, read_drift
-from conveyor.metadata.artifacts import ACCURACY, RuleResult, run_spans
+from conveyor.metadata.artifacts import ACCURACY, EdgeExportsSummary, RuleResult, run_spans
 from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
@@ -427,6 +427,19 @@ def _lineage_section(lin: Optional[Lineage], note: str) -> str:
     return "".join(out)
 
 
+def _edge_section(edge: Optional[EdgeExportsSummary]) -> str:
+    """The edge exports of the pushed version (config edge_exports), or "" if none were made."""
+    if edge is None or not edge.exports:
+        return ""
+    rows = [[_e(x.name), "pushed" if x.pushed else "<b>NOT pushed</b>", _num(x.accuracy), _num(x.accuracy_delta),
+             _e(x.size_bytes), _num(x.latency_ms, 2), _e(x.reason)] for x in edge.exports]
+    return (f"<h2 id='edge-exports'>Edge exports of version {_e(edge.version)}</h2>"
+            f"<p><code>{_e(edge.destination)}</code>: SavedModel accuracy {_num(edge.reference_accuracy)} on "
+            f"{_e(edge.eval_examples)} eval examples; latency = mean batch-1 prediction.</p>"
+            + _table(["export", "state", "accuracy", "delta", "bytes", "latency ms", "why not pushed"],
+                     rows, (2, 3, 4, 5)))
+
+
 def _pushed_section(pushed: List[PushedVersion]) -> str:
     out = ["<h2>Pushed versions</h2>"]
     if not pushed:
@@ -507,7 +520,7 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
             _table(["component", "state", "seconds", "execution"], node_rows, (2, 3)),
             _dataset_section(details, _data_pictures(graph, details)), _evaluation_section(details),
             _model_pictures_section(graph, details), _lineage_section(lin, note),
-            _pushed_section(pushed), _drift_section(drift),
+            _edge_section(lin.edge_exports if lin else None), _pushed_section(pushed), _drift_section(drift),
             f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Conveyor report {_e(pipeline)} {_e(details.run_id)}</title>"

@@ -47,6 +47,7 @@ class RunSummary:
       skipped_count: inputs the ExampleGen skipped (--skip-bad-rows / --skip-bad-images).
       skipped_file: the JSON list of all of them ([{"source", "reason"}]; None: nothing skipped).
       skipped_first: (source, reason) of the first SKIPPED_SHOWN of them.
+      edge: the EdgeExporter's record (None: no edge exports configured or it did not run).
     """
     pipeline: str
     run_id: str
@@ -69,6 +70,7 @@ class RunSummary:
     skipped_count: int = 0
     skipped_file: Optional[str] = None
     skipped_first: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    edge: Optional[artifacts.EdgeExportsSummary] = None
 
     def node(self, name: str) -> Optional[NodeRun]:
         """The NodeRun of node id `name`, or None if it did not run."""
@@ -110,6 +112,12 @@ class RunSummary:
             lines.append(f"  Pushed: version {self.pushed_version} -> {self.pushed_path}")
         elif self.push_note:
             lines.append(f"  Not pushed: {self.push_note}")
+        if self.edge is not None and self.edge.exports:
+            lines.append(f"  Edge exports -> {self.edge.destination} (SavedModel accuracy "
+                         f"{self.edge.reference_accuracy:.4f} on {self.edge.eval_examples} eval examples):")
+            lines.extend(f"    {x.line()}" for x in self.edge.exports)
+        elif self.edge is not None and self.edge.reason:
+            lines.append(f"  Edge exports: none ({self.edge.reason})")
         return "\n".join(lines)
 
 
@@ -169,6 +177,8 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
         for infra in n.outputs.get("InfraBlessing", []):
             found = artifacts.infra_summary(graph, infra)
             summary.infra_blessed, summary.infra_note = found.blessed, found.note()
+        for edge in n.outputs.get(artifacts.EDGE_EXPORTS_TYPE, []):
+            summary.edge = artifacts.edge_exports_summary(graph, edge)
         for pushed in n.outputs.get("PushedModel", []):
             p = mlmd.props(pushed)
             if p.get("pushed") == 1:

@@ -29,6 +29,8 @@ from data.defaults import default_data
 from modules.settings import DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
 from pipelines.beam import BeamPresetError, preset_from_settings
 
+# components/edge_exporter.py EXPORTS (not imported: that module loads TFX and TensorFlow).
+EDGE_EXPORTS = ("tflite_float16", "tflite_dynamic", "tflite_int8", "tfjs")
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
 DEFAULT_HOME = "conveyor_home"
@@ -168,6 +170,11 @@ class EvaluationConfig(_Settings):
         before the latest one, and the Evaluator judges on the latest span's eval split, data
         the candidate never trained on; with no earlier span the run falls back to "same".
       train_spans: with eval_span "next", train on the last K earlier spans (None: all of them).
+      edge_exports: edge exports published after each push, to HOME/edge/<name>/<version>/
+        (components/edge_exporter.py): any of tflite_float16, tflite_dynamic, tflite_int8,
+        tfjs; [] = none.
+      edge_max_accuracy_drop: an edge export whose eval accuracy is lower than the
+        SavedModel's by more than this fraction (0..1) is not published.
     """
     accuracy_floor: Share = 0.5
     regression_tolerance: Annotated[float, Field(ge=0)] = 0.01
@@ -178,6 +185,17 @@ class EvaluationConfig(_Settings):
     infra_server: Literal["in_process", "subprocess"] = "in_process"
     eval_span: Literal["same", "next"] = "same"
     train_spans: Optional[Positive] = None
+    edge_exports: List[str] = Field(default_factory=list)
+    edge_max_accuracy_drop: Share = 0.01
+
+    @field_validator("edge_exports")
+    @classmethod
+    def _known_exports(cls, exports: List[str]) -> List[str]:
+        unknown = [e for e in exports if e not in EDGE_EXPORTS]
+        if unknown or len(set(exports)) != len(exports):
+            raise PydanticCustomError(
+                "config_rule", f"expected each of {', '.join(EDGE_EXPORTS)} at most once")
+        return exports
 
     @model_validator(mode="after")
     def _train_spans_need_next_day(self) -> "EvaluationConfig":
@@ -374,6 +392,11 @@ class Config(_Settings):
     def serving_model_dir(self) -> str:
         """The pushed versions of this model, HOME/serving/<name>."""
         return os.path.join(self.serving_dir, self.name)
+
+    @property
+    def edge_model_dir(self) -> str:
+        """The edge exports of this model, HOME/edge/<name> (versions as under serving/)."""
+        return os.path.join(self.home_dir, "edge", self.name)
 
     def module_settings(self) -> ModuleSettings:
         """What Transform's preprocessing_fn and the Trainer's run_fn receive (custom_config),

@@ -55,7 +55,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
                     cloud_training: Optional[Dict[str, Any]] = None,
                     infra_remeasure: Optional[str] = None) -> pipeline.Pipeline:
     """The DAG: ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator (gate) -> Transform
-    -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher.
+    -> Trainer -> Evaluator (vs latest blessed) + InfraValidator -> Pusher [-> EdgeExporter
+    when config.edge_exports names some].
 
     Transform and Trainer import the user code from the installed `modules` package (the
     same code Beam workers get from setup.py) rather than from module files, which TFX would
@@ -144,6 +145,13 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
                         evaluator, infra, pusher] + ([training_spans] if training_spans else [])
+    if config.edge_exports:
+        from components.edge_exporter import EdgeExporter
+        components.append(EdgeExporter(
+            model=trainer.outputs["model"], pushed_model=pusher.outputs["pushed_model"],
+            transform_graph=transform.outputs["transform_graph"], examples=examples.outputs["examples"],
+            exports=config.edge_exports, max_accuracy_drop=config.edge_max_accuracy_drop,
+            base_directory=config.edge_model_dir, settings=settings))
     return pipeline.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root or config.pipeline_root,

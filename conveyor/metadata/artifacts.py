@@ -559,3 +559,73 @@ def infra_summary(graph: Graph, blessing: Optional[mlmd_pb2.Artifact]) -> Option
     p = props(blessing)
     return InfraSummary(**artifact_ref(graph, blessing).ref_fields(), blessed=p.get("blessed") == 1,
                         measurements={k: p[k] for k in INFRA_MEASUREMENTS if k in p})
+
+
+# edge exports ------------------------------------------------------------------------------
+
+EDGE_EXPORTS_TYPE = "conveyor.EdgeExports"  # components/edge_exporter.py EdgeExports.TYPE_NAME
+
+
+@dataclasses.dataclass
+class EdgeExportRecord(Record):
+    """One edge export of a pushed version (components/edge_exporter.py ExportResult).
+
+    Fields:
+      name: tflite_float16, tflite_dynamic, tflite_int8 or tfjs.
+      pushed: published under HOME/edge/<name>/<version>/<export>/.
+      accuracy, accuracy_delta: eval accuracy (0..1) and accuracy minus the SavedModel's.
+      size_bytes: bytes of the model files.
+      latency_ms: mean batch-1 prediction time in milliseconds.
+      reason: why it was not pushed ("" when pushed).
+      detail: conversion note, e.g. "integer-only ops" for tflite_int8 ("" when none).
+    """
+    name: str = ""
+    pushed: bool = False
+    accuracy: Optional[float] = None
+    accuracy_delta: Optional[float] = None
+    size_bytes: Optional[int] = None
+    latency_ms: Optional[float] = None
+    reason: str = ""
+    detail: str = ""
+
+    def line(self) -> str:
+        """'tflite_int8: pushed, accuracy 0.9712 (-0.0010), 41.0 KB, 0.55 ms' or '...: NOT pushed: why'."""
+        if self.accuracy is None:
+            return f"{self.name}: NOT pushed: {self.reason}"
+        text = (f"{self.name}: {'pushed' if self.pushed else 'NOT pushed'}, accuracy {self.accuracy:.4f} "
+                f"({self.accuracy_delta:+.4f}), {self.size_bytes / 1024:.1f} KB, {self.latency_ms:.2f} ms")
+        text += f" ({self.detail})" if self.detail else ""
+        return text if self.pushed else f"{text}: {self.reason}"
+
+
+@dataclasses.dataclass
+class EdgeExportsSummary(ArtifactRef):
+    """The EdgeExports artifact of a run. Fields (besides ArtifactRef's): version: the
+    SavedModel version they were made from; destination: HOME/edge/<name>/<version>;
+    reference_accuracy: the SavedModel's accuracy on the same eval examples; eval_examples:
+    how many; exports: one EdgeExportRecord each; reason: why nothing was exported (None when
+    something was)."""
+    version: Optional[str] = None
+    destination: Optional[str] = None
+    reference_accuracy: Optional[float] = None
+    eval_examples: Optional[int] = None
+    exports: List[EdgeExportRecord] = dataclasses.field(default_factory=list)
+    reason: Optional[str] = None
+
+
+def edge_exports_summary(graph: Graph, artifact: Optional[mlmd_pb2.Artifact]) -> Optional[EdgeExportsSummary]:
+    """The EdgeExportsSummary of an EdgeExports artifact (None for None)."""
+    if artifact is None:
+        return None
+    p = props(artifact)
+    try:
+        exports = json.loads(p.get("exports") or "[]")
+    except ValueError:
+        exports = []
+    fields = {f.name for f in dataclasses.fields(EdgeExportRecord)}
+    return EdgeExportsSummary(**artifact_ref(graph, artifact).ref_fields(), version=p.get("pushed_version"),
+                              destination=p.get("destination"), reference_accuracy=p.get("reference_accuracy"),
+                              eval_examples=p.get("eval_examples"),
+                              exports=[EdgeExportRecord(**{k: v for k, v in e.items() if k in fields})
+                                       for e in exports],
+                              reason=p.get("reason"))

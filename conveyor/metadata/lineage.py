@@ -9,9 +9,10 @@ from typing import Any, Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
-from conveyor.metadata.artifacts import (AnomaliesSummary, ArtifactRef, BlessingSummary, EvaluationMetrics, RuleResult,
-                                         ExamplesSummary, InfraSummary, SchemaSummary, SpansUsed, StatisticsSummary,
-                                         anomalies_summary, artifact_ref, blessing_summary, evaluation_metrics,
+from conveyor.metadata.artifacts import (EDGE_EXPORTS_TYPE, AnomaliesSummary, ArtifactRef, BlessingSummary,
+                                         EdgeExportsSummary, EvaluationMetrics, RuleResult, ExamplesSummary,
+                                         InfraSummary, SchemaSummary, SpansUsed, StatisticsSummary, anomalies_summary,
+                                         artifact_ref, blessing_summary, edge_exports_summary, evaluation_metrics,
                                          examples_summary, infra_summary, schema_summary, spans_used,
                                          statistics_summary)
 from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, Graph, LineageError, Record, exec_properties, iso_time,
@@ -231,6 +232,8 @@ class Lineage(Record):
         the data-side artifacts they came from.
       infra_blessing: the InfraValidator's verdict the Pusher read.
       spans: the spans the model trained on and was evaluated on (next-day evaluation or not).
+      edge_exports: the TFLite / TF.js exports made from this pushed version, with their
+        accuracy, size and latency (config edge_exports; components/edge_exporter.py).
     """
     model_name: str = ""
     version: str = ""
@@ -246,6 +249,7 @@ class Lineage(Record):
     examples: Optional[ExamplesSummary] = json_field(omit_if_none=True)
     infra_blessing: Optional[InfraSummary] = json_field(omit_if_none=True)
     spans: Optional[SpansUsed] = json_field(omit_if_none=True)
+    edge_exports: Optional[EdgeExportsSummary] = json_field(omit_if_none=True)
 
 
 def lineage_of_model(graph: Graph, model: mlmd_pb2.Artifact, blessing: Optional[mlmd_pb2.Artifact] = None,
@@ -346,7 +350,15 @@ def lineage_of_version(store, model_name: str, version: Optional[str] = None,
     lineage_of_model(graph, chosen.model, blessing, with_metrics, out=out)
     infra = graph.input(chosen.pusher, "infra_blessing") if chosen.pusher else None
     out.infra_blessing = infra_summary(graph, infra)
+    out.edge_exports = edge_exports_summary(graph, edge_exports_of(graph, chosen.artifact))
     return out
+
+
+def edge_exports_of(graph: Graph, pushed: mlmd_pb2.Artifact) -> Optional[mlmd_pb2.Artifact]:
+    """The newest EdgeExports artifact made from a PushedModel (its EdgeExporter consumed it),
+    or None (no edge exports configured)."""
+    found = [a for e in graph.consumers(pushed, "pushed_model") for a in graph.outputs_of_type(e, EDGE_EXPORTS_TYPE)]
+    return found[-1] if found else None
 
 
 # forward: from examples ------------------------------------------------------------------
