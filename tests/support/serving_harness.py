@@ -65,7 +65,9 @@ class ServerProcess:
              "--file_system_poll_wait_seconds", "0.2"] + args,
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, model: str, timeout: float = 90) -> None:
+    def wait_ready(self, model: str, timeout: float = 300) -> None:
+        # Generous: importing TensorFlow alone took 70 s on a 2-core machine under load; an
+        # exiting server fails at once, so only a slow start waits this long.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
