@@ -97,10 +97,29 @@ def _percentiles(samples: List[float]) -> dict:
 
 # ---- measuring -----------------------------------------------------------------------------
 
-def _cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> List[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its child processes (the workers of --worker_processes)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat(int(entry))[1]) == pid:
+                    pids.append(int(entry))
+            except OSError:  # exited meanwhile
+                pass
+    total = 0
+    for p in pids:
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _load_run(cmd: List[str], server_pid: int, env=None) -> dict:
@@ -202,12 +221,13 @@ def noop_model(root: str) -> str:
     return os.path.dirname(path)
 
 
-def start_server(config: str, batching: Optional[dict], workdir: str):
+def start_server(config: str, batching: Optional[dict], workdir: str, processes: int = 1):
     from serving.net import free_port
 
     rest, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "serving.server", "--model_config_file", config,
-           "--port", str(grpc_port), "--rest_api_port", str(rest), "--log_level", "WARNING"]
+           "--port", str(grpc_port), "--rest_api_port", str(rest), "--log_level", "WARNING",
+           f"--worker_processes={processes}"]
     if batching:
         params = os.path.join(workdir, "batching.config")
         with open(params, "w") as f:
@@ -261,6 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--overload_connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--worker_processes", type=int, default=2,
+                        help="also measure batching with this many server processes (1: skip)")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     parser.add_argument("--grpc-client", help=argparse.SUPPRESS)
     parser.add_argument("--request-file", help=argparse.SUPPRESS)
@@ -317,11 +339,16 @@ def main(argv=None) -> int:
     ceiling = in_process(version_dir, key, sample, BATCHING["max_batch_size"], 10)
     results["in_process"] = ceiling
     print(f"in-process ceiling: {ceiling}", flush=True)
-    for batching in (None, BATCHING):
-        mode = "batching" if batching else "no batching"
-        proc, url, target = start_server(config, batching, work)
+    setups = [(None, 1), (BATCHING, 1)] + ([(BATCHING, args.worker_processes)]
+                                           if args.worker_processes > 1 else [])
+    for batching, processes in setups:
+        mode = ("batching" if batching else "no batching") + (
+            f", {processes} processes" if processes > 1 else "")
+        proc, url, target = start_server(config, batching, work, processes)
         try:
             wait_ready(url, proc)
+            if processes > 1:  # every worker listening (readiness answers once one is)
+                time.sleep(30)
             for model in (args.model, "noop"):
                 rest_file, grpc_file = files[model]
                 points = {f"REST {model}, {mode}": wrk_point(
@@ -337,7 +364,7 @@ def main(argv=None) -> int:
                 results["points"][name] = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict",
                                                     files[args.model][0], 1, args.seconds, proc.pid)
                 print(name, results["points"][name], flush=True)
-            if batching:
+            if batching and processes == 1:
                 name = f"REST {args.model}, {mode}, {args.overload_connections} connections"
                 point = wrk_point(wrk, f"{url}/v1/models/{args.model}:predict", files[args.model][0],
                                   args.overload_connections, args.seconds, proc.pid)

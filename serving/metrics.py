@@ -1,5 +1,8 @@
 """Prometheus metrics served at /monitoring/prometheus/metrics (TF Serving's default path, or
-the path of --monitoring_config_file). Series of unloaded versions are dropped."""
+the path of --monitoring_config_file). Series of unloaded versions are dropped (with
+--worker_processes they stay until the server restarts: prometheus_client's multiprocess
+files keep every series a worker ever wrote)."""
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -7,8 +10,10 @@ from typing import Dict, Iterator, Set, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from serving.errors import ServingError
+from serving.workers import METRICS_DIR_ENV
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -53,9 +58,10 @@ class Metrics:
             "Rows added to batches to reach an allowed_batch_sizes entry.",
             ["model_name", "version"], registry=self.registry)
         self._batch_series: Set[Tuple[str, str]] = set()
+        # With --worker_processes, the worker answering the scrape has just set it.
         self.loaded_versions = Gauge(
             "conveyor_serving_loaded_versions", "Versions currently AVAILABLE per model.",
-            ["model_name"], registry=self.registry)
+            ["model_name"], registry=self.registry, multiprocess_mode="mostrecent")
 
     @contextmanager
     def track(self, api: str, protocol: str) -> Iterator[RequestOutcome]:
@@ -114,5 +120,10 @@ class Metrics:
         self.loaded_versions.clear()
         for name, versions in loaded.items():
             self.loaded_versions.labels(model_name=name).set(len(versions))
+        shared = os.environ.get(METRICS_DIR_ENV)
+        if shared:  # a worker of --worker_processes: the sum over all workers
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=shared)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 

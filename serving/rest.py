@@ -343,6 +343,7 @@ class RestServer:
       num_threads: threads running requests' parsing and model calls concurrently; more
         concurrent requests wait in the event loop (they hold a socket and their body).
       extra_routes: {path: fn() -> (status, JSON payload)} answered on GET, e.g. readiness.
+      reuse_port: bind with SO_REUSEPORT, to share the port with other worker processes.
     Raises:
       OSError: the port cannot be bound.
 
@@ -352,7 +353,7 @@ class RestServer:
     def __init__(self, host: str, port: int, api: RestApi, max_body_bytes: int,
                  metrics_path: Optional[str] = PROMETHEUS_PATH, cors: bool = False,
                  timeout_seconds: float = 60, num_threads: int = 8,
-                 extra_routes: Optional[dict] = None):
+                 extra_routes: Optional[dict] = None, reuse_port: bool = False):
         self.api = api
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
@@ -361,7 +362,7 @@ class RestServer:
         self.extra_routes = dict(extra_routes or {})
         self.draining = False
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
-        self._socket = socket.create_server((host, port), backlog=1024)
+        self._socket = socket.create_server((host, port), backlog=1024, reuse_port=reuse_port)
         self._loop = asyncio.new_event_loop()
         self._thread: Optional[threading.Thread] = None
         self._runner = self._loop.run_until_complete(self._setup())

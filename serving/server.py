@@ -20,6 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tensorflow.core.protobuf import config_pb2
 
+from serving import workers
 from serving.batching import Batcher, BatchingOptions
 from serving.config_protos import (BatchingParameters, ConfigFileError, MonitoringConfig,
                                    read_text_proto)
@@ -180,6 +181,9 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
     flag(ext, "drain_seconds", float, 10.0,
          "on SIGTERM: time in-flight gRPC calls get to finish (REST requests already "
          "received are always answered)")
+    flag(ext, "worker_processes", int, 1,
+         "server processes sharing the ports (SO_REUSEPORT), each loading every model: "
+         "uses more than one core for the Python front ends (see serving/workers.py)")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Conveyor extension: log level")
     return p
@@ -219,6 +223,8 @@ class ServerOptions:
       max_batch_size: rows per merged batch (the batching file wins).
       batch_timeout_micros: how long a batch waits to fill up, µs (the batching file wins).
       drain_seconds: on stop, how long in-flight gRPC calls get to finish.
+      worker_processes: server processes sharing the ports (main() runs the supervisor).
+      reuse_port: bind the ports with SO_REUSEPORT (set in a worker of a supervisor).
       enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before AVAILABLE.
       num_request_iterations_for_warmup: replays of each warmup request.
       prefer_tflite_model: serve <version>/model.tflite when present.
@@ -257,6 +263,8 @@ class ServerOptions:
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
     drain_seconds: float = 10.0
+    worker_processes: int = 1
+    reuse_port: bool = False
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
     prefer_tflite_model: bool = False
@@ -415,7 +423,7 @@ class ModelServer:
                 options.rest_api_max_body_bytes, metrics_path=metrics_path,
                 cors=options.rest_api_enable_cors_support,
                 num_threads=options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-                extra_routes={READY_PATH: self.readiness})
+                extra_routes={READY_PATH: self.readiness}, reuse_port=options.reuse_port)
         addresses = []
         if options.port:
             addresses.append(f"{options.host}:{options.port}")
@@ -534,6 +542,10 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("both APIs disabled: set --port and/or --rest_api_port")
     if args.port and args.port == args.rest_api_port:
         parser.error("--rest_api_port cannot be the same as --port")
+    if args.worker_processes < 1:
+        parser.error(f"--worker_processes must be at least 1, got {args.worker_processes}")
+    if args.worker_processes > 1 and args.grpc_socket_path:
+        parser.error("--grpc_socket_path cannot be shared by several --worker_processes")
 
 
 def parse_options(argv: List[str], drop_in: bool = False) -> ServerOptions:
@@ -562,8 +574,9 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
       on_predict: optional PredictHook called after each successful Predict.
       drop_in: TF Serving's defaults (see build_parser); `conveyor serve` passes False.
     Returns:
-      The exit status: 0 after a signal or --version, 1 when the server cannot start,
-      2 for a bad command line (argparse exits with it).
+      The exit status: 0 after a signal or --version, 1 when the server cannot start (or,
+      with --worker_processes > 1, when a worker exits on its own), 2 for a bad command line
+      (argparse exits with it).
     """
     parser = build_parser(drop_in)
     args = parser.parse_args(argv)
@@ -571,12 +584,17 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
         print(f"TensorFlow ModelServer: conveyor (TF Serving 2.16 API)\n"
               f"TensorFlow Library: {tf_version()}")
         return 0
+    worker = workers.worker_index()
+    process = "" if worker is None else f" [worker {worker}]"
     logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{process}: %(message)s")
     one_handler_for_tensorflow()
     _check_flags(parser, args)
+    if args.worker_processes > 1 and worker is None:
+        return workers.supervise(args.worker_processes, args.drain_seconds)
+    options = dataclasses.replace(ServerOptions.from_args(args), reuse_port=worker is not None)
     try:
-        server = ModelServer(ServerOptions.from_args(args), on_predict)
+        server = ModelServer(options, on_predict)
     except (ModelConfigError, ConfigFileError, ServingError, OSError, ValueError) as e:
         log.error("Failed to start server. Error: %s", getattr(e, "message", e))
         return 1
