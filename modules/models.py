@@ -72,7 +72,8 @@ def tfidf(width: int, num_classes: int, learning_rate: float) -> keras.Model:
     inputs = keras.Input(shape=(width,), name=F.TFIDF)
     x = layers.Rescaling(TFIDF_INPUT_SCALE)(inputs)
     units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    outputs = layers.Dense(units, activation=activation, kernel_regularizer=regularizers.l2(TFIDF_L2))(x)
+    outputs = layers.Dense(units, activation=activation, kernel_initializer="zeros",
+                           kernel_regularizer=regularizers.l2(TFIDF_L2))(x)
     return _compile(keras.Model(inputs, outputs, name="tfidf"), num_classes == 2, learning_rate)
 
 
