@@ -150,8 +150,16 @@ def markdown(report: Dict) -> str:
     for r in report["runs"]:
         lines.append(f"* {r['model']} partition {r['partition']}: held-out {r.get('held_out')}, eval split "
                      f"{r.get('eval_split')}, blessed {r.get('blessed')}, {r.get('seconds', 0):.0f} s, "
-                     f"load average {r.get('load_average')} ({r.get('finished')}){' ' + r['error'] if r.get('error') else ''}")
+                     f"load average {r.get('load_average')}, code {r.get('code', '?')} ({r.get('finished')}){' ' + r['error'] if r.get('error') else ''}")
     return "\n".join(lines) + "\n"
+
+
+def code_version() -> str:
+    """The worktree's commit, with '+changes' when files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no")
+                                                  else "")
 
 
 def main(argv=None) -> int:
@@ -186,7 +194,7 @@ def main(argv=None) -> int:
             data = write_csv(os.path.join(work, f"data-{seed}"), train)
             for model in models:
                 home = os.path.join(work, f"home-{seed}-{model}")
-                run = {"model": model, "partition": seed, "run_args": args.run_args}
+                run = {"model": model, "partition": seed, "run_args": args.run_args, "code": code_version()}
                 try:
                     run["seconds"], _ = run_pipeline(data, home, model, args.run_args.split())
                     run["eval_split"], run["blessed"], pushed = eval_split_accuracy(home)
