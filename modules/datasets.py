@@ -11,10 +11,15 @@ auto-sharding is switched off because the sharding here is explicit:
     would shard after the cache and shuffle, where the workers' orders differ.
   * A split too large for the cache that has at least as many files as workers is sharded
     by file instead (no worker reads another's records).
+
+Model selection (EarlyStopping with restore_best_weights) watches a validation slice carved
+out of the *train* split by a salted hash of each example's raw input (text or image bytes):
+the eval split, on which the Evaluator blesses, is never seen in training, so its accuracy
+is a held-out figure. The salt makes the slice independent of ExampleGen's own hash split.
 """
 import json
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import absl.logging
 import tensorflow as tf
@@ -43,6 +48,53 @@ def count_records(file_pattern: str) -> int:
         tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
+# Parts of a split that dataset() yields: every example, or the fit / validation slices.
+ALL, FIT, VALIDATION = "all", "fit", "validation"
+_VALIDATION_SALT = "conveyor-validation-slice:"
+
+
+def _raw_value(value) -> tf.Tensor:
+    """One parsed raw feature value (dense [1] or sparse) -> a scalar string."""
+    values = value.values if isinstance(value, tf.SparseTensor) else tf.reshape(value, [-1])
+    return tf.strings.reduce_join(values)
+
+
+def in_validation_slice(raw_value: tf.Tensor, validation_percent: int) -> tf.Tensor:
+    """bool scalar: whether the example whose raw input is `raw_value` (a scalar string: text
+    or encoded image) belongs to the validation slice of its split, which holds about
+    validation_percent % of the examples (a stable fingerprint of the salted value, so the
+    same example is in the same slice in every run and process)."""
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([_VALIDATION_SALT, raw_value]), 100)
+    return bucket < validation_percent
+
+
+def _raw_key(spec: Dict) -> str:
+    """The raw input feature (text or image bytes) among a raw feature spec's keys."""
+    return next(key for key in F.RAW_INPUT.values() if key in spec)
+
+
+def _part_filter(part: str, raw_key: str, validation_percent: int):
+    """A tf.data predicate on one parsed raw example: does it belong to `part`?"""
+    want = part == VALIDATION
+
+    def keep(features):
+        return tf.equal(in_validation_slice(_raw_value(features[raw_key]), validation_percent), want)
+    return keep
+
+
+def count_part(file_pattern: str, tf_transform_output, part: str, validation_percent: int) -> int:
+    """Number of examples of a split (GZIP TFRecords of raw tf.Examples) in `part` (ALL, FIT
+    or VALIDATION of validation_percent %)."""
+    if part == ALL:
+        return count_records(file_pattern)
+    raw_key = _raw_key(tf_transform_output.raw_feature_spec())
+    spec = {raw_key: tf_transform_output.raw_feature_spec()[raw_key]}
+    records = tf.data.TFRecordDataset(tf.io.gfile.glob(file_pattern), compression_type="GZIP")
+    parsed = records.map(lambda record: tf.io.parse_single_example(record, spec))
+    return int(parsed.filter(_part_filter(part, raw_key, validation_percent)).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
 def _example_bytes(tf_transform_output: tft.TFTransformOutput, feature: str) -> int:
     """Bytes one transformed (feature, label) pair takes in memory."""
     spec = tf_transform_output.transformed_feature_spec()
@@ -57,9 +109,10 @@ def _example_bytes(tf_transform_output: tft.TFTransformOutput, feature: str) -> 
 
 def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: int, feature: str,
             shuffle: bool, cache_limit_bytes: int,
-            input_context: Optional[tf.distribute.InputContext] = None) -> Tuple[tf.data.Dataset, int]:
-    """Endless batches of (transformed feature, label) from the raw examples of a split, and
-    the split's example count.
+            input_context: Optional[tf.distribute.InputContext] = None, part: str = ALL,
+            validation_percent: int = 0) -> Tuple[tf.data.Dataset, int]:
+    """Endless batches of (transformed feature, label) from the raw examples of a split (or of
+    its fit or validation slice), and the example count of that part of the whole split.
 
     When this worker's share of the split, as transformed (feature, label) pairs, fits in
     `cache_limit_bytes`, every raw example goes through the Transform graph once and the
@@ -77,10 +130,16 @@ def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: i
       cache_limit_bytes: cache this worker's transformed pairs when they fit.
       input_context: from Strategy.distribute_datasets_from_function; this pipeline reads
         shard input_pipeline_id of num_input_pipelines. None = the whole split.
+      part: ALL examples, or only those of the FIT or VALIDATION slice (in_validation_slice).
+      validation_percent: the validation slice's share in percent, for FIT / VALIDATION.
     Returns:
       (dataset of (feature [batch_size, ...], label int64 [batch_size]) batches, the number
-      of examples in the whole split).
+      of examples of `part` in the whole split).
+    Raises:
+      ValueError: part is not ALL, FIT or VALIDATION.
     """
+    if part not in (ALL, FIT, VALIDATION):
+        raise ValueError(f"part: expected one of {ALL}, {FIT}, {VALIDATION}, got {part!r}")
     shards, index = (input_context.num_input_pipelines, input_context.input_pipeline_id) \
         if input_context else (1, 0)
     tft_layer = tf_transform_output.transform_features_layer()
@@ -93,7 +152,12 @@ def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: i
         return transformed[feature], transformed[F.LABEL]
 
     schema = tf_transform_output.raw_metadata.schema
-    count = count_records(file_pattern)
+    count = count_part(file_pattern, tf_transform_output, part, validation_percent)
+    keep = _part_filter(part, _raw_key(tf_transform_output.raw_feature_spec()), validation_percent)
+
+    def select(raw: tf.data.Dataset, batch: int) -> tf.data.Dataset:
+        """Raw batches -> raw batches of `part` only (unchanged for ALL)."""
+        return raw if part == ALL else raw.unbatch().filter(keep).batch(batch)
     share = -(-count // shards)  # this worker's examples (the first shards get one more)
     cached = share * _example_bytes(tf_transform_output, feature) <= cache_limit_bytes
     if not cached:
@@ -101,19 +165,20 @@ def dataset(file_pattern: str, data_accessor, tf_transform_output, batch_size: i
                           file_pattern, share, cache_limit_bytes >> 20)
         files = sorted(tf.io.gfile.glob(file_pattern))
         if shards > 1 and len(files) >= shards:
-            raw = data_accessor.tf_dataset_factory(
+            raw = select(data_accessor.tf_dataset_factory(
                 files[index::shards],
-                TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None), schema)
+                TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=None), schema),
+                batch_size)
         else:
-            raw = data_accessor.tf_dataset_factory(
+            raw = select(data_accessor.tf_dataset_factory(
                 [file_pattern], TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle and shards == 1,
-                                                         num_epochs=None), schema)
+                                                         num_epochs=None), schema), batch_size)
             if shards > 1:  # one stream in file order, dealt out example by example
                 raw = raw.unbatch().shard(shards, index)
                 raw = (raw.shuffle(10000) if shuffle else raw).batch(batch_size)
         return _unsharded(raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)), count
-    raw = data_accessor.tf_dataset_factory(
-        [file_pattern], TensorFlowDatasetOptions(batch_size=256, shuffle=False, num_epochs=1), schema)
+    raw = select(data_accessor.tf_dataset_factory(
+        [file_pattern], TensorFlowDatasetOptions(batch_size=256, shuffle=False, num_epochs=1), schema), 256)
     if shards > 1:  # deal the raw examples out before transforming them
         raw = raw.unbatch().shard(shards, index).batch(256)
     pairs = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()

@@ -6,6 +6,7 @@ TEXT = "text"                # raw review / sentence
 IMAGE = "image"              # transformed: float32 [size, size, channels] in [0, 1]
 TOKENS = "tokens"            # transformed: int64 [max_tokens] vocabulary ids, 0 = padding
 MULTI_HOT = "multi_hot"      # transformed: float32 [vocab + oov] bag of words
+TFIDF = "tfidf"              # transformed: float32 [ngram vocab + oov] TF-IDF of words and word pairs
 
 RAW_INPUT = {"image": IMAGE_RAW, "text": TEXT}
 # Written by the ExampleGens beside the splits: the class names in label order (index = label).

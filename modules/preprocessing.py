@@ -35,6 +35,10 @@ def decode_images(image_bytes: tf.Tensor, size: int, channels: int) -> tf.Tensor
 
 
 VOCABULARY_NAME = "tokens"  # the text vocabulary's TFT asset (components/transform.py checks it)
+NGRAM_VOCABULARY_NAME = "ngrams"  # the word and word-pair vocabulary of the tfidf model
+# An n-gram must occur in at least this many training texts to get a column of its own: one
+# seen once cannot generalise, and at 2,000 reviews most bigrams occur once.
+NGRAM_MIN_DOCUMENTS = 2
 
 # Scripts written without spaces between words: each character is a token of its own
 # (unigrams; Korean Hangul is written with spaces and is split like other scripts).
@@ -70,6 +74,31 @@ def tokenize(text: tf.Tensor, max_tokens: int) -> tf.SparseTensor:
                            tf.stack([tokens.dense_shape[0], tf.constant(max_tokens, tf.int64)]))
 
 
+def tfidf_ngrams(text: tf.Tensor, vocab_size: int) -> tf.Tensor:
+    """Raw strings [N] -> float32 [N, vocab_size]: TF-IDF of the text's words and word pairs,
+    each counted once per text, each row scaled to unit L2 norm.
+
+    The vocabulary (TFT asset NGRAM_VOCABULARY_NAME) holds the `vocab_size` unigrams and
+    bigrams found in the most training texts, each in at least NGRAM_MIN_DOCUMENTS of them.
+    N-grams outside it are dropped rather than pooled in an OOV column: a review has hundreds
+    of rare n-grams, whose pooled weight would dominate the row's norm. Weights: tft.tfidf on
+    the per-text set of known n-grams (tft.bag_of_words), so tf = 1 / their number and
+    idf = 1 + ln((1 + texts) / (1 + texts with the n-gram)); the L2 normalisation cancels the
+    tf factor, leaving presence x idf, which measured best on IMDB reviews
+    (bench/results/text_models.md). A text without a known n-gram gives a zero row.
+    """
+    words = tf.strings.split(normalize_text(text)).to_sparse()
+    bag = tft.bag_of_words(words, ngram_range=(1, 2), separator=" ")
+    ids = tft.compute_and_apply_vocabulary(
+        bag, top_k=vocab_size, frequency_threshold=NGRAM_MIN_DOCUMENTS, num_oov_buckets=0, default_value=-1,
+        vocab_filename=NGRAM_VOCABULARY_NAME)
+    index, weight = tft.tfidf(tf.sparse.retain(ids, ids.values >= 0), vocab_size)
+    rows = tf.cast(tf.shape(text)[0], tf.int64)
+    dense = tf.scatter_nd(tf.stack([index.indices[:, 0], index.values], axis=1), weight.values,
+                          tf.stack([rows, tf.constant(vocab_size, tf.int64)]))
+    return tf.reshape(tf.math.l2_normalize(dense, axis=1), [-1, vocab_size])
+
+
 def preprocessing_fn(inputs, custom_config):
     """TFT preprocessing_fn (Transform imports it by name from the installed package).
 
@@ -81,8 +110,10 @@ def preprocessing_fn(inputs, custom_config):
     Returns:
       image: {"image": float32 [N, image_size, image_size, channels] in [0, 1]};
       text: {"tokens": int64 [N, max_tokens] vocabulary ids (0 = padding, 1..vocab_size the
-        vocabulary by frequency, then OOV buckets), "multi_hot": float32 [N, vocab_size +
-        oov_buckets] 0/1};
+        vocabulary by frequency, then OOV buckets)}, always (components/transform.py checks its
+        vocabulary), plus the bag the model reads: "multi_hot" float32 [N, vocab_size +
+        oov_buckets] 0/1 (model multihot) or "tfidf" float32 [N, ngram_vocab_size]
+        (model tfidf, see tfidf_ngrams);
       plus "label": int64 [N] when the input has labels (not at serving time).
     Raises:
       ModuleSettingsError: custom_config is not a ModuleSettings dict.
@@ -102,6 +133,10 @@ def preprocessing_fn(inputs, custom_config):
     # Id 0 is padding, so shift vocabulary and OOV ids up by one.
     ids = tf.SparseTensor(ids.indices, ids.values + 1, ids.dense_shape)
     outputs[F.TOKENS] = tf.sparse.to_dense(ids, default_value=0)
+    if settings.model == "tfidf":
+        outputs[F.TFIDF] = tfidf_ngrams(dense_1d(inputs[F.TEXT]), settings.ngram_vocab_size)
+    if settings.model != "multihot":
+        return outputs
     width = settings.vocab_ids
     # Bag of words via bincount: one_hot's [batch, max_tokens, width] intermediate is
     # ~0.5 GB per batch of 64 at the default sizes (and 8 GB at TFT's batches of 1000).

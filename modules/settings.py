@@ -18,7 +18,7 @@ IMAGE_MODELS = ("mlp", "cnn")
 # How run_fn spreads training (modules/distribution.py): one process, all local devices
 # (MirroredStrategy), or the workers of the TF_CONFIG cluster (MultiWorkerMirroredStrategy).
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
-TEXT_MODELS = ("multihot", "embedding", "conv1d")
+TEXT_MODELS = ("tfidf", "multihot", "embedding", "conv1d", "bilstm")
 MODELS = {"image": IMAGE_MODELS, "text": TEXT_MODELS}
 
 # Keys TFX's Vertex/AI Platform Trainer extension adds to the Trainer's custom_config
@@ -50,10 +50,13 @@ class ModuleSettings:
       vocab_size: most frequent tokens kept in the vocabulary (text).
       oov_buckets: hash buckets for tokens outside the vocabulary (text).
       max_tokens: tokens per text after truncation/padding.
+      ngram_vocab_size: words and word pairs kept in the vocabulary of the tfidf model.
       epochs: Keras epochs the train steps are spread over.
       batch_size: examples per training batch.
       learning_rate: Adam learning rate.
       early_stopping_patience: epochs without val_loss improvement before stopping.
+      validation_percent: share of the train split (by a hash of each example's raw input)
+        held out of fitting for EarlyStopping; the eval split is never seen in training.
       trainer_cache_mb: splits whose transformed pairs fit in this many MB are cached in memory.
       warm_start: start from the base model's weights when it matches.
       distribution: one of DISTRIBUTIONS (README "Scaling training").
@@ -70,10 +73,12 @@ class ModuleSettings:
     vocab_size: int = 10000
     oov_buckets: int = 1
     max_tokens: int = 200
+    ngram_vocab_size: int = 20000
     epochs: int = 5
     batch_size: int = 64
     learning_rate: float = 0.001
     early_stopping_patience: int = 2
+    validation_percent: int = 10
     trainer_cache_mb: int = 2048
     warm_start: bool = False
     distribution: str = "none"

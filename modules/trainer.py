@@ -12,6 +12,7 @@ of the N replicas computes batch_size / N examples per step) and train_steps the
 optimisation steps, so a distributed run takes the same steps over the same examples as a
 single process.
 """
+import dataclasses
 import math
 import os
 import time
@@ -24,7 +25,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from modules import distribution, models
-from modules.datasets import count_records, dataset, read_label_names
+from modules.datasets import ALL, FIT, VALIDATION, count_part, count_records, dataset, read_label_names
 from modules.export import export, warmup_inputs
 from modules.settings import ModuleSettings
 from modules.training_schema import save_training_schema
@@ -96,6 +97,75 @@ class ThroughputLogger(keras.callbacks.Callback):
                           epoch + 1, self._batches, seconds, rate)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What model.fit gets, all from the train split (the eval split is the Evaluator's).
+
+    Attributes:
+      fit: endless (feature, label) batches of the fit slice (the whole train split when
+        there is no validation slice); a distributed dataset under a strategy.
+      validation: endless batches of the validation slice, which EarlyStopping watches;
+        None when the train split is too small to hold one out (then no early stopping).
+      fit_examples: examples in the fit slice.
+      validation_examples: examples in the validation slice (0 without one).
+      validation_steps: batches per validation pass (one pass, at most eval_steps); None
+        without a validation slice.
+    """
+    fit: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    fit_examples: int
+    validation_examples: int
+    validation_steps: Optional[int]
+
+
+def training_data(fn_args: FnArgs, settings: ModuleSettings, tf_transform_output: tft.TFTransformOutput,
+                  strategy: tf.distribute.Strategy) -> TrainingData:
+    """The fit and validation data of run_fn, read from fn_args.train_files only.
+
+    About settings.validation_percent % of the train split (modules/datasets.py:
+    in_validation_slice) is held out of fitting for EarlyStopping / restore_best_weights, so
+    that model selection never sees the eval split the Evaluator blesses on. When either
+    slice would be empty (a handful of training examples, or validation_percent 0), the whole
+    train split is fitted without a validation slice.
+
+    Args:
+      fn_args: TFX's FnArgs (train_files, eval_steps, data_accessor).
+      settings: batch_size, trainer_cache_mb, validation_percent, distribution, model.
+      tf_transform_output: the Transform graph.
+      strategy: the tf.distribute strategy run_fn trains under.
+    Returns:
+      TrainingData.
+    """
+    feature = models.input_feature(settings)
+    batch = settings.batch_size
+    replica_batch = distribution.replica_batch_size(batch, strategy)
+    cache_limit = int(settings.trainer_cache_mb) << 20
+    pattern = fn_args.train_files[0]
+    percent = settings.validation_percent
+
+    def part_of_train(part: str, shuffle: bool):
+        if settings.distribution == "none":
+            return dataset(pattern, fn_args.data_accessor, tf_transform_output, batch, feature, shuffle,
+                           cache_limit, part=part, validation_percent=percent)[0]
+        # One input pipeline per worker, each reading its shard in per-replica batches.
+        return strategy.distribute_datasets_from_function(
+            lambda context: dataset(pattern, fn_args.data_accessor, tf_transform_output, replica_batch,
+                                    feature, shuffle, cache_limit, context, part=part,
+                                    validation_percent=percent)[0])
+
+    held_out = count_part(pattern, tf_transform_output, VALIDATION, percent) if percent else 0
+    total = count_records(pattern)
+    if held_out == 0 or held_out == total:
+        absl.logging.warning("No validation slice in %d training examples (validation_percent %d): "
+                             "fitting all of them for every epoch, without early stopping", total, percent)
+        return TrainingData(part_of_train(ALL, True), None, total, 0, None)
+    absl.logging.info("Fitting %d training examples; EarlyStopping watches the other %d (%d%% of the "
+                      "train split); the eval split is not used in training", total - held_out, held_out, percent)
+    steps = max(1, min(fn_args.eval_steps, math.ceil(held_out / batch)))
+    return TrainingData(part_of_train(FIT, True), part_of_train(VALIDATION, False), total - held_out, held_out,
+                        steps)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """TFX Trainer entry point (imported by name from the installed package).
 
@@ -136,24 +206,9 @@ def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.di
                       chief: bool) -> None:
     label_names = read_label_names(fn_args.train_files[0])
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    feature = models.input_feature(settings)
+    data = training_data(fn_args, settings, tf_transform_output, strategy)
     batch = settings.batch_size
     replica_batch = distribution.replica_batch_size(batch, strategy)
-    cache_limit = int(settings.trainer_cache_mb) << 20
-
-    def split(file_pattern: str, shuffle: bool):
-        if settings.distribution == "none":
-            return dataset(file_pattern, fn_args.data_accessor, tf_transform_output, batch, feature, shuffle,
-                           cache_limit)[0]
-        # One input pipeline per worker, each reading its shard in per-replica batches.
-        return strategy.distribute_datasets_from_function(
-            lambda context: dataset(file_pattern, fn_args.data_accessor, tf_transform_output, replica_batch,
-                                    feature, shuffle, cache_limit, context)[0])
-
-    train = split(fn_args.train_files[0], True)
-    evaluation = split(fn_args.eval_files[0], False)
-    # Validating more than one pass over the eval split would only repeat the same examples.
-    validation_steps = max(1, min(fn_args.eval_steps, math.ceil(count_records(fn_args.eval_files[0]) / batch)))
 
     with strategy.scope():
         model = models.build(settings, len(label_names))
@@ -169,16 +224,15 @@ def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.di
     run_dir = distribution.output_dir(fn_args.model_run_dir, chief)
     absl.logging.info("Training: %d epochs of %d steps, global batch %d (%d per replica)",
                       epochs, max(1, fn_args.train_steps // epochs), batch, replica_batch)
-    model.fit(
-        train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
-        validation_data=evaluation, validation_steps=validation_steps, verbose=2,
-        callbacks=[
-            # val_loss is reduced over all replicas, so every worker stops at the same epoch.
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
-                                          restore_best_weights=True),
-            ThroughputLogger(batch),  # before TensorBoard, which then records its figure
-            keras.callbacks.TensorBoard(log_dir=run_dir),
-        ])
+    callbacks = [ThroughputLogger(batch),  # before TensorBoard, which then records its figure
+                 keras.callbacks.TensorBoard(log_dir=run_dir)]
+    if data.validation is not None:
+        # val_loss is reduced over all replicas, so every worker stops at the same epoch.
+        callbacks.insert(0, keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
+    model.fit(data.fit, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
+              validation_data=data.validation, validation_steps=data.validation_steps, verbose=2,
+              callbacks=callbacks)
     distribution.discard(run_dir, chief)
     # Every worker saves (saving may run collectives); only the chief's copy is kept.
     export_dir = distribution.output_dir(fn_args.serving_model_dir, chief)

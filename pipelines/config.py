@@ -34,7 +34,7 @@ EDGE_EXPORTS = ("tflite_float16", "tflite_dynamic", "tflite_int8", "tfjs")
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
 DEFAULT_HOME = "conveyor_home"
-DEFAULT_MODELS = {"image": "cnn", "text": "multihot"}
+DEFAULT_MODELS = {"image": "cnn", "text": "tfidf"}
 DEFAULT_HOME = "conveyor_home"  # relative to the working directory
 
 
@@ -107,12 +107,15 @@ class TrainingConfig(_Settings):
       vocab_size: text vocabulary size in tokens, OOV buckets excluded (> 0).
       oov_buckets: hash buckets for tokens outside the vocabulary.
       max_tokens: texts are padded/truncated to this many tokens (> 0).
+      ngram_vocab_size: words and word pairs in the vocabulary of the tfidf text model (> 0).
       train_steps: training batches in total, spread over `epochs` (> 0).
       eval_steps: eval batches per evaluation (> 0).
-      epochs: Keras epochs; EarlyStopping watches eval loss (> 0).
+      epochs: Keras epochs; EarlyStopping watches the loss on the validation slice (> 0).
       batch_size: examples per batch (> 0).
       learning_rate: Adam learning rate (> 0).
-      early_stopping_patience: epochs without eval-loss improvement before training stops.
+      early_stopping_patience: epochs without validation-loss improvement before training stops.
+      validation_percent: share of the train split, in percent, held out of fitting for
+        EarlyStopping (the eval split is never used in training; 0 = no early stopping; 0..50).
       trainer_cache_mb: splits whose transformed (input, label) pairs fit in this many MB are
         transformed once and kept in memory for all epochs; larger ones are transformed batch
         by batch (0: never cache; >= 0).
@@ -132,12 +135,14 @@ class TrainingConfig(_Settings):
     vocab_size: Positive = 10000
     oov_buckets: NonNegative = 1
     max_tokens: Positive = 200
+    ngram_vocab_size: Positive = 20000
     train_steps: Positive = 2000
     eval_steps: Positive = 50
     epochs: Positive = 5
     batch_size: Positive = 64
     learning_rate: Annotated[float, Field(gt=0)] = 0.001
     early_stopping_patience: NonNegative = 2
+    validation_percent: Annotated[int, Field(ge=0, le=50)] = 10
     trainer_cache_mb: Annotated[int, Field(ge=0)] = 2048
     warm_start: bool = False
     distribution: Literal[DISTRIBUTIONS] = "none"
@@ -281,7 +286,7 @@ class Config(_Settings):
       home: Conveyor HOME folder (metadata.sqlite, pipelines/, serving/), relative to the
         working directory unless absolute.
       model: architecture, one of modules.settings.MODELS[kind]; "" = cnn (image) /
-        multihot (text).
+        tfidf (text).
       ingest, training, evaluation, serving, orchestration: the groups, as mappings; see
         IngestConfig, TrainingConfig, EvaluationConfig, ServingConfig, OrchestrationConfig.
       **settings: any group setting given flat (e.g. train_steps=100).
@@ -404,9 +409,9 @@ class Config(_Settings):
         return ModuleSettings(
             kind=self.kind, name=self.name, model=self.model, image_size=self.image_size,
             channels=self.channels, vocab_size=self.vocab_size, oov_buckets=self.oov_buckets,
-            max_tokens=self.max_tokens, epochs=self.epochs, batch_size=self.batch_size,
+            max_tokens=self.max_tokens, ngram_vocab_size=self.ngram_vocab_size, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, early_stopping_patience=self.early_stopping_patience,
-            trainer_cache_mb=self.trainer_cache_mb, warm_start=self.warm_start,
+            validation_percent=self.validation_percent, trainer_cache_mb=self.trainer_cache_mb, warm_start=self.warm_start,
             distribution=self.distribution, collective_timeout_seconds=self.collective_timeout_seconds,
             modules_sha256=modules_fingerprint())
 

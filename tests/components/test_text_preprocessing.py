@@ -62,6 +62,47 @@ def test_transformed_features_have_the_shapes_the_models_expect(transformed):
     assert spec["multi_hot"] == tf.io.FixedLenFeature([4], tf.float32)
 
 
+TFIDF_CONFIG = ModuleSettings(kind="text", name="t", model="tfidf", vocab_size=3, oov_buckets=1, max_tokens=5,
+                              ngram_vocab_size=10).to_custom_config()
+
+
+@pytest.fixture(scope="module")
+def tfidf_rows(tmp_path_factory):
+    """The tfidf model's features: analysed on TRAIN, applied to unseen texts."""
+    tmp = tmp_path_factory.mktemp("tfidf")
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
+    test = [{"text": [b"bad movie good zzz"], "label": [1]}, {"text": [b"unseen words only"], "label": [0]},
+            {"text": [b"!!!"], "label": [0]}]
+    with tft_beam.Context(temp_dir=str(tmp / "tmp")):
+        transform_fn = (TRAIN, metadata) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing_fn(inputs, TFIDF_CONFIG))
+        rows, _ = ((test, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "out"))
+    return rows, tft.TFTransformOutput(str(tmp / "out"))
+
+
+def test_tfidf_vocabulary_holds_words_and_pairs_of_at_least_two_texts(tfidf_rows):
+    _, output = tfidf_rows
+    # Texts holding each: good 3, movie 3, "good movie" 3, bad 2, "movie bad" 2; the rest 1.
+    assert set(output.vocabulary_by_name("ngrams")) == {b"good", b"movie", b"good movie", b"bad", b"movie bad"}
+    assert output.transformed_feature_spec()["tfidf"] == tf.io.FixedLenFeature([10], tf.float32)
+    assert "multi_hot" not in output.transformed_feature_spec()  # only the bag the model reads
+
+
+def test_tfidf_weights_are_presence_times_idf_with_unit_norm(tfidf_rows):
+    rows, output = tfidf_rows
+    vocabulary = [t.decode() for t in output.vocabulary_by_name("ngrams")]
+    column = {word: i for i, word in enumerate(vocabulary)}
+    idf = lambda texts_with: 1 + np.log((1 + 3) / (1 + texts_with))  # noqa: E731 (tft.tfidf, smooth)
+    # "bad movie good zzz": good, movie, bad are known; zzz, "bad movie", "movie good" and
+    # "good zzz" are not, and are dropped.
+    expected = np.zeros(10)
+    expected[[column["good"], column["movie"], column["bad"]]] = [idf(3), idf(3), idf(2)]
+    np.testing.assert_allclose(rows[0]["tfidf"], expected / np.linalg.norm(expected), rtol=1e-5)
+    np.testing.assert_array_equal(rows[1]["tfidf"], np.zeros(10))  # only unknown words: a zero row
+    np.testing.assert_array_equal(rows[2]["tfidf"], np.zeros(10))  # no token
+
+
 def _toy(num_classes: int, max_tokens: int = 12, vocab_ids: int = 24, n: int = 96):
     """Token sequences where class c always contains token 2 + c among random filler."""
     rng = np.random.RandomState(0)
@@ -75,15 +116,16 @@ def _toy(num_classes: int, max_tokens: int = 12, vocab_ids: int = 24, n: int = 9
     return tokens, multi_hot, labels
 
 
-@pytest.mark.parametrize("name", ["multihot", "embedding", "conv1d"])
+@pytest.mark.parametrize("name", ["tfidf", "multihot", "embedding", "conv1d", "bilstm"])
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_text_models_shapes_and_learning(name, num_classes):
     tf.keras.utils.set_random_seed(0)
     config = ModuleSettings(kind="text", name="t", model=name, vocab_size=22, oov_buckets=1, max_tokens=12,
-                            learning_rate=0.01)
+                            ngram_vocab_size=23, learning_rate=0.01)
     model = models.build(config, num_classes)
     tokens, multi_hot, labels = _toy(num_classes)
-    inputs = multi_hot if models.input_feature(config) == "multi_hot" else tokens
+    inputs = {"multi_hot": multi_hot, "tfidf": multi_hot / np.linalg.norm(multi_hot, axis=1, keepdims=True),
+              "tokens": tokens}[models.input_feature(config)]
     assert model.output_shape == (None, 1 if num_classes == 2 else num_classes)
     assert model.predict(inputs[:4], verbose=0).shape == (4, model.output_shape[1])
     before = model.evaluate(inputs, labels, verbose=0)[0]

@@ -7,7 +7,7 @@ def test_defaults_per_kind():
     image = load_config("image")
     assert (image.name, image.model) == ("image_classifier", "cnn")
     text = load_config("text")
-    assert (text.name, text.model) == ("text_classifier", "multihot")
+    assert (text.name, text.model) == ("text_classifier", "tfidf")
 
 
 def test_file_then_flags_override(tmp_path):
@@ -171,7 +171,7 @@ def test_a_preset_keeps_its_beam_args_through_replace(tmp_path):
 def test_config_built_in_code_takes_flat_or_grouped_keys():
     from pipelines.config import Config
     assert Config(train_steps=5).training == Config(training={"train_steps": 5}).training
-    assert Config(kind="text").model == "multihot"
+    assert Config(kind="text").model == "tfidf"
     with pytest.raises(ConfigError, match="Config: key 'epochs' is given both as 'epochs' and as 'training.epochs'"):
         Config(epochs=1, training={"epochs": 2})
 
