@@ -32,8 +32,9 @@ every TFLite export has the same client contract). TF.js: `tensorflowjs_converte
 isolated converter virtualenv (scripts/setup_edge.sh: tensorflowjs 4.17.0 downgrades
 packaging, pytest and google-cloud-bigquery and pulls jax/flax/TF-DF, so it never enters
 .venv), run under Node with @tensorflow/tfjs' pure-JS CPU backend (js/tfjs_predict.cjs).
-Recurrent text models (LSTM) convert to builtins only with `LSTM(unroll=True)`, else they
-need TF Select (Flex) ops the app must link; Conveyor has no recurrent model today.
+Models exported: pipelines/config.EDGE_MODELS (the config refuses the others). tfidf's idf
+weights live only in the Transform graph; bilstm's LSTM converts to builtins only with
+`LSTM(unroll=True)`, else it needs TF Select (Flex) ops the app must link.
 """
 import base64
 import dataclasses

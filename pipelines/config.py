@@ -31,6 +31,10 @@ from pipelines.beam import BeamPresetError, preset_from_settings
 
 # components/edge_exporter.py EXPORTS (not imported: that module loads TFX and TensorFlow).
 EDGE_EXPORTS = ("tflite_float16", "tflite_dynamic", "tflite_int8", "tfjs")
+# Models whose transformed input a client can reproduce from the files written beside the
+# exports (components/edge_exporter.py). tfidf's idf weights live only inside the Transform
+# graph, and bilstm's LSTM needs TF Select ops or an unrolled copy: neither is exported yet.
+EDGE_MODELS = ("mlp", "cnn", "multihot", "embedding", "conv1d")
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
 DEFAULT_HOME = "conveyor_home"
@@ -629,6 +633,11 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
                           f"'blessing' ({sources['blessing']}) replaces the default rules; state it "
                           "as a rule instead, e.g. {metric: accuracy, min: 0.8} or "
                           "{metric: accuracy, max_drop: 0.01}")
+    if config.edge_exports and config.model not in EDGE_MODELS:
+        raise ConfigError(f"{sources['edge_exports']}: key 'edge_exports': edge exports exist for the "
+                          f"models {', '.join(EDGE_MODELS)}, not for '{config.model}' "
+                          f"({sources.get('model', 'the default model')}); choose one of those models "
+                          "or leave edge_exports empty")
     if config.beam_preset:
         explicit = config.beam_args if "beam_args" in sources else []
         config = config.replace(beam_args=_preset_beam_args(config, explicit))

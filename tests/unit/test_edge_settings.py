@@ -31,6 +31,18 @@ def test_bad_edge_settings_are_refused_in_one_line(tmp_path, text, message):
     assert "\n" not in str(e.value)
 
 
+def test_models_without_an_edge_contract_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("edge_exports: [tflite_int8]\n")
+    with pytest.raises(ConfigError, match=rf"config file {path}: key 'edge_exports': edge exports exist for "
+                                          r"the models mlp, cnn, multihot, embedding, conv1d, not for 'tfidf' "
+                                          r"\(the default model\)"):
+        load_config("text", str(path))
+    with pytest.raises(ConfigError, match=r"not for 'bilstm' \(command line\)"):
+        load_config("text", str(path), {"model": "bilstm"})
+    assert load_config("text", str(path), {"model": "multihot"}).edge_exports == ["tflite_int8"]
+
+
 def test_the_run_summary_says_which_exports_were_pushed_and_why_not():
     edge = EdgeExportsSummary(version="3", destination="/h/edge/m/3", reference_accuracy=0.9, eval_examples=200,
                               exports=[EdgeExportRecord("tflite_float16", True, 0.9, 0.0, 40960, 0.5, ""),
