@@ -20,6 +20,9 @@ IMAGE_MODELS = ("mlp", "cnn")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 TEXT_MODELS = ("tfidf", "multihot", "embedding", "conv1d", "bilstm")
 MODELS = {"image": IMAGE_MODELS, "text": TEXT_MODELS}
+# The smallest image_size the cnn takes (modules/models.cnn): two valid 3x3 convolutions, each
+# followed by a 2x2 pooling, need a side s with (s - 2) // 2 - 2 >= 2, i.e. s >= 10.
+CNN_MIN_IMAGE_SIZE = 10
 
 # Keys TFX's Vertex/AI Platform Trainer extension adds to the Trainer's custom_config
 # (tfx/extensions/google_cloud_ai_platform/constants.py, trainer/executor.py); its executor

@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 from components.blessing_rules import Rule, RuleError, check_classes, default_rules, parse_rules
 from components.spans import has_span_spec, split_span_path  # noqa: F401  (re-exported for users)
 from data.defaults import default_data
-from modules.settings import DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
+from modules.settings import CNN_MIN_IMAGE_SIZE, DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
 from pipelines.beam import BeamPresetError, preset_from_settings
 
 # components/edge_exporter.py EXPORTS (not imported: that module loads TFX and TensorFlow).
@@ -202,8 +202,9 @@ class EvaluationConfig(_Settings):
     def _known_exports(cls, exports: List[str]) -> List[str]:
         unknown = [e for e in exports if e not in EDGE_EXPORTS]
         if unknown or len(set(exports)) != len(exports):
+            what = f"unknown export(s) {', '.join(map(repr, unknown))}: " if unknown else ""
             raise PydanticCustomError(
-                "config_rule", f"expected each of {', '.join(EDGE_EXPORTS)} at most once")
+                "config_rule", f"{what}expected each of {', '.join(EDGE_EXPORTS)} at most once")
         return exports
 
     @model_validator(mode="after")
@@ -633,6 +634,10 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
                           f"'blessing' ({sources['blessing']}) replaces the default rules; state it "
                           "as a rule instead, e.g. {metric: accuracy, min: 0.8} or "
                           "{metric: accuracy, max_drop: 0.01}")
+    if config.kind == "image" and config.model == "cnn" and config.image_size < CNN_MIN_IMAGE_SIZE:
+        raise ConfigError(f"{sources.get('image_size', 'config')}: key 'image_size': model cnn needs images "
+                          f"of at least {CNN_MIN_IMAGE_SIZE}x{CNN_MIN_IMAGE_SIZE} (two 3x3 convolutions and "
+                          f"two 2x2 poolings), got {config.image_size}; raise image_size or use model mlp")
     if config.edge_exports and config.model not in EDGE_MODELS:
         raise ConfigError(f"{sources['edge_exports']}: key 'edge_exports': edge exports exist for the "
                           f"models {', '.join(EDGE_MODELS)}, not for '{config.model}' "

@@ -350,15 +350,35 @@ def lineage_of_version(store, model_name: str, version: Optional[str] = None,
     lineage_of_model(graph, chosen.model, blessing, with_metrics, out=out)
     infra = graph.input(chosen.pusher, "infra_blessing") if chosen.pusher else None
     out.infra_blessing = infra_summary(graph, infra)
-    out.edge_exports = edge_exports_summary(graph, edge_exports_of(graph, chosen.artifact))
+    out.edge_exports = edge_exports_summary(graph, edge_exports_of(graph, chosen.artifact, model_name,
+                                                                   chosen.version))
     return out
 
 
-def edge_exports_of(graph: Graph, pushed: mlmd_pb2.Artifact) -> Optional[mlmd_pb2.Artifact]:
-    """The newest EdgeExports artifact made from a PushedModel (its EdgeExporter consumed it),
-    or None (no edge exports configured)."""
-    found = [a for e in graph.consumers(pushed, "pushed_model") for a in graph.outputs_of_type(e, EDGE_EXPORTS_TYPE)]
-    return found[-1] if found else None
+def edge_exports_of(graph: Graph, pushed: mlmd_pb2.Artifact, model_name: str,
+                    version: int) -> Optional[mlmd_pb2.Artifact]:
+    """The EdgeExports artifact holding the exports of version `version` of `model_name`, or None.
+
+    The run that pushed a version is not always the one that exported it: after a run was
+    killed during its EdgeExporter, or after `conveyor bless`, a later run exports the version
+    already served (its own PushedModel then records "already serving"). So: the newest
+    EdgeExports of that version and model that published exports, else the newest one made
+    from this PushedModel (which says why there are none).
+    """
+    made_here = [a for e in graph.consumers(pushed, "pushed_model")
+                 for a in graph.outputs_of_type(e, EDGE_EXPORTS_TYPE)]
+    if EDGE_EXPORTS_TYPE not in graph.artifact_type.values():
+        return None
+    with_exports = []
+    for a in graph.store.get_artifacts_by_type(EDGE_EXPORTS_TYPE):
+        p = props(a)
+        destination = str(p.get("destination") or "")
+        if (p.get("exports") not in (None, "", "[]") and str(p.get("pushed_version")) == str(version)
+                and os.path.basename(os.path.dirname(destination.rstrip("/"))) == model_name):
+            with_exports.append(a)
+    if with_exports:
+        return max(with_exports, key=lambda a: a.id)
+    return max(made_here, key=lambda a: a.id) if made_here else None
 
 
 # forward: from examples ------------------------------------------------------------------

@@ -97,6 +97,14 @@ def test_a_bad_flag_names_the_command_line(tmp_path):
     assert str(error.value) == "command line: key 'epochs': expected an integer, got '3'"
 
 
+def test_an_image_size_too_small_for_the_cnn_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.yaml: key 'image_size': model cnn needs images of at least "
+                                          r"10x10 .* got 8; raise image_size or use model mlp"):
+        _load(tmp_path, "image_size: 8\n")
+    assert _load(tmp_path, "image_size: 8\nmodel: mlp\n")[0].image_size == 8
+    assert _load(tmp_path, "image_size: 10\n")[0].image_size == 10
+
+
 def test_an_integer_is_a_number(tmp_path):
     config, _ = _load(tmp_path, "learning_rate: 1\nevaluation: {accuracy_floor: 1}\n")
     assert (config.learning_rate, config.accuracy_floor) == (1.0, 1.0)

@@ -18,7 +18,7 @@ def test_edge_exports_default_to_none_and_take_a_subset(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("edge_exports: [tflite_fp16]\n", "key 'edge_exports': expected each of tflite_float16, tflite_dynamic, "
+    ("edge_exports: [tflite_fp16]\n", "key 'edge_exports': unknown export\\(s\\) 'tflite_fp16': expected each of tflite_float16, tflite_dynamic, "
                                       "tflite_int8, tfjs at most once, got \\['tflite_fp16'\\]"),
     ("edge_exports: [tfjs, tfjs]\n", "key 'edge_exports': expected each of .* at most once"),
     ("edge_max_accuracy_drop: 2\n", "edge_max_accuracy_drop"),
