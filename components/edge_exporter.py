@@ -396,9 +396,12 @@ def write_contract(folder: str, settings: ModuleSettings, label_names: List[str]
         with open(vocab_src, "rb") as f:
             vocabulary_size = sum(1 for _ in f)
         steps = [
-            "Lower-case (Unicode). Remove <br> / <br/> tags. Delete U+FE00..U+FE0F and U+200D.",
-            "Put spaces around each Han, Hiragana, Katakana and symbol (\\p{So}, e.g. emoji) character.",
-            "Replace every character that is not a letter, mark, digit, symbol or apostrophe by a space; "
+            "Lower-case (Unicode). Replace each match of the regular expression <br\\s*/?> (e.g. <br />) "
+            "by a space. Delete U+FE00..U+FE0F and U+200D.",
+            "Put spaces around each Han, Hiragana, Katakana and 'other symbol' (Unicode category So, "
+            "e.g. emoji) character.",
+            "Replace every character that is not in Unicode category L (letters), M (marks), N "
+            "(numbers, e.g. ½) or So, nor an apostrophe, by a space (so $ + = < > | are separators); "
             "drop apostrophes at word edges (modules/preprocessing.py normalize_text).",
             f"Split on spaces; keep the first {settings.max_tokens} tokens.",
             "Token id = 1 + the token's 0-based line in vocabulary.txt; a token not in it gets "
