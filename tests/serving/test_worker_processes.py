@@ -34,7 +34,7 @@ def _requests_counted(url: str) -> float:
     text = requests.get(f"{url}/monitoring/prometheus/metrics", headers={"Connection": "close"},
                         timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("conveyor_serving_request_count{") and 'api="predict"' in line)
+               if line.startswith("conveyor_serving_request_count_total{") and 'api="predict"' in line)
 
 
 def _start(tmp_path):
