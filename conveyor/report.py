@@ -21,6 +21,7 @@ from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
 from conveyor.metadata.store import Graph, open_store
+from modules import features as F
 from pipelines.config import Config
 
 _COLORS = {"complete": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "not run": "#9e9e9e",
@@ -37,7 +38,7 @@ th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums
 .muted{color:#757575;font-size:12px} code{font-size:12px;background:#f5f5f5;padding:1px 4px;border-radius:3px;
 word-break:break-all}
 .bar{display:inline-block;height:10px;background:#64b5f6;vertical-align:middle}
-ul.reasons li{color:#c62828} .lineage td:first-child{font-weight:600;white-space:nowrap}
+ul.reasons li{color:#c62828} pre.reasons{color:#c62828;white-space:pre-wrap;font-size:12px} .lineage td:first-child{font-weight:600;white-space:nowrap}
 .mistakes{display:flex;flex-wrap:wrap;gap:8px} figure.mistake{margin:0;padding:6px;border:1px solid #ddd;
 border-radius:4px;width:150px;font-size:12px;text-align:center} figure.mistake blockquote{margin:0;text-align:left;
 font-size:11px;max-height:120px;overflow:hidden} .charts{display:flex;flex-wrap:wrap;gap:16px}
@@ -289,7 +290,12 @@ def _dataset_section(details: RunDetails, data_pictures: str = "") -> str:
     out.append(data_pictures)
     anomalies = details.anomalies
     out.append("<h3>Anomalies (ExampleValidator vs schema)</h3>")
-    if anomalies is None:
+    validator = next((n for n in details.nodes if n.node.endswith("ExampleValidator")), None)
+    if anomalies is None and validator is not None and validator.state == "failed":
+        out.append(f"<p id=\"anomalies-stop\"><b>{_e(validator.node)} stopped the run</b>" +
+                   (f":</p><pre class=\"reasons\">{_e(validator.error)}</pre>" if validator.error else
+                    " (its reason is in the run's log under HOME/logs).</p>"))
+    elif anomalies is None:
         out.append("<p class=\"muted\">The validator did not run.</p>")
     elif not anomalies.count:
         out.append("<p id=\"anomalies\">No anomalies in any split.</p>")
@@ -299,12 +305,34 @@ def _dataset_section(details: RunDetails, data_pictures: str = "") -> str:
     schema = details.schema
     if schema:
         rows = [[f"<code>{_e(f)}</code>", _e(v.type), _e(v.shape if v.shape is not None else ""),
-                 _e(", ".join(v.domain) if isinstance(v.domain, list) else
-                    (v.domain if v.domain is not None else ""))]
-                for f, v in schema.features.items()]
+                 _e(domain_text(f, v.domain))] for f, v in schema.features.items()]
         out.append(f"<h3>Schema (artifact {schema.artifact_id})</h3>")
         out.append(_table(["feature", "type", "shape", "domain"], rows))
     return "".join(out)
+
+
+DOMAIN_SHOWN = 5
+
+
+def domain_text(feature: str, domain: Any) -> str:
+    """A schema feature's value domain for a person: "" without one; for free-value features
+    (modules/features.FREE_VALUE_FEATURES: text, image bytes) a note instead of the values
+    (SchemaGen lists every text of the run; the gate checks the blessed model's training
+    schema, which has no domain there: modules/training_schema.drop_free_value_domains);
+    else at most DOMAIN_SHOWN values, then "… N more".
+
+    Args:
+      feature: the feature name.
+      domain: FeatureSchema.domain: a list of values, a domain name, or None.
+    """
+    if domain is None:
+        return ""
+    if feature in F.FREE_VALUE_FEATURES:
+        return "free values (no domain checked against the blessed model)"
+    if not isinstance(domain, list):
+        return str(domain)
+    shown = ", ".join(str(v) for v in domain[:DOMAIN_SHOWN])
+    return shown + (f", … {len(domain) - DOMAIN_SHOWN} more" if len(domain) > DOMAIN_SHOWN else "")
 
 
 def _evaluation_section(details: RunDetails) -> str:

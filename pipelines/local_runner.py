@@ -251,6 +251,10 @@ def run(config: Config, stream=sys.stdout,
                     sys.stderr.flush()
             if failure is None:
                 preflight.record_run_inputs(config, inputs, int(started * 1000))
+            else:
+                reason = _user_error(failure)
+                preflight.record_failure(config, int(started * 1000),
+                                         str(reason) if reason else f"{type(failure).__name__}: {failure}")
             result = on_finish(config, started) if on_finish else None
     if failure is not None:
         reason = _user_error(failure)

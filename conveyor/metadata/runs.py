@@ -1,5 +1,6 @@
 """Pipeline runs: run contexts (local/Kubeflow `pipeline_run`, Airflow `run`), and one row per run."""
 import dataclasses
+import json
 from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
@@ -125,6 +126,24 @@ class NodeRun(Record):
     seconds: Optional[float] = None
     execution_id: Optional[int] = None
     outputs: Dict[str, List[mlmd_pb2.Artifact]] = json_field(default_factory=dict, json=False)
+    error: Optional[str] = json_field(omit_if_none=True)
+
+
+EXECUTION_RESULT = "__execution_result__"  # tfx/orchestration/portable/mlmd/execution_lib.py
+
+
+def failure_message(execution: Optional[mlmd_pb2.Execution]) -> Optional[str]:
+    """Why a failed execution failed: the result_message of the ExecutionResult TFX (or
+    pipelines/preflight.record_failure) stored on it; None when there is none."""
+    if execution is None or execution.last_known_state != mlmd_pb2.Execution.FAILED:
+        return None
+    value = execution.custom_properties.get(EXECUTION_RESULT)
+    if value is None or not value.string_value:
+        return None
+    try:
+        return json.loads(value.string_value).get("resultMessage") or None
+    except (ValueError, AttributeError):
+        return None
 
 
 def node_runs(graph: Graph, run: mlmd_pb2.Context) -> List[NodeRun]:
@@ -196,7 +215,7 @@ def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb
     for node in nodes + [n for n in by_node if n not in nodes]:
         e = by_node.get(node)
         record.nodes.append(NodeRun(node=node, state=state_name(e), seconds=seconds_of(e) if e else None,
-                                    execution_id=e.id if e else None))
+                                    execution_id=e.id if e else None, error=failure_message(e)))
     _, blessing = graph.first_output_of_type(executions, "ModelBlessing")
     if blessing is not None:
         record.blessed = props(blessing).get("blessed") == 1

@@ -56,3 +56,12 @@ def test_live_versions_follow_models_config(tmp_path):
     live = live_versions(home)["m"]
     assert (live.versions, live.labels, live.policy) == (["2", "1"], {"stable": "1"}, "specific")
     assert live_versions(str(tmp_path / "nothing")) == {}
+
+
+def test_compare_highlights_exactly_the_rows_that_differ(tmp_path):
+    import re
+    client = create_app(_home(tmp_path)).test_client()
+    text = client.get("/compare", query_string={"pipeline": "p", "a": "1", "b": "2"}).get_data(as_text=True)
+    changed = re.findall(r'<tr class="changed" data-key="([^"]+)"', text)
+    assert changed == ["state:Trainer", "config:ImageExampleGen.input_base"]  # neither run blessed nor pushed
+    assert "None" not in text
