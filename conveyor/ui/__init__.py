@@ -210,8 +210,12 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
             for v in reversed(pushed_models(graph, name)):
                 lin = lineage_of_version(s, name, str(v.version))
                 accuracy = lin.evaluation.candidate.get("sparse_categorical_accuracy") if lin.evaluation else None
-                versions.append({"version": str(v.version), "pushed_at": v.pushed_at, "run_id": v.run_id,
-                                 "accuracy": accuracy, "manual": bool(lin.blessing and lin.blessing.manual)})
+                manual = bool(lin.blessing and lin.blessing.manual)
+                # A manual blessing pushes from its own run: name the run that trained the model.
+                trained = lin.model.run_id if lin.model and lin.model.run_id else v.run_id
+                versions.append({"version": str(v.version), "pushed_at": v.pushed_at, "run_id": trained,
+                                 "push_run_id": v.run_id if v.run_id != trained else None,
+                                 "accuracy": accuracy, "manual": manual})
             if versions:
                 rows.append({"name": name, "versions": versions, "live": live.get(name)})
         return render_template("models.html", models=rows, home=home, serving_url=serving_url)

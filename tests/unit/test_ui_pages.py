@@ -65,3 +65,30 @@ def test_compare_highlights_exactly_the_rows_that_differ(tmp_path):
     changed = re.findall(r'<tr class="changed" data-key="([^"]+)"', text)
     assert changed == ["state:Trainer", "config:ImageExampleGen.input_base"]  # neither run blessed nor pushed
     assert "None" not in text
+
+
+def test_manual_blessing_row_and_version_name_their_runs(tmp_path):
+    from conveyor.metadata.store import MANUAL_BLESSING_TYPE
+    home = str(tmp_path / "home")
+    store = rec.sqlite_store(os.path.join(home, "metadata.sqlite"))
+    trained = rec.run_context(store, "r1")
+    model = rec.artifact(store, "Model", "/m/1")
+    rec.execution(store, "p", trained, "Trainer", outputs=[(model, ["model", 0])])
+    bless_run = rec.run_context(store, "r2", blesses_run="r1")
+    blessing = rec.artifact(store, "ModelBlessing", "/b/1", blessed=1, manual=1, blessed_by="eve", reason="why")
+    pushed = rec.artifact(store, "PushedModel", "/p/1", pushed=1, pushed_version="1")
+    execution = pb.Execution(type_id=store.put_execution_type(pb.ExecutionType(name=MANUAL_BLESSING_TYPE)),
+                             last_known_state=pb.Execution.COMPLETE)
+    for key, value in (("blesses_run", "r1"), ("blessed_by", "eve"), ("reason", "eval split was shuffled")):
+        execution.custom_properties[key].string_value = value
+    store.put_execution(execution, [(model, rec.event(pb.Event.INPUT, ["model", 0])),
+                                    (blessing, rec.event(pb.Event.OUTPUT, ["blessing", 0])),
+                                    (blessing, rec.event(pb.Event.INPUT, ["model_blessing", 0])),
+                                    (pushed, rec.event(pb.Event.OUTPUT, ["pushed_model", 0]))],
+                        [rec.context(store, "pipeline", "p"), bless_run])
+    client = create_app(home).test_client()
+    runs = client.get("/").get_data(as_text=True)
+    assert "manual blessing of run r1 by eve: eval split was shuffled" in runs
+    models = client.get("/models").get_data(as_text=True)
+    row = models[models.index('data-version="1"'):]
+    assert "<code>r1</code>" in row and "blessed manually by run" in row and "<code>r2</code>" in row
