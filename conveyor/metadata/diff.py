@@ -318,14 +318,11 @@ def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
     edges = set()
     for run in run_contexts(graph, pipeline):
         executions = run_executions(graph, run)
-        made_by: Dict[int, str] = {}
-        for e in executions:
-            for artifacts in graph.outputs(e).values():
-                for art in artifacts:
-                    # a resolver re-emits existing artifacts; it is the producer within this run
-                    if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
-                        made_by[art.id] = graph.node_of(e)
         resolvers = [graph.node_of(e) for e in executions if graph.type_of(e).endswith("Resolver")]
+        made_by: Dict[int, str] = {}
+        # Oldest first, an input is matched only with outputs of executions before it: a
+        # cached Trainer later in the run outputs the very model the resolver handed to the
+        # gate as its baseline, and is not the gate's producer.
         for e in executions:
             for artifacts in graph.inputs(e).values():
                 for art in artifacts:
@@ -334,4 +331,9 @@ def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
                         src = resolvers[0]  # an earlier run's artifact, handed over by the run's resolver
                     if src and src != graph.node_of(e):
                         edges.add((src, graph.node_of(e)))
+            for artifacts in graph.outputs(e).values():
+                for art in artifacts:
+                    # a resolver re-emits existing artifacts; it is the producer within this run
+                    if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
+                        made_by[art.id] = graph.node_of(e)
     return sorted(edges)

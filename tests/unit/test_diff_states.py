@@ -106,3 +106,27 @@ def test_only_changed_metrics_are_listed_and_none_is_never_printed():
     assert "[eval] label three: 43 -> 0" in text and "None" not in text
     same = compare_runs(details("a", 0.5, {"one": 1}), details("b", 0.5, {"one": 1}))
     assert same.metrics == {} and "metrics (candidate):\n  no changes" in format_diff(same)
+
+
+def test_dag_edges_follow_execution_order():
+    """Run 2: the resolver hands run 1's model to the gate as its baseline; the Trainer,
+    cached, outputs that same model later. The gate is not downstream of the Trainer."""
+    from conveyor.metadata.diff import dag_edges
+    from conveyor.metadata.store import Graph
+    store = rec.memory_store()
+    r1, r2 = rec.run_context(store, "r1"), rec.run_context(store, "r2")
+    stats = rec.artifact(store, "ExampleStatistics", "/s/1")
+    rec.execution(store, P, r1, "StatisticsGen", outputs=[(stats, ["statistics", 0])])
+    rec.execution(store, P, r1, "blessed_Resolver")
+    rec.execution(store, P, r1, "GatedExampleValidator", inputs=[(stats, ["statistics", 0])])
+    model = rec.artifact(store, "Model", "/m/1")
+    rec.execution(store, P, r1, "Trainer", inputs=[(stats, ["statistics", 0])], outputs=[(model, ["model", 0])])
+    rec.execution(store, P, r2, "StatisticsGen", outputs=[(stats, ["statistics", 0])], state=pb.Execution.CACHED)
+    rec.execution(store, P, r2, "blessed_Resolver")
+    rec.execution(store, P, r2, "GatedExampleValidator", inputs=[(stats, ["statistics", 0]),
+                                                                  (model, ["baseline_model", 0])])
+    rec.execution(store, P, r2, "Trainer", inputs=[(stats, ["statistics", 0])], outputs=[(model, ["model", 0])],
+                  state=pb.Execution.CACHED)
+    edges = dag_edges(Graph(store), P)
+    assert ("Trainer", "GatedExampleValidator") not in edges
+    assert ("blessed_Resolver", "GatedExampleValidator") in edges and ("StatisticsGen", "Trainer") in edges
