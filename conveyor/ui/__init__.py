@@ -38,6 +38,43 @@ FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect wi
            'fill="#263238"/><path d="M3 11h10M3 8h10M3 5h10" stroke="#80cbc4" stroke-width="1.6"/></svg>')
 
 
+class UiArgumentError(ValueError):
+    """A `conveyor ui` flag value that cannot work (exit status 2); the message is one line."""
+
+
+def check_port(port: int) -> int:
+    """Returns `port` if it is a TCP port (1..65535; 0 would make the OS pick one silently).
+
+    Raises:
+      UiArgumentError: outside 1..65535.
+    """
+    if not 1 <= port <= 65535:
+        raise UiArgumentError(f"--port {port}: expected a TCP port 1..65535")
+    return port
+
+
+def check_serving_url(url: Optional[str]) -> Optional[str]:
+    """Returns a model server URL of the form http(s)://host[:port] (a trailing "/" is
+    dropped), or None for None.
+
+    Raises:
+      UiArgumentError: another scheme, no host, a port outside 1..65535, or a path, query
+        or fragment.
+    """
+    if url is None:
+        return None
+    expected = "expected http(s)://host[:port], e.g. http://127.0.0.1:8501"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UiArgumentError(f"--serving-url {url!r}: bad port; {expected}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or (port is not None and not 1 <= port <= 65535):
+        raise UiArgumentError(f"--serving-url {url!r}: {expected}")
+    return url.rstrip("/")
+
+
 def run_state(row: RunRecord) -> str:
     """One word for a run: "unchanged" (a no-op rerun), "failed" (a node failed), "running",
     "manual blessing", or "complete"."""
