@@ -21,13 +21,14 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-from flask import Flask, abort, render_template, request
+from flask import Flask, redirect, render_template, request, url_for
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
 
 from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, RunRecord, list_runs, run_contexts
-from conveyor.metadata.store import Graph, LineageError, home_dir, open_store
+from conveyor.metadata.store import METADATA_FILE, Graph, LineageError, home_dir, open_store
 
 HOST = "127.0.0.1"
 PORT = 8080
@@ -210,9 +211,18 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     def store():
         return open_store(home)
 
+    def error_page(message: str, status: int, title: str = "Not found"):
+        return render_template("error.html", title=title, message=message, home=home,
+                               serving_url=serving_url), status
+
     @app.errorhandler(LineageError)
     def lineage_error(e):
-        return render_template("error.html", message=str(e), home=home, serving_url=serving_url), 404
+        return error_page(str(e), 404)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        # The dashboard's own page, not Werkzeug's bare one (unknown URL, wrong method).
+        return error_page(e.description or e.name, e.code or 500, e.name)
 
     @app.route("/favicon.ico")
     def favicon():
@@ -223,6 +233,10 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.route("/")
     def runs():
         pipeline = request.args.get("pipeline") or None
+        if not os.path.isfile(os.path.join(home, METADATA_FILE)):
+            return render_template("runs.html", rows=[], pipelines=[], pipeline=None, state=run_state, home=home,
+                                   serving_url=serving_url, empty=f"No runs yet: run a pipeline first "
+                                                                  f"(no {METADATA_FILE} in HOME {home}).")
         s = store()
         rows = list(reversed(list_runs(s, pipeline)))
         return render_template("runs.html", rows=rows, pipelines=Graph(s).pipelines(), pipeline=pipeline,
@@ -231,9 +245,8 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.route("/report")
     def report():
         from conveyor.report import render
-        pipeline, run = request.args.get("pipeline"), request.args.get("run")
-        if not pipeline or not run:
-            abort(400)
+        # Without pipeline: the store's only pipeline; without run: its latest (as `conveyor report`).
+        pipeline, run = request.args.get("pipeline") or None, request.args.get("run") or None
         return render(store(), pipeline, run, home)
 
     @app.route("/models")
@@ -256,6 +269,13 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
             if versions:
                 rows.append({"name": name, "versions": versions, "live": live.get(name)})
         return render_template("models.html", models=rows, home=home, serving_url=serving_url)
+
+    @app.route("/models/<name>")
+    def model(name):
+        # One section per model on the models page; an unknown model is the error page.
+        if name not in Graph(store()).pipelines() or not pushed_models(Graph(store()), name):
+            return error_page(f"no model {name!r} with pushed versions in HOME {home}", 404)
+        return redirect(url_for("models") + "#model-" + urllib.parse.quote(name))
 
     @app.route("/models/<name>/<version>")
     def version(name, version):
@@ -289,10 +309,21 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     return app
 
 
+def startup_warning(home: Optional[str]) -> Optional[str]:
+    """One line when HOME has no metadata store (a mistyped --home shows no runs), else None."""
+    metadata = os.path.join(home_dir(home), METADATA_FILE)
+    if os.path.isfile(metadata):
+        return None
+    return f"conveyor ui: warning: no {metadata}: no runs to show yet (run a pipeline first, or pass --home)"
+
+
 def serve(home: Optional[str] = None, port: int = PORT, host: str = HOST,
           serving_url: Optional[str] = None) -> None:
     """Runs the dashboard until interrupted (werkzeug's threaded server) and prints its URL."""
     from werkzeug.serving import make_server
+    warning = startup_warning(home)
+    if warning:
+        print(warning, flush=True)
     server = make_server(host, port, create_app(home, serving_url), threaded=True)
     print(f"conveyor ui: http://{host}:{server.server_port}/ (HOME {home_dir(home)}; Ctrl-C stops)", flush=True)
     try:

@@ -92,3 +92,20 @@ def test_manual_blessing_row_and_version_name_their_runs(tmp_path):
     models = client.get("/models").get_data(as_text=True)
     row = models[models.index('data-version="1"'):]
     assert "<code>r1</code>" in row and "blessed manually by run" in row and "<code>r2</code>" in row
+    page = client.get("/models/p")
+    assert page.status_code == 302 and page.headers["Location"].endswith("/models#model-p")
+    assert 'id="model-p"' in models
+
+
+def test_errors_use_the_dashboard_page_and_an_empty_home_shows_runs(tmp_path):
+    from conveyor.ui import startup_warning
+    client = create_app(_home(tmp_path)).test_client()
+    assert client.get("/report").status_code == 200  # the only pipeline's latest run
+    for url in ("/report?pipeline=p&run=99", "/report?pipeline=nope", "/models/nothing", "/no/such/page"):
+        page = client.get(url)
+        text = page.get_data(as_text=True)
+        assert page.status_code == 404 and 'id="error"' in text and "<nav>" in text, url
+    assert client.get("/models/p").status_code == 404  # p pushed nothing
+    empty = create_app(str(tmp_path / "nothing")).test_client().get("/")
+    assert empty.status_code == 200 and "No runs yet: run a pipeline first" in empty.get_data(as_text=True)
+    assert "warning: no " in startup_warning(str(tmp_path / "nothing")) and startup_warning(_home(tmp_path)) is None
