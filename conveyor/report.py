@@ -142,6 +142,8 @@ def dag_svg(nodes: List[NodeRun], edges: List[Tuple[str, str]]) -> str:
         x, y = pos[n.node]
         color = _COLORS.get(n.state, "#757575")
         secs = f'{n.seconds:.1f}s' if n.seconds is not None else ""
+        if n.state == "running" and secs:
+            secs = "for " + secs
         label = n.node if len(n.node) <= 19 else n.node[:18] + "…"
         parts.append(f'<g class="dag-node" data-node="{_e(n.node)}" data-state="{_e(n.state)}">'
                      f'<title>{_e(n.node)}: {_e(n.state)} {_e(secs)}</title>'
@@ -533,15 +535,17 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
     push = (f"pushed as version <b id=\"pushed-version\">{_e(details.pushed_version)}</b>"
             if details.pushed_version else f"not pushed ({_e(details.push_note or '-')})")
     node_rows = [[_e(n.node), f"<span style=\"color:{_COLORS.get(n.state, '#757575')}\">{_e(n.state)}</span>",
-                  _num(n.seconds, 1), _e(n.execution_id)] for n in details.nodes]
+                  ("running for " if n.state == "running" else "") + _num(n.seconds, 1), _e(n.execution_id)]
+                 for n in details.nodes]
     spans = run_spans(graph, {n.node: n.execution_id for n in details.nodes if n.execution_id is not None})
     data_line = (f"<p id=\"run-data\">Data of this run: {_e(spans.sentence())}</p>"
                  if spans is not None and spans.worth_showing() else "")
     drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
-            f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, took "
-            f"{_num(details.duration_seconds, 1)} s. {verdict} {push}</p>", data_line,
+            f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, "
+            f"{'running for' if details.running else 'took'} {_num(details.duration_seconds, 1)} s. "
+            f"{verdict} {push}</p>", data_line,
             "<h2>Pipeline</h2>", dag_svg(details.nodes, edges),
             "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",

@@ -69,3 +69,18 @@ def test_free_text_features_show_no_value_domain(tmp_path):
     assert "a, b, c, d, e, … 2 more" in page
     assert domain_text("text", ["x"] * 300).startswith("free values")
     assert domain_text("label_name", ["a", "b"]) == "a, b" and domain_text("f", None) == ""
+
+
+def test_a_running_run_says_for_how_long_it_has_been_running(tmp_path):
+    import time
+    store = rec.memory_store()
+    run = rec.run_context(store, "r1")
+    rec.execution(store, P, run, "TextExampleGen")
+    rec.execution(store, P, run, "Trainer", state=pb.Execution.RUNNING)
+    time.sleep(1.1)
+    page = render(store, P, "r1")
+    header = page[page.index('id="run-id"'):]
+    header = header[:header.index("</p>")]
+    assert "running for" in header and "took" not in header
+    seconds = float(page[page.index("running for ", page.index("<table")) + 12:].split("<")[0])
+    assert seconds >= 1.0  # time since the Trainer started, not its (never updated) last update
