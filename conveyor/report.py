@@ -253,11 +253,15 @@ def _model_pictures_section(graph: Graph, details: RunDetails) -> str:
         base_uri = pictures.model_run_uri(graph, graph.artifact(ev.baseline_model.artifact_id))
         baseline = pictures.training_history(base_uri) if base_uri else {}
     charts = pictures.training_curves_html(candidate, baseline)
+    same_model = bool(ev and ev.baseline_model and details.model
+                      and ev.baseline_model.artifact_id == details.model.artifact_id)
     if charts:
         out.append("<h2 id=\"training\">Training curves</h2><p class=\"muted\">Per epoch, from the Trainer's "
                    "TensorBoard logs; dashed: validation (eval split)" +
                    ("; baseline = the blessed model this run was compared with" if baseline else "") +
-                   f".</p><div class=\"charts\">{charts}</div>")
+                   f".</p>" + ("<p id=\"same-model\">The Trainer came from the cache: candidate and baseline are "
+                               "the same model, so their curves are the same.</p>" if same_model else "") +
+                   f"<div class=\"charts\">{charts}</div>")
     return "".join(out)
 
 

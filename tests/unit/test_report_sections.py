@@ -84,3 +84,11 @@ def test_a_running_run_says_for_how_long_it_has_been_running(tmp_path):
     assert "running for" in header and "took" not in header
     seconds = float(page[page.index("running for ", page.index("<table")) + 12:].split("<")[0])
     assert seconds >= 1.0  # time since the Trainer started, not its (never updated) last update
+
+
+def test_review_line_breaks_are_breaks_and_everything_else_is_escaped():
+    from conveyor.pictures import mistakes_html, text_html
+    assert text_html("Great.<br /><br />Not <b>bad</b><BR>x") == "Great.<br><br>Not &lt;b&gt;bad&lt;/b&gt;<br>x"
+    page = mistakes_html({"scored": 2, "wrong": 1, "mistakes": [
+        {"true": "neg", "predicted": "pos", "probability": 0.9, "text": "a<br /><br />b<script>"}]})
+    assert "&lt;br /&gt;" not in page and "a<br><br>b&lt;script&gt;" in page
