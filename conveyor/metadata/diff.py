@@ -1,5 +1,6 @@
 """Run contents, what changed between two runs, and the DAG's edges as MLMD recorded them."""
 import dataclasses
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
@@ -289,7 +290,7 @@ def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
     metrics = {}
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
-        if va != vb:
+        if not _same_number(va, vb):
             metrics[key] = MetricChange(va, vb, (vb - va) if va is not None and vb is not None else None)
     pa = a.evaluation.metrics.per_label if evaluated and a.evaluation.metrics else {}
     pb = b.evaluation.metrics.per_label if evaluated and b.evaluation.metrics else {}
@@ -309,6 +310,11 @@ def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
         schema=_schema_diff(a.schema, b.schema), metrics=metrics, per_label_accuracy=per_label,
         blessed=Change(a.blessed, b.blessed), pushed_version=Change(a.pushed_version, b.pushed_version),
         evaluated=evaluated)
+
+
+def _same_number(a: Optional[float], b: Optional[float]) -> bool:
+    """Equal, or both NaN (TFMA reports NaN e.g. for a precision without predictions)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:

@@ -95,7 +95,8 @@ def test_only_changed_metrics_are_listed_and_none_is_never_printed():
 
     def details(run_id, accuracy, eval_labels):
         return RunDetails(run_id=run_id, pipeline=P, evaluation=Evaluation(metrics=EvaluationMetrics(
-            candidate={"example_count": 80.0, "sparse_categorical_accuracy": accuracy})),
+            candidate={"example_count": 80.0, "macro_precision": float("nan"),
+                       "sparse_categorical_accuracy": accuracy})),
             statistics=StatisticsSummary(splits={"eval": SplitStatistics(num_examples=sum(eval_labels.values()),
                                                                          labels=eval_labels)}))
 
