@@ -109,3 +109,17 @@ def test_errors_use_the_dashboard_page_and_an_empty_home_shows_runs(tmp_path):
     empty = create_app(str(tmp_path / "nothing")).test_client().get("/")
     assert empty.status_code == 200 and "No runs yet: run a pipeline first" in empty.get_data(as_text=True)
     assert "warning: no " in startup_warning(str(tmp_path / "nothing")) and startup_warning(_home(tmp_path)) is None
+
+
+def test_compare_of_a_rerun_says_it_repeats(tmp_path):
+    from pipelines.preflight import REPEATS_PROPERTY, UNCHANGED_TYPE
+    home = _home(tmp_path)
+    store = rec.sqlite_store(os.path.join(home, "metadata.sqlite"))
+    execution = pb.Execution(type_id=store.put_execution_type(pb.ExecutionType(name=UNCHANGED_TYPE)),
+                             last_known_state=pb.Execution.COMPLETE)
+    execution.custom_properties[REPEATS_PROPERTY].string_value = "r2"
+    store.put_execution(execution, [], [rec.context(store, "pipeline", "p"),
+                                        rec.run_context(store, "r3", **{REPEATS_PROPERTY: "r2"})])
+    text = create_app(home).test_client().get(
+        "/compare", query_string={"pipeline": "p", "a": "r2", "b": "r3"}).get_data(as_text=True)
+    assert "B repeats A: no differences" in text and 'id="diff"' not in text and "not run" not in text
