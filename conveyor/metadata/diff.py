@@ -312,15 +312,19 @@ def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
         evaluated=evaluated)
 
 
+ORDERED_AFTER_GATE = "Transform"
+
+
 def _same_number(a: Optional[float], b: Optional[float]) -> bool:
     """Equal, or both NaN (TFMA reports NaN e.g. for a precision without predictions)."""
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
-    """Node -> node edges seen in MLMD, sorted: a consumer's input produced by another node's
-    execution in the same run (so a resolver that hands over an earlier run's model counts,
-    not the old Trainer)."""
+    """Node -> node edges seen in MLMD, sorted: a consumer's input produced by an earlier
+    execution of another node in the same run (so a resolver that hands over an earlier
+    run's model counts, not the old Trainer or a cached one), plus the data gate ->
+    Transform order of pipelines/pipeline.py."""
     edges = set()
     for run in run_contexts(graph, pipeline):
         executions = run_executions(graph, run)
@@ -342,4 +346,9 @@ def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
                     # a resolver re-emits existing artifacts; it is the producer within this run
                     if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
                         made_by[art.id] = graph.node_of(e)
+        nodes = {graph.node_of(e) for e in executions}
+        # pipelines/pipeline.py orders Transform after the data gate (add_upstream_node): no
+        # artifact links them, so MLMD has no edge; the drawing shows the order all the same.
+        edges.update((gate, ORDERED_AFTER_GATE) for gate in nodes
+                     if gate.endswith("ExampleValidator") and ORDERED_AFTER_GATE in nodes)
     return sorted(edges)

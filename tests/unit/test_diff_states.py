@@ -126,8 +126,10 @@ def test_dag_edges_follow_execution_order():
     rec.execution(store, P, r2, "blessed_Resolver")
     rec.execution(store, P, r2, "GatedExampleValidator", inputs=[(stats, ["statistics", 0]),
                                                                   (model, ["baseline_model", 0])])
+    rec.execution(store, P, r2, "Transform", inputs=[(stats, ["statistics", 0])], state=pb.Execution.CACHED)
     rec.execution(store, P, r2, "Trainer", inputs=[(stats, ["statistics", 0])], outputs=[(model, ["model", 0])],
                   state=pb.Execution.CACHED)
     edges = dag_edges(Graph(store), P)
     assert ("Trainer", "GatedExampleValidator") not in edges
+    assert ("GatedExampleValidator", "Transform") in edges  # the pipeline's order, drawn as an edge
     assert ("blessed_Resolver", "GatedExampleValidator") in edges and ("StatisticsGen", "Trainer") in edges
