@@ -73,8 +73,15 @@ def cmd_download(args) -> int:
 
 def cmd_ui(args) -> int:
     """`conveyor ui`: serves the dashboard until Ctrl-C; 0 then, 1 with one line when the
-    port cannot be bound."""
-    from conveyor.ui import serve
+    port cannot be bound, 2 with one line for a port outside 1..65535 or a --serving-url
+    that is not http(s)://host[:port]."""
+    from conveyor.ui import UiArgumentError, check_port, check_serving_url, serve
+    try:
+        check_port(args.port)
+        args.serving_url = check_serving_url(args.serving_url)
+    except UiArgumentError as e:
+        print(f"conveyor: ui: {e}", file=sys.stderr)
+        return 2
     try:
         serve(args.home, port=args.port, host=args.host, serving_url=args.serving_url)
     except OSError as e:

@@ -250,19 +250,22 @@ def format_diff(d: RunDiff) -> str:
     """A RunDiff as text: component states, then config, data, schema and metric changes
     between runs A and B (only what differs; a component that ran in one run only is
     listed under its states as "not run", not compared)."""
-    out = [f"pipeline {d.pipeline}:  A = {d.run_a}   B = {d.run_b}", "", "component states:"]
+    out = [f"pipeline {d.pipeline}:  A = {d.run_a}   B = {d.run_b}"] + [f"  {n}" for n in d.notes]
+    if d.repeats:
+        return "\n".join(out)
+    out += ["", "component states:"]
     out += [f"  {n}: {v.a} -> {v.b}" for n, v in d.states.items()] or ["  same in both runs"]
     out += ["", "config (exec properties of components that ran in both runs):"]
-    out += [f"  {c.node}.{c.key}: {c.a!r} -> {c.b!r}" for c in d.config] or ["  no changes"]
+    out += [f"  {c.node}.{c.key}: {_repr(c.a)} -> {_repr(c.b)}" for c in d.config] or ["  no changes"]
     out += ["", "data:"]
     ex = d.examples
-    change = "same artifact" if ex.same_artifact else f"{ex.a} -> {ex.b}"
+    change = "same artifact" if ex.same_artifact else f"{_fmt(ex.a)} -> {_fmt(ex.b)}"
     out.append(f"  examples: {change}")
     for split, s in d.data.items():
         n = s.num_examples
-        out.append(f"  [{split}] examples {n.a} -> {n.b}")
+        out.append(f"  [{split}] examples {_fmt(n.a)} -> {_fmt(n.b)}")
         for label, v in s.labels.items():
-            out.append(f"  [{split}] label {label}: {v.a} -> {v.b}")
+            out.append(f"  [{split}] label {label}: {_fmt(v.a)} -> {_fmt(v.b)}")
     sc = d.schema
     out += ["", "schema:" + (" same artifact" if sc.same_artifact else "")]
     if not (sc.added or sc.removed or sc.changed):
@@ -270,8 +273,10 @@ def format_diff(d: RunDiff) -> str:
     out += [f"  + {f}" for f in sc.added] + [f"  - {f}" for f in sc.removed]
     out += [f"  ~ {c.feature}: {c.a.to_json()} -> {c.b.to_json()}" for c in sc.changed]
     out += ["", "metrics (candidate):"]
-    if not d.metrics:
+    if not d.evaluated:
         out.append("  not compared: a run was not evaluated")
+    elif not (d.metrics or d.per_label_accuracy):
+        out.append("  no changes")
     for key, v in d.metrics.items():
         digits = 0 if "count" in key else 4
         delta = f"  ({v.delta:+.{digits}f})" if v.delta is not None else ""
@@ -281,6 +286,11 @@ def format_diff(d: RunDiff) -> str:
     out.append(f"  blessed: {_fmt(d.blessed.a)} -> {_fmt(d.blessed.b)}   pushed version: "
                f"{_fmt(d.pushed_version.a)} -> {_fmt(d.pushed_version.b)}")
     return "\n".join(out)
+
+
+def _repr(value: Any) -> str:
+    """An exec property value in a diff line: repr, or "absent" when the run has none."""
+    return "absent" if value is None else repr(value)
 
 
 # report -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import html
 import io
 import json
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from conveyor.metadata.store import Graph, props
@@ -144,6 +145,15 @@ def read_mistakes(evaluation: Optional[object]) -> Optional[Dict]:
         return None
 
 
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def text_html(text: str) -> str:
+    """A review's text as HTML: every character escaped, its `<br />` tags (aclImdb marks
+    paragraphs with them) shown as line breaks."""
+    return "<br>".join(_e(part) for part in _BREAK.split(text or ""))
+
+
 def mistakes_html(record: Dict) -> str:
     """The mistakes as a grid of figures (`figure.mistake`): thumbnail or truncated text,
     true vs predicted class and the predicted probability."""
@@ -153,7 +163,7 @@ def mistakes_html(record: Dict) -> str:
             body = (f'<img src="data:image/png;base64,{_e(m["image_png_b64"])}" width="72" height="72" '
                     f'style="image-rendering:pixelated;object-fit:contain" alt="eval image of class {_e(m["true"])}">')
         else:
-            body = f'<blockquote>{_e(m.get("text", ""))}</blockquote>'
+            body = f'<blockquote>{text_html(m.get("text", ""))}</blockquote>'
         items.append(f'<figure class="mistake">{body}<figcaption>true <b>{_e(m["true"])}</b>, predicted '
                      f'<b>{_e(m["predicted"])}</b> ({100 * m["probability"]:.1f}%)</figcaption></figure>')
     if not items:

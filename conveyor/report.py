@@ -21,6 +21,7 @@ from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, default_pipeline, resolve_run
 from conveyor.metadata.store import Graph, open_store
+from modules import features as F
 from pipelines.config import Config
 
 _COLORS = {"complete": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "not run": "#9e9e9e",
@@ -37,7 +38,7 @@ th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums
 .muted{color:#757575;font-size:12px} code{font-size:12px;background:#f5f5f5;padding:1px 4px;border-radius:3px;
 word-break:break-all}
 .bar{display:inline-block;height:10px;background:#64b5f6;vertical-align:middle}
-ul.reasons li{color:#c62828} .lineage td:first-child{font-weight:600;white-space:nowrap}
+ul.reasons li{color:#c62828} pre.reasons{color:#c62828;white-space:pre-wrap;font-size:12px} .lineage td:first-child{font-weight:600;white-space:nowrap}
 .mistakes{display:flex;flex-wrap:wrap;gap:8px} figure.mistake{margin:0;padding:6px;border:1px solid #ddd;
 border-radius:4px;width:150px;font-size:12px;text-align:center} figure.mistake blockquote{margin:0;text-align:left;
 font-size:11px;max-height:120px;overflow:hidden} .charts{display:flex;flex-wrap:wrap;gap:16px}
@@ -141,6 +142,8 @@ def dag_svg(nodes: List[NodeRun], edges: List[Tuple[str, str]]) -> str:
         x, y = pos[n.node]
         color = _COLORS.get(n.state, "#757575")
         secs = f'{n.seconds:.1f}s' if n.seconds is not None else ""
+        if n.state == "running" and secs:
+            secs = "for " + secs
         label = n.node if len(n.node) <= 19 else n.node[:18] + "…"
         parts.append(f'<g class="dag-node" data-node="{_e(n.node)}" data-state="{_e(n.state)}">'
                      f'<title>{_e(n.node)}: {_e(n.state)} {_e(secs)}</title>'
@@ -250,11 +253,15 @@ def _model_pictures_section(graph: Graph, details: RunDetails) -> str:
         base_uri = pictures.model_run_uri(graph, graph.artifact(ev.baseline_model.artifact_id))
         baseline = pictures.training_history(base_uri) if base_uri else {}
     charts = pictures.training_curves_html(candidate, baseline)
+    same_model = bool(ev and ev.baseline_model and details.model
+                      and ev.baseline_model.artifact_id == details.model.artifact_id)
     if charts:
         out.append("<h2 id=\"training\">Training curves</h2><p class=\"muted\">Per epoch, from the Trainer's "
                    "TensorBoard logs; dashed: validation (eval split)" +
                    ("; baseline = the blessed model this run was compared with" if baseline else "") +
-                   f".</p><div class=\"charts\">{charts}</div>")
+                   f".</p>" + ("<p id=\"same-model\">The Trainer came from the cache: candidate and baseline are "
+                               "the same model, so their curves are the same.</p>" if same_model else "") +
+                   f"<div class=\"charts\">{charts}</div>")
     return "".join(out)
 
 
@@ -289,7 +296,12 @@ def _dataset_section(details: RunDetails, data_pictures: str = "") -> str:
     out.append(data_pictures)
     anomalies = details.anomalies
     out.append("<h3>Anomalies (ExampleValidator vs schema)</h3>")
-    if anomalies is None:
+    validator = next((n for n in details.nodes if n.node.endswith("ExampleValidator")), None)
+    if anomalies is None and validator is not None and validator.state == "failed":
+        out.append(f"<p id=\"anomalies-stop\"><b>{_e(validator.node)} stopped the run</b>" +
+                   (f":</p><pre class=\"reasons\">{_e(validator.error)}</pre>" if validator.error else
+                    " (its reason is in the run's log under HOME/logs).</p>"))
+    elif anomalies is None:
         out.append("<p class=\"muted\">The validator did not run.</p>")
     elif not anomalies.count:
         out.append("<p id=\"anomalies\">No anomalies in any split.</p>")
@@ -299,12 +311,34 @@ def _dataset_section(details: RunDetails, data_pictures: str = "") -> str:
     schema = details.schema
     if schema:
         rows = [[f"<code>{_e(f)}</code>", _e(v.type), _e(v.shape if v.shape is not None else ""),
-                 _e(", ".join(v.domain) if isinstance(v.domain, list) else
-                    (v.domain if v.domain is not None else ""))]
-                for f, v in schema.features.items()]
+                 _e(domain_text(f, v.domain))] for f, v in schema.features.items()]
         out.append(f"<h3>Schema (artifact {schema.artifact_id})</h3>")
         out.append(_table(["feature", "type", "shape", "domain"], rows))
     return "".join(out)
+
+
+DOMAIN_SHOWN = 5
+
+
+def domain_text(feature: str, domain: Any) -> str:
+    """A schema feature's value domain for a person: "" without one; for free-value features
+    (modules/features.FREE_VALUE_FEATURES: text, image bytes) a note instead of the values
+    (SchemaGen lists every text of the run; the gate checks the blessed model's training
+    schema, which has no domain there: modules/training_schema.drop_free_value_domains);
+    else at most DOMAIN_SHOWN values, then "… N more".
+
+    Args:
+      feature: the feature name.
+      domain: FeatureSchema.domain: a list of values, a domain name, or None.
+    """
+    if domain is None:
+        return ""
+    if feature in F.FREE_VALUE_FEATURES:
+        return "free values (no domain checked against the blessed model)"
+    if not isinstance(domain, list):
+        return str(domain)
+    shown = ", ".join(str(v) for v in domain[:DOMAIN_SHOWN])
+    return shown + (f", … {len(domain) - DOMAIN_SHOWN} more" if len(domain) > DOMAIN_SHOWN else "")
 
 
 def _evaluation_section(details: RunDetails) -> str:
@@ -505,15 +539,17 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
     push = (f"pushed as version <b id=\"pushed-version\">{_e(details.pushed_version)}</b>"
             if details.pushed_version else f"not pushed ({_e(details.push_note or '-')})")
     node_rows = [[_e(n.node), f"<span style=\"color:{_COLORS.get(n.state, '#757575')}\">{_e(n.state)}</span>",
-                  _num(n.seconds, 1), _e(n.execution_id)] for n in details.nodes]
+                  ("running for " if n.state == "running" else "") + _num(n.seconds, 1), _e(n.execution_id)]
+                 for n in details.nodes]
     spans = run_spans(graph, {n.node: n.execution_id for n in details.nodes if n.execution_id is not None})
     data_line = (f"<p id=\"run-data\">Data of this run: {_e(spans.sentence())}</p>"
                  if spans is not None and spans.worth_showing() else "")
     drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
-            f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, took "
-            f"{_num(details.duration_seconds, 1)} s. {verdict} {push}</p>", data_line,
+            f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, "
+            f"{'running for' if details.running else 'took'} {_num(details.duration_seconds, 1)} s. "
+            f"{verdict} {push}</p>", data_line,
             "<h2>Pipeline</h2>", dag_svg(details.nodes, edges),
             "<p class=\"muted\">" + " ".join(f"<span style=\"color:{c}\">■</span> {s}" for s, c in _COLORS.items()
                                              if s in ("complete", "cached", "failed", "not run")) + "</p>",

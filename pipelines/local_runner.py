@@ -251,6 +251,13 @@ def run(config: Config, stream=sys.stdout,
                     sys.stderr.flush()
             if failure is None:
                 preflight.record_run_inputs(config, inputs, int(started * 1000))
+            else:
+                reason = _user_error(failure)
+                try:  # for the report; never in the way of the run's own error
+                    preflight.record_failure(config, int(started * 1000),
+                                             str(reason) if reason else f"{type(failure).__name__}: {failure}")
+                except Exception as e:  # noqa: BLE001
+                    print(f"could not record the failure in MLMD: {e}", file=sys.stderr)
             result = on_finish(config, started) if on_finish else None
     if failure is not None:
         reason = _user_error(failure)

@@ -408,6 +408,38 @@ def record_run_inputs(config: Config, before: RunInputs, since_ms: int) -> Optio
     return run.name
 
 
+def record_failure(config: Config, since_ms: int, message: str) -> List[int]:
+    """Records why a run failed on its FAILED executions, in TFX's own place for it: the
+    `__execution_result__` custom property (ExecutionResult JSON; tfx/orchestration/portable/
+    mlmd/execution_lib.py set_execution_result). TFX's in-process launcher records nothing
+    when a Python executor raises, and it deletes the failed execution's output folders, so
+    without this the reason (e.g. the gate's anomalies) is only in the run's log.
+
+    Args:
+      since_ms: the run's start (ms since the epoch); executions of runs started earlier are left alone.
+      message: one line or a few: the user error (e.g. DataValidationError's text).
+    Returns:
+      the ids of the executions updated (those that had no execution result yet).
+    """
+    from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+    from tfx.orchestration.portable.mlmd import execution_lib
+    from tfx.proto.orchestration import execution_result_pb2
+    found = _pipeline_store(config)
+    if found is None:
+        return []
+    store, pipeline = found
+    runs = [c for c in _run_contexts(store, pipeline.id) if c.create_time_since_epoch >= since_ms]
+    updated = []
+    for run in runs:
+        for e in store.get_executions_by_context(run.id):
+            if e.last_known_state == mlmd_pb2.Execution.FAILED and "__execution_result__" not in e.custom_properties:
+                execution_lib.set_execution_result(
+                    execution_result_pb2.ExecutionResult(code=2, result_message=message), e)  # 2: UNKNOWN
+                store.put_executions([e])
+                updated.append(e.id)
+    return updated
+
+
 def inputs_before_run(config: Config) -> RunInputs:
     """run_inputs() against the HOME's MLMD as it is now (none before the first run)."""
     return run_inputs(config, _store(config) if os.path.isfile(config.metadata_path) else None)

@@ -189,12 +189,14 @@ class SchemaSummary(ArtifactRef):
 
 def schema_summary(graph: Graph, schema: mlmd_pb2.Artifact) -> SchemaSummary:
     """Features of a Schema artifact (schema.pbtxt): type, presence, shape, domain; none if the file is missing."""
-    import tensorflow_data_validation as tfdv
+    from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
     path = os.path.join(schema.uri, "schema.pbtxt")
     features: Dict[str, FeatureSchema] = {}
     if os.path.exists(path):
-        proto = tfdv.load_schema_text(path)
+        # What tfdv.load_schema_text does, without importing TFDV (and TensorFlow) for it.
+        with open(path, encoding="utf-8") as f:
+            proto = text_format.Parse(f.read(), schema_pb2.Schema())
         for f in proto.feature:
             entry = FeatureSchema(type=schema_pb2.FeatureType.Name(f.type))
             if f.HasField("presence"):

@@ -1,5 +1,6 @@
 """Run contents, what changed between two runs, and the DAG's edges as MLMD recorded them."""
 import dataclasses
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
@@ -163,11 +164,17 @@ class RunDiff(Record):
       data: split -> SplitDiff, only splits whose counts differ (both runs have statistics).
       examples: the two Examples artifacts.
       schema: the schema change (empty unless both runs have a schema).
-      metrics: overall candidate metric name -> MetricChange (empty unless both runs were evaluated).
+      evaluated: both runs were evaluated (only then are metrics compared).
+      metrics: overall candidate metric name -> MetricChange, only metrics whose value differs
+        (empty unless both runs were evaluated).
       per_label_accuracy: label -> Change of the candidate's accuracy (0..1), labels whose
         accuracy differs (empty unless both runs were evaluated).
       blessed: Change of the verdict (bool or None).
       pushed_version: Change of the pushed version (str or None).
+      notes: what a run is when it is not a run of the DAG: "B repeats run X" (a no-op rerun,
+        compared as the run it repeats) or "B is a manual blessing of run X by Y: reason"
+        (compared as the blessed run, with the blessing's verdict and push).
+      repeats: B is a no-op rerun of A (or A of B): nothing differs.
     """
     pipeline: str = ""
     run_a: str = ""
@@ -181,6 +188,9 @@ class RunDiff(Record):
     per_label_accuracy: Dict[str, Change] = dataclasses.field(default_factory=dict)
     blessed: Change = dataclasses.field(default_factory=Change)
     pushed_version: Change = dataclasses.field(default_factory=Change)
+    evaluated: bool = False
+    notes: List[str] = dataclasses.field(default_factory=list)
+    repeats: bool = False
 
 
 def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
@@ -202,9 +212,10 @@ def _data_diff(a: Optional[StatisticsSummary], b: Optional[StatisticsSummary]) -
         sa, sb = splits_a.get(split), splits_b.get(split)
         la = sa.labels if sa else {}
         lb = sb.labels if sb else {}
+        # A label missing from a split's histogram has no examples there (0), when the split exists.
         change = SplitDiff(num_examples=Change(sa.num_examples if sa else None, sb.num_examples if sb else None),
-                           labels={l: Change(la.get(l), lb.get(l)) for l in sorted(set(la) | set(lb))
-                                   if la.get(l) != lb.get(l)})
+                           labels={l: Change(la.get(l, 0 if sa else None), lb.get(l, 0 if sb else None))
+                                   for l in sorted(set(la) | set(lb)) if la.get(l) != lb.get(l)})
         if change.labels or change.num_examples.a != change.num_examples.b:
             data[split] = change
     return data
@@ -233,7 +244,35 @@ def diff_runs(store, pipeline: Optional[str], run_a: str, run_b: str) -> RunDiff
     pipeline = default_pipeline(graph, pipeline)
     a = run_details(graph, pipeline, resolve_run(graph, pipeline, run_a))
     b = run_details(graph, pipeline, resolve_run(graph, pipeline, run_b))
-    return compare_runs(a, b)
+    notes = []
+    a_as, b_as = _stands_for(graph, pipeline, a, "A", notes), _stands_for(graph, pipeline, b, "B", notes)
+    if a_as.run_id == b_as.run_id and (a.unchanged_since or b.unchanged_since) \
+            and not (a.manual_blessing or b.manual_blessing):
+        first, second = ("B", "A") if b.unchanged_since else ("A", "B")
+        return RunDiff(pipeline=pipeline, run_a=a.run_id, run_b=b.run_id, repeats=True,
+                       notes=[f"{first} repeats {second}: no differences" if a_as.run_id in (a.run_id, b.run_id)
+                              else f"A and B both repeat run {a_as.run_id}: no differences"])
+    diff = compare_runs(a_as, b_as)
+    diff.run_a, diff.run_b, diff.notes = a.run_id, b.run_id, notes
+    return diff
+
+
+def _stands_for(graph: Graph, pipeline: str, run: RunDetails, label: str, notes: List[str]) -> RunDetails:
+    """The run to compare in place of `run`: for a no-op rerun the run it repeats, for a
+    manual blessing the blessed run with the blessing's verdict and push; else `run`.
+    Appends a note saying so to `notes`."""
+    if run.unchanged_since:
+        notes.append(f"{label} ({run.run_id}) repeats run {run.unchanged_since} (nothing changed, nothing ran)")
+        return run_details(graph, pipeline, resolve_run(graph, pipeline, run.unchanged_since))
+    if run.manual_blessing:
+        m = run.manual_blessing
+        notes.append(f"{label} ({run.run_id}) is a manual blessing of run {m['run_id']} by {m['by']}: {m['reason']}"
+                     " (compared as that run, blessed by hand)")
+        blessed = run_details(graph, pipeline, resolve_run(graph, pipeline, m["run_id"]))
+        blessed.blessed = True if run.blessed is None else run.blessed
+        blessed.pushed_version = run.pushed_version
+        return blessed
+    return run
 
 
 def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
@@ -251,7 +290,8 @@ def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
     metrics = {}
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
-        metrics[key] = MetricChange(va, vb, (vb - va) if va is not None and vb is not None else None)
+        if not _same_number(va, vb):
+            metrics[key] = MetricChange(va, vb, (vb - va) if va is not None and vb is not None else None)
     pa = a.evaluation.metrics.per_label if evaluated and a.evaluation.metrics else {}
     pb = b.evaluation.metrics.per_label if evaluated and b.evaluation.metrics else {}
     per_label = {label: Change(pa.get(label, {}).get("candidate"), pb.get(label, {}).get("candidate"))
@@ -268,24 +308,31 @@ def compare_runs(a: RunDetails, b: RunDetails) -> RunDiff:
         examples=ExamplesChange(a.examples.uri if a.examples else None, b.examples.uri if b.examples else None,
                                 bool(a.examples and b.examples and a.examples.artifact_id == b.examples.artifact_id)),
         schema=_schema_diff(a.schema, b.schema), metrics=metrics, per_label_accuracy=per_label,
-        blessed=Change(a.blessed, b.blessed), pushed_version=Change(a.pushed_version, b.pushed_version))
+        blessed=Change(a.blessed, b.blessed), pushed_version=Change(a.pushed_version, b.pushed_version),
+        evaluated=evaluated)
+
+
+ORDERED_AFTER_GATE = "Transform"
+
+
+def _same_number(a: Optional[float], b: Optional[float]) -> bool:
+    """Equal, or both NaN (TFMA reports NaN e.g. for a precision without predictions)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
-    """Node -> node edges seen in MLMD, sorted: a consumer's input produced by another node's
-    execution in the same run (so a resolver that hands over an earlier run's model counts,
-    not the old Trainer)."""
+    """Node -> node edges seen in MLMD, sorted: a consumer's input produced by an earlier
+    execution of another node in the same run (so a resolver that hands over an earlier
+    run's model counts, not the old Trainer or a cached one), plus the data gate ->
+    Transform order of pipelines/pipeline.py."""
     edges = set()
     for run in run_contexts(graph, pipeline):
         executions = run_executions(graph, run)
-        made_by: Dict[int, str] = {}
-        for e in executions:
-            for artifacts in graph.outputs(e).values():
-                for art in artifacts:
-                    # a resolver re-emits existing artifacts; it is the producer within this run
-                    if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
-                        made_by[art.id] = graph.node_of(e)
         resolvers = [graph.node_of(e) for e in executions if graph.type_of(e).endswith("Resolver")]
+        made_by: Dict[int, str] = {}
+        # Oldest first, an input is matched only with outputs of executions before it: a
+        # cached Trainer later in the run outputs the very model the resolver handed to the
+        # gate as its baseline, and is not the gate's producer.
         for e in executions:
             for artifacts in graph.inputs(e).values():
                 for art in artifacts:
@@ -294,4 +341,14 @@ def dag_edges(graph: Graph, pipeline: str) -> List[Tuple[str, str]]:
                         src = resolvers[0]  # an earlier run's artifact, handed over by the run's resolver
                     if src and src != graph.node_of(e):
                         edges.add((src, graph.node_of(e)))
+            for artifacts in graph.outputs(e).values():
+                for art in artifacts:
+                    # a resolver re-emits existing artifacts; it is the producer within this run
+                    if art.id not in made_by or graph.type_of(e).endswith("Resolver"):
+                        made_by[art.id] = graph.node_of(e)
+        nodes = {graph.node_of(e) for e in executions}
+        # pipelines/pipeline.py orders Transform after the data gate (add_upstream_node): no
+        # artifact links them, so MLMD has no edge; the drawing shows the order all the same.
+        edges.update((gate, ORDERED_AFTER_GATE) for gate in nodes
+                     if gate.endswith("ExampleValidator") and ORDERED_AFTER_GATE in nodes)
     return sorted(edges)

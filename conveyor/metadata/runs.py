@@ -1,5 +1,7 @@
 """Pipeline runs: run contexts (local/Kubeflow `pipeline_run`, Airflow `run`), and one row per run."""
 import dataclasses
+import json
+import time
 from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
@@ -125,6 +127,24 @@ class NodeRun(Record):
     seconds: Optional[float] = None
     execution_id: Optional[int] = None
     outputs: Dict[str, List[mlmd_pb2.Artifact]] = json_field(default_factory=dict, json=False)
+    error: Optional[str] = json_field(omit_if_none=True)
+
+
+EXECUTION_RESULT = "__execution_result__"  # tfx/orchestration/portable/mlmd/execution_lib.py
+
+
+def failure_message(execution: Optional[mlmd_pb2.Execution]) -> Optional[str]:
+    """Why a failed execution failed: the result_message of the ExecutionResult TFX (or
+    pipelines/preflight.record_failure) stored on it; None when there is none."""
+    if execution is None or execution.last_known_state != mlmd_pb2.Execution.FAILED:
+        return None
+    value = execution.custom_properties.get(EXECUTION_RESULT)
+    if value is None or not value.string_value:
+        return None
+    try:
+        return json.loads(value.string_value).get("resultMessage") or None
+    except (ValueError, AttributeError):
+        return None
 
 
 def node_runs(graph: Graph, run: mlmd_pb2.Context) -> List[NodeRun]:
@@ -150,7 +170,9 @@ class RunRecord(Record):
       pipeline: the pipeline (model) name.
       start: first execution's creation, local ISO 8601 (None: no executions).
       start_ms: the same in milliseconds since the epoch.
-      duration_seconds: first creation to last update over the run's executions, seconds.
+      duration_seconds: first creation to last update over the run's executions, seconds;
+        for a run still running (a node RUNNING or NEW), first creation to now.
+      running: a node of the run is still running (then duration_seconds counts up to now).
       nodes: every node of the pipeline (the pipeline's node order, then any others), run or not.
       blessed: the Evaluator's verdict (None: no ModelBlessing in the run).
       infra_blessed: the InfraValidator's verdict (None: none in the run).
@@ -173,6 +195,7 @@ class RunRecord(Record):
     pushed_version: Optional[str] = None
     push_note: Optional[str] = None
     unchanged_since: Optional[str] = json_field(omit_if_none=True)
+    running: bool = json_field(False, json=False)
     manual_blessing: Optional[Dict[str, str]] = json_field(omit_if_none=True)
 
 
@@ -191,12 +214,16 @@ def fill_run_record(record: RunRecord, graph: Graph, pipeline: str, run: mlmd_pb
     if executions:
         start = min(e.create_time_since_epoch for e in executions)
         end = max(e.last_update_time_since_epoch for e in executions)
+        record.running = any(e.last_known_state in (mlmd_pb2.Execution.RUNNING, mlmd_pb2.Execution.NEW)
+                             for e in executions)
+        if record.running:
+            end = max(end, int(time.time() * 1000))
         record.start, record.start_ms = iso_time(start), start
         record.duration_seconds = round((end - start) / 1000, 3)
     for node in nodes + [n for n in by_node if n not in nodes]:
         e = by_node.get(node)
         record.nodes.append(NodeRun(node=node, state=state_name(e), seconds=seconds_of(e) if e else None,
-                                    execution_id=e.id if e else None))
+                                    execution_id=e.id if e else None, error=failure_message(e)))
     _, blessing = graph.first_output_of_type(executions, "ModelBlessing")
     if blessing is not None:
         record.blessed = props(blessing).get("blessed") == 1

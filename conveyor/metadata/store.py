@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ml_metadata import metadata_store
@@ -167,8 +168,12 @@ def state_name(execution: Optional[mlmd_pb2.Execution]) -> str:
 
 
 def seconds_of(execution: mlmd_pb2.Execution) -> float:
-    """Wall time of an execution in seconds (last update - creation, ms resolution)."""
-    return round((execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 3)
+    """Wall time of an execution in seconds (last update - creation, ms resolution); for one
+    still RUNNING (or NEW), the time since its creation (it is not updated while it runs)."""
+    end = execution.last_update_time_since_epoch
+    if execution.last_known_state in (mlmd_pb2.Execution.RUNNING, mlmd_pb2.Execution.NEW):
+        end = max(end, int(time.time() * 1000))
+    return round((end - execution.create_time_since_epoch) / 1000, 3)
 
 
 def exec_properties(execution: mlmd_pb2.Execution) -> Dict[str, Any]:

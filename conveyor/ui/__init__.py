@@ -21,13 +21,14 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-from flask import Flask, abort, render_template, request
+from flask import Flask, redirect, render_template, request, url_for
 from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
 
 from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, RunRecord, list_runs, run_contexts
-from conveyor.metadata.store import Graph, LineageError, home_dir, open_store
+from conveyor.metadata.store import METADATA_FILE, Graph, LineageError, home_dir, open_store
 
 HOST = "127.0.0.1"
 PORT = 8080
@@ -36,6 +37,43 @@ PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default (serv
 SERVING_TIMEOUT_S = 3.0
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            'fill="#263238"/><path d="M3 11h10M3 8h10M3 5h10" stroke="#80cbc4" stroke-width="1.6"/></svg>')
+
+
+class UiArgumentError(ValueError):
+    """A `conveyor ui` flag value that cannot work (exit status 2); the message is one line."""
+
+
+def check_port(port: int) -> int:
+    """Returns `port` if it is a TCP port (1..65535; 0 would make the OS pick one silently).
+
+    Raises:
+      UiArgumentError: outside 1..65535.
+    """
+    if not 1 <= port <= 65535:
+        raise UiArgumentError(f"--port {port}: expected a TCP port 1..65535")
+    return port
+
+
+def check_serving_url(url: Optional[str]) -> Optional[str]:
+    """Returns a model server URL of the form http(s)://host[:port] (a trailing "/" is
+    dropped), or None for None.
+
+    Raises:
+      UiArgumentError: another scheme, no host, a port outside 1..65535, or a path, query
+        or fragment.
+    """
+    if url is None:
+        return None
+    expected = "expected http(s)://host[:port], e.g. http://127.0.0.1:8501"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UiArgumentError(f"--serving-url {url!r}: bad port; {expected}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or (port is not None and not 1 <= port <= 65535):
+        raise UiArgumentError(f"--serving-url {url!r}: {expected}")
+    return url.rstrip("/")
 
 
 def run_state(row: RunRecord) -> str:
@@ -173,9 +211,18 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     def store():
         return open_store(home)
 
+    def error_page(message: str, status: int, title: str = "Not found"):
+        return render_template("error.html", title=title, message=message, home=home,
+                               serving_url=serving_url), status
+
     @app.errorhandler(LineageError)
     def lineage_error(e):
-        return render_template("error.html", message=str(e), home=home, serving_url=serving_url), 404
+        return error_page(str(e), 404)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        # The dashboard's own page, not Werkzeug's bare one (unknown URL, wrong method).
+        return error_page(e.description or e.name, e.code or 500, e.name)
 
     @app.route("/favicon.ico")
     def favicon():
@@ -186,6 +233,10 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.route("/")
     def runs():
         pipeline = request.args.get("pipeline") or None
+        if not os.path.isfile(os.path.join(home, METADATA_FILE)):
+            return render_template("runs.html", rows=[], pipelines=[], pipeline=None, state=run_state, home=home,
+                                   serving_url=serving_url, empty=f"No runs yet: run a pipeline first "
+                                                                  f"(no {METADATA_FILE} in HOME {home}).")
         s = store()
         rows = list(reversed(list_runs(s, pipeline)))
         return render_template("runs.html", rows=rows, pipelines=Graph(s).pipelines(), pipeline=pipeline,
@@ -194,9 +245,8 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.route("/report")
     def report():
         from conveyor.report import render
-        pipeline, run = request.args.get("pipeline"), request.args.get("run")
-        if not pipeline or not run:
-            abort(400)
+        # Without pipeline: the store's only pipeline; without run: its latest (as `conveyor report`).
+        pipeline, run = request.args.get("pipeline") or None, request.args.get("run") or None
         return render(store(), pipeline, run, home)
 
     @app.route("/models")
@@ -210,11 +260,22 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
             for v in reversed(pushed_models(graph, name)):
                 lin = lineage_of_version(s, name, str(v.version))
                 accuracy = lin.evaluation.candidate.get("sparse_categorical_accuracy") if lin.evaluation else None
-                versions.append({"version": str(v.version), "pushed_at": v.pushed_at, "run_id": v.run_id,
-                                 "accuracy": accuracy, "manual": bool(lin.blessing and lin.blessing.manual)})
+                manual = bool(lin.blessing and lin.blessing.manual)
+                # A manual blessing pushes from its own run: name the run that trained the model.
+                trained = lin.model.run_id if lin.model and lin.model.run_id else v.run_id
+                versions.append({"version": str(v.version), "pushed_at": v.pushed_at, "run_id": trained,
+                                 "push_run_id": v.run_id if v.run_id != trained else None,
+                                 "accuracy": accuracy, "manual": manual})
             if versions:
                 rows.append({"name": name, "versions": versions, "live": live.get(name)})
         return render_template("models.html", models=rows, home=home, serving_url=serving_url)
+
+    @app.route("/models/<name>")
+    def model(name):
+        # One section per model on the models page; an unknown model is the error page.
+        if name not in Graph(store()).pipelines() or not pushed_models(Graph(store()), name):
+            return error_page(f"no model {name!r} with pushed versions in HOME {home}", 404)
+        return redirect(url_for("models") + "#model-" + urllib.parse.quote(name))
 
     @app.route("/models/<name>/<version>")
     def version(name, version):
@@ -248,10 +309,21 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     return app
 
 
+def startup_warning(home: Optional[str]) -> Optional[str]:
+    """One line when HOME has no metadata store (a mistyped --home shows no runs), else None."""
+    metadata = os.path.join(home_dir(home), METADATA_FILE)
+    if os.path.isfile(metadata):
+        return None
+    return f"conveyor ui: warning: no {metadata}: no runs to show yet (run a pipeline first, or pass --home)"
+
+
 def serve(home: Optional[str] = None, port: int = PORT, host: str = HOST,
           serving_url: Optional[str] = None) -> None:
     """Runs the dashboard until interrupted (werkzeug's threaded server) and prints its URL."""
     from werkzeug.serving import make_server
+    warning = startup_warning(home)
+    if warning:
+        print(warning, flush=True)
     server = make_server(host, port, create_app(home, serving_url), threaded=True)
     print(f"conveyor ui: http://{host}:{server.server_port}/ (HOME {home_dir(home)}; Ctrl-C stops)", flush=True)
     try:

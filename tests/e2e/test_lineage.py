@@ -198,7 +198,8 @@ def test_cli_json_keys_are_pinned(capsys, history, store):
 
     diff = cli_json(capsys, "diff", "1", "2", "--home", history["home"])
     assert list(diff) == ["pipeline", "run_a", "run_b", "states", "config", "data", "examples", "schema",
-                          "metrics", "per_label_accuracy", "blessed", "pushed_version"]
+                          "metrics", "per_label_accuracy", "blessed", "pushed_version", "evaluated", "notes",
+                          "repeats"]
     assert diff["config"] and {tuple(c) for c in diff["config"]} == {("node", "key", "a", "b")}
     for split in diff["data"].values():
         assert list(split) == ["num_examples", "labels"] and list(split["num_examples"]) == ["a", "b"]
@@ -328,7 +329,7 @@ def test_diff_matches_mlmd(capsys, history, store):
         (na, la), (nb, lb) = [_label_counts(_outputs(store, _run_execution(store, r, "StatisticsGen"),
                                                      "ExampleStatistics")[0].uri, split) for r in runs]
         assert counts["num_examples"] == {"a": na, "b": nb}
-        assert counts["labels"] == {k: {"a": la.get(k), "b": lb.get(k)} for k in set(la) | set(lb)
+        assert counts["labels"] == {k: {"a": la.get(k, 0), "b": lb.get(k, 0)} for k in set(la) | set(lb)
                                     if la.get(k) != lb.get(k)}
     assert result["data"]["train"]["labels"]  # shuffling moved images between labels
     assert result["schema"]["added"] == result["schema"]["removed"] == [] == result["schema"]["changed"]

@@ -38,3 +38,14 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback():
     status, stderr = closed_pipe_run(["conveyor.cli", "--help"])
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert status == 1
+
+
+@pytest.mark.parametrize("flags, says", [(["--port", "99999"], "--port 99999: expected a TCP port 1..65535"),
+                                         (["--port", "0"], "--port 0"),
+                                         (["--serving-url", "localhost:8501"], "expected http(s)://host[:port]"),
+                                         (["--serving-url", "ftp://h:1"], "expected http(s)://host[:port]"),
+                                         (["--serving-url", "http://h:70000"], "bad port")])
+def test_ui_refuses_bad_port_and_serving_url(flags, says, capsys, tmp_path):
+    assert cli.main(["ui", "--home", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
