@@ -63,11 +63,16 @@ class ServingModule(tf.Module):
         # TF Serving feeds tensors without the signature's shape check; a wrong size must be
         # a 400 naming the expected shape, not whatever the layers make of it.
         expected = self._pixel_shape
+        # Rank first: comparing the shape's tail with `expected` would itself fail (with TF's
+        # "Incompatible shapes") for a tensor of another rank. The tail padded to 3 entries
+        # compares alike for every rank; the rank test rejects the rest.
+        tail = tf.concat([tf.shape(pixels)[1:], tf.zeros([3], tf.int32)], axis=0)[:3]
+        right_shape = tf.logical_and(tf.equal(tf.rank(pixels), 4),
+                                     tf.reduce_all(tf.equal(tail, tf.constant(list(expected)))))
         checks = [
-            tf.debugging.assert_equal(
-                tf.shape(pixels)[1:], tf.constant(list(expected)),
-                message=f"serving input {contract.PIXELS_INPUT}: expected shape "
-                        f"[N, {expected[0]}, {expected[1]}, {expected[2]}]"),
+            tf.debugging.Assert(right_shape, [
+                f"serving input {contract.PIXELS_INPUT}: expected shape "
+                f"[N, {expected[0]}, {expected[1]}, {expected[2]}], got", tf.shape(pixels)], summarize=8),
             tf.debugging.assert_greater_equal(pixels, 0.0, message=_PIXEL_RANGE_ERROR),
             tf.debugging.assert_less_equal(pixels, 1.0, message=_PIXEL_RANGE_ERROR)]
         with tf.control_dependencies(checks):

@@ -291,7 +291,16 @@ _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node |Node: |<stac
 # Wrappers TF puts around a message from inside a function call: "{{function_node __inference_...}}"
 # prefixes, "[[node/path]]" and "[[{{node X}}]]" trailers, "[Op:Name]" tags.
 _TF_WRAPPERS = re.compile(r"\{\{function_node [^}]*\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]")
-_ASSERTION = re.compile(r"assertion failed: \[(.*)\]", re.DOTALL)
+# tf.debugging.assert_* add "[Condition x <= y did not hold ...] [x (name:0) = ] [values]" after
+# the message: only the message is kept.
+_ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?: \[Condition .*)?\s*$", re.DOTALL)
+
+
+def _assertion_message(match: "re.Match") -> str:
+    """The message of a failed tf.debugging.Assert; its data entries, printed by TF each in
+    brackets after the message ("[msg, got] [1 8 8]"), stay in brackets: "msg, got [1 8 8]"."""
+    text = match.group(1)
+    return text.replace("] [", " [") + "]" if "] [" in text else text
 
 
 def _one_line(error: ServingError, with_node: bool = True) -> str:
@@ -299,9 +308,10 @@ def _one_line(error: ServingError, with_node: bool = True) -> str:
 
     "Graph execution error:\n\nDetected at node X ...\n{{function_node f}} Invalid PNG data,
     size 68\n\t [[{{node X}}]]" becomes "Invalid PNG data, size 68 (node X)"; a failed
-    tf.debugging.Assert gives its message ("assertion failed: [msg]" -> "msg"). `with_node`
-    False leaves the node out. When the TF message quotes raw input bytes, TF's own conversion
-    to str fails (UnicodeDecodeError); its `object` still holds the text.
+    tf.debugging.Assert gives its message ("assertion failed: [msg]" -> "msg", without the
+    node: the message is the model's own). `with_node` False leaves the node out. When the TF
+    message quotes raw input bytes, TF's own conversion to str fails (UnicodeDecodeError); its
+    `object` still holds the text.
     """
     cause = error.__cause__
     if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
@@ -310,10 +320,13 @@ def _one_line(error: ServingError, with_node: bool = True) -> str:
         text = error.message
     node = (re.search(r"Detected at node '?([^\s']+)", text)
             or re.search(r"\{\{node ([^}]+)\}\}", text))
-    text = _ASSERTION.sub(r"\1", _TF_WRAPPERS.sub("", text))
+    # tf.debugging.Assert prints each data entry in brackets: "[msg, got] [1 8 8]".
+    text = _TF_WRAPPERS.sub("", text)
+    asserted = _ASSERTION.search(text) is not None  # the model's own message: no node needed
+    text = _ASSERTION.sub(_assertion_message, text)
     lines = [line.strip(" \t;") for line in text.splitlines() if not _TF_NOISE.match(line)]
     lines = [line for line in lines if line]
     message = "; ".join(lines) or error.message.strip()
-    if with_node and node and node.group(1) not in message:
+    if with_node and node and not asserted and node.group(1) not in message:
         message += f" (node {node.group(1)})"
     return " ".join(message.split())

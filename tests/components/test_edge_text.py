@@ -44,7 +44,7 @@ def artifacts(tmp_path_factory):
     _write_split(str(examples / "Split-train"), train)
     _write_split(str(examples / "Split-eval"), evaluation)
     (examples / LABEL_NAMES_FILE).write_text(json.dumps(list(LABELS)))
-    config = _settings("embedding").to_custom_config()
+    config = _settings("multihot").to_custom_config()  # its graph has tokens and multi_hot
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
     graph = str(root / "transform_graph")
     with tft_beam.Context(temp_dir=str(root / "tmp")):

@@ -184,10 +184,20 @@ def test_pixel_requests_answer_like_bytes_over_rest_and_grpc_and_are_logged(imag
 
         unscaled = requests.post(url, json={"signature_name": "serving_pixels",
                                             "instances": (pixels * 255).tolist()}, timeout=30)
-        assert unscaled.status_code == 400 and "[0, 1]" in unscaled.json()["error"], unscaled.text
+        assert unscaled.status_code == 400, unscaled.text
+        # One line: the signature's own message, without TF's condition dump or node names.
+        assert unscaled.json()["error"].endswith(
+            "serving input pixels: expected float pixels in [0, 1] (divide 8-bit values by 255)"), unscaled.text
         wrong_size = requests.post(url, json={"signature_name": "serving_pixels",
                                               "instances": pixels[:, :8, :8].tolist()}, timeout=30)
-        assert wrong_size.status_code == 400 and "[N, 28, 28, 1]" in wrong_size.json()["error"], wrong_size.text
+        assert wrong_size.status_code == 400, wrong_size.text
+        assert "serving input pixels: expected shape [N, 28, 28, 1], got [8 8 8 1]" in wrong_size.text
+        assert "node" not in wrong_size.text and "Incompatible" not in wrong_size.text, wrong_size.text
+        wrong_rank = requests.post(url, json={"signature_name": "serving_pixels",
+                                              "instances": pixels[:, :, :, 0].tolist()}, timeout=30)
+        assert wrong_rank.status_code == 400, wrong_rank.text
+        assert "serving input pixels: expected shape [N, 28, 28, 1], got [8 28 28]" in wrong_rank.text
+        assert "node" not in wrong_rank.text and "Incompatible" not in wrong_rank.text, wrong_rank.text
     finally:
         server.stop()
     examples = _logged_examples(log_dir, "image_classifier")

@@ -289,6 +289,20 @@ def test_graph_errors_lose_tf_function_wrappers():
         "{{function_node f}} assertion failed: [serving input images: the bytes are not PNG]\n"
         "\t [[{{node map/while/Assert/Assert}}]]"))
     assert _one_line(asserted, with_node=False) == "serving input images: the bytes are not PNG"
+    assert _one_line(asserted) == "serving input images: the bytes are not PNG"  # the model's own words
+    # tf.debugging.assert_less_equal appends its condition and the values compared.
+    ranged = ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
+        "{{function_node f}} assertion failed: [serving input pixels: expected float pixels in [0, 1] "
+        "(divide 8-bit values by 255)] [Condition x <= y did not hold element-wise:] [x (pixels:0) = ] "
+        "[[[[255 3]]]...] [y (assert_less_equal/y:0) = ] [1]\n"
+        "\t [[{{node assert_less_equal/Assert/AssertGuard/Assert}}]]"))
+    assert _one_line(ranged) == ("serving input pixels: expected float pixels in [0, 1] "
+                                 "(divide 8-bit values by 255)")
+    # tf.debugging.Assert prints each data entry in brackets after the message.
+    shaped = ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
+        "assertion failed: [serving input pixels: expected shape [N, 28, 28, 1], got] [8 28 28]\n"
+        "\t [[{{node Assert/Assert}}]]"))
+    assert _one_line(shaped) == "serving input pixels: expected shape [N, 28, 28, 1], got [8 28 28]"
 
 
 @pytest.mark.parametrize("args", [["conveyor.cli", "serve", "--help"], ["serving.server", "--help"]])
