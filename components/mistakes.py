@@ -31,12 +31,13 @@ TEXT_CHARS = 300
 BATCH = 256
 
 
-def _thumbnail(encoded: bytes) -> str:
-    """A PNG data-URI-ready base64 string of the image, shrunk to THUMBNAIL_PX on its longer side."""
+def thumbnail_png_b64(encoded: bytes, size: int = THUMBNAIL_PX) -> str:
+    """A PNG data-URI-ready base64 string of an encoded image, shrunk to at most `size` pixels
+    on its longer side (grey and RGB kept, other modes converted to RGB)."""
     from PIL import Image
     with Image.open(io.BytesIO(encoded)) as image:
         image = image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        image.thumbnail((size, size))
         out = io.BytesIO()
         image.save(out, format="PNG")
     return base64.b64encode(out.getvalue()).decode("ascii")
@@ -100,7 +101,7 @@ def most_confident_mistakes(model_dir: str, examples_uri: str, class_names: Sequ
         entry = {"true": name(m["label"]), "predicted": name(m["predicted"]),
                  "probability": m["probability"], "true_probability": m["true_probability"]}
         if feature[F.IMAGE_RAW].bytes_list.value:
-            entry["image_png_b64"] = _thumbnail(feature[F.IMAGE_RAW].bytes_list.value[0])
+            entry["image_png_b64"] = thumbnail_png_b64(feature[F.IMAGE_RAW].bytes_list.value[0])
         elif feature[F.TEXT].bytes_list.value:
             entry["text"] = feature[F.TEXT].bytes_list.value[0].decode("utf-8", "replace")[:TEXT_CHARS]
         out.append(entry)

@@ -12,16 +12,15 @@ Everything is read from what the run recorded, never by loading a model:
 Each `*_svg` / `*_html` function returns an HTML fragment in which every string that came
 from MLMD or a file is escaped; images are inline `data:image/png;base64` URIs.
 """
-import base64
 import dataclasses
 import glob
 import html
-import io
 import json
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from components.mistakes import thumbnail_png_b64
 from conveyor.metadata.store import Graph, props
 
 # TFMA 0.47.1 names the plot key after the metric class (multi_class_confusion_matrix_plot.py NAME).
@@ -294,21 +293,11 @@ def sample_images(examples_uri: str, class_names: Sequence[str], per_class: int 
     return dict(sorted(found.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
-def _png_b64(encoded: bytes, size: int = 64) -> str:
-    from PIL import Image
-    with Image.open(io.BytesIO(encoded)) as image:
-        image = image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)
-        image.thumbnail((size, size))
-        out = io.BytesIO()
-        image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii")
-
-
 def samples_html(samples: Dict[str, List[bytes]]) -> str:
     """A table row per class (`tr.samples`) with its sample thumbnails."""
     rows = []
     for name, images in samples.items():
-        cells = "".join(f'<img src="data:image/png;base64,{_png_b64(b)}" width="48" height="48" '
+        cells = "".join(f'<img src="data:image/png;base64,{thumbnail_png_b64(b, 64)}" width="48" height="48" '
                         f'style="image-rendering:pixelated;object-fit:contain;margin:1px" alt="{_e(name)}">'
                         for b in images)
         rows.append(f'<tr class="samples"><td><b>{_e(name)}</b></td><td>{cells}</td></tr>')

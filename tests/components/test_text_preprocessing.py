@@ -20,19 +20,27 @@ TRAIN = [  # counts: good 4, movie 3, bad 2, then great / it's once -> top 3 = g
 ]
 
 
+def _analyze_and_transform(tmp, test_rows, config):
+    """Analyze on TRAIN, transform `test_rows` and write the transform_fn, as Transform does.
+
+    Returns:
+      (transformed rows, TFTransformOutput of the written transform_fn).
+    """
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
+    with tft_beam.Context(temp_dir=str(tmp / "tmp")):
+        transform_fn = (TRAIN, metadata) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing_fn(inputs, config))
+        rows, _ = ((test_rows, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "out"))
+    return rows, tft.TFTransformOutput(str(tmp / "out"))
+
+
 @pytest.fixture(scope="module")
 def transformed(tmp_path_factory):
     """Analyze on TRAIN, transform unseen texts, and write the transform_fn like Transform does."""
-    tmp = tmp_path_factory.mktemp("tft")
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
     test = [{"text": [b"unseen words only"], "label": [0]},
             {"text": [b"bad bad movie good zzz extra words"], "label": [1]}]
-    with tft_beam.Context(temp_dir=str(tmp / "tmp")):
-        transform_fn = (TRAIN, metadata) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing_fn(inputs, CONFIG))
-        rows, _ = ((test, metadata), transform_fn) | tft_beam.TransformDataset()
-        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "out"))
-    return rows, tft.TFTransformOutput(str(tmp / "out"))
+    return _analyze_and_transform(tmp_path_factory.mktemp("tft"), test, CONFIG)
 
 
 def test_vocabulary_is_the_top_tokens_by_frequency(transformed):
@@ -69,16 +77,9 @@ TFIDF_CONFIG = ModuleSettings(kind="text", name="t", model="tfidf", vocab_size=3
 @pytest.fixture(scope="module")
 def tfidf_rows(tmp_path_factory):
     """The tfidf model's features: analysed on TRAIN, applied to unseen texts."""
-    tmp = tmp_path_factory.mktemp("tfidf")
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(SPEC))
     test = [{"text": [b"bad movie good zzz"], "label": [1]}, {"text": [b"unseen words only"], "label": [0]},
             {"text": [b"!!!"], "label": [0]}]
-    with tft_beam.Context(temp_dir=str(tmp / "tmp")):
-        transform_fn = (TRAIN, metadata) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing_fn(inputs, TFIDF_CONFIG))
-        rows, _ = ((test, metadata), transform_fn) | tft_beam.TransformDataset()
-        _ = transform_fn | tft_beam.WriteTransformFn(str(tmp / "out"))
-    return rows, tft.TFTransformOutput(str(tmp / "out"))
+    return _analyze_and_transform(tmp_path_factory.mktemp("tfidf"), test, TFIDF_CONFIG)
 
 
 def test_tfidf_vocabulary_holds_words_and_pairs_of_at_least_two_texts(tfidf_rows):
