@@ -8,7 +8,7 @@ The messages are defined here, field-compatible with grpc/health/v1/health.proto
 grpcio-health-checking is not a dependency; `grpc_health_probe` and Kubernetes' gRPC probes
 speak to it unchanged.
 """
-import threading
+import asyncio
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -40,23 +40,22 @@ def _messages():
 HealthCheckRequest, HealthCheckResponse = _messages()
 
 
-def _check(request, context):
+async def _check(request, context):
     status = SERVICES.get(request.service)
     if status is None:
-        context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
     return HealthCheckResponse(status=status)
 
 
-def _watch(request, context):
-    """Sends the current status (SERVICE_UNKNOWN = 3 for other names) and keeps the stream open."""
+async def _watch(request, context):
+    """Sends the current status (SERVICE_UNKNOWN = 3 for other names) and keeps the stream open
+    until the client cancels it or the server stops (either cancels this coroutine)."""
     yield HealthCheckResponse(status=SERVICES.get(request.service, 3))
-    done = threading.Event()
-    context.add_callback(done.set)
-    done.wait()
+    await asyncio.get_running_loop().create_future()
 
 
-def add_health_service(server: grpc.Server) -> None:
-    """Registers grpc.health.v1.Health (Check and Watch) on `server`."""
+def add_health_service(server: grpc.aio.Server) -> None:
+    """Registers grpc.health.v1.Health (Check and Watch) on the grpc.aio `server`."""
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
             _check, request_deserializer=HealthCheckRequest.FromString,

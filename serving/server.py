@@ -25,7 +25,7 @@ from serving.batching import Batcher, BatchingOptions
 from serving.config_protos import (BatchingParameters, ConfigFileError, MonitoringConfig,
                                    read_text_proto)
 from serving.errors import ServingError
-from serving.grpc_service import make_grpc_server, parse_channel_arguments
+from serving.grpc_service import GrpcServer, parse_channel_arguments
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
 from serving.model_manager import LoadOptions, ModelManager, version_dirs
@@ -430,9 +430,9 @@ class ModelServer:
         if options.grpc_socket_path:
             addresses.append(f"unix:{os.path.abspath(options.grpc_socket_path)}")
         if addresses:
-            self.grpc = make_grpc_server(addresses, predictor, self.metrics,
-                                         options.rest_api_max_body_bytes, options.grpc_max_threads,
-                                         channel_arguments, options.enable_grpc_healthcheck_service)
+            self.grpc = GrpcServer(addresses, predictor, self.metrics,
+                                   options.rest_api_max_body_bytes, options.grpc_max_threads,
+                                   channel_arguments, options.enable_grpc_healthcheck_service)
 
     def startup_report(self) -> List[Tuple[int, str]]:
         """(log level, line) per model: what is served, and each version directory skipped.
@@ -505,14 +505,15 @@ class ModelServer:
         their last response) and in-flight gRPC calls up to `drain_seconds`, runs what the
         batcher holds, then stops polling (waiting up to 30 s for a load in progress)."""
         self._stopping = True
-        grpc_done = self.grpc.stop(grace=self.options.drain_seconds) if self.grpc else None
+        if self.grpc:
+            self.grpc.begin_stop(self.options.drain_seconds)
         if self.http:
             # A request already received is answered; its model run is bounded by
             # --rest_api_timeout_in_ms, which bounds this wait too.
             self.http.stop(max(self.options.drain_seconds,
                                self.options.rest_api_timeout_in_ms / 1000 + 1))
-        if grpc_done is not None:
-            grpc_done.wait()
+        if self.grpc:
+            self.grpc.wait_stopped(self.options.drain_seconds + 30)
         if self.batcher is not None:
             self.batcher.close()
         self.manager.stop()
