@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from serving.metrics import Metrics
 from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import ServingError
-from serving.health import add_health_service
+from serving.health import HealthService, add_health_service
 from serving.predictor import Predictor
 
 log = logging.getLogger("conveyor.serving.grpc")
@@ -189,6 +189,7 @@ class GrpcServer:
         self._loop = asyncio.new_event_loop()
         self._thread: Optional[threading.Thread] = None
         self._stopping: Optional[concurrent.futures.Future] = None
+        self._health: Optional[HealthService] = None
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)] + list(channel_arguments)
         try:
@@ -206,7 +207,7 @@ class GrpcServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(predictor, self._pool), server)
         if health:
-            add_health_service(server)
+            self._health = add_health_service(server)
         for address in addresses:
             try:
                 bound = server.add_insecure_port(address)
@@ -228,7 +229,12 @@ class GrpcServer:
         if self._thread is None:
             self._loop.run_until_complete(self._server.stop(None))
             return
-        self._stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace_seconds), self._loop)
+        self._stopping = asyncio.run_coroutine_threadsafe(self._stop(grace_seconds), self._loop)
+
+    async def _stop(self, grace_seconds: float) -> None:
+        if self._health is not None:
+            self._health.shut_down()
+        await self._server.stop(grace_seconds)
 
     def wait_stopped(self, timeout_seconds: float = 60) -> None:
         """Waits for `begin_stop` to finish, then ends the event-loop thread and the pool."""

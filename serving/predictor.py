@@ -4,6 +4,7 @@ Both front ends translate their wire format into these calls, so model resolutio
 signature checks, batching and error codes are identical over REST and gRPC.
 """
 import asyncio
+import concurrent.futures
 import re
 from concurrent.futures import Executor
 from typing import Dict, Iterable, Optional, Tuple
@@ -75,7 +76,15 @@ class Predictor:
         call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
         if self.batcher is None:
             return call.finish(call.run)
-        return call.finish(lambda: self.batcher.run(call.key, call.run_inputs, inputs))
+        return call.finish(lambda: self._run_batched(call, inputs))
+
+    def _run_batched(self, call: "_PredictCall", inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        queued = self.batcher.submit(call.key, call.run_inputs, inputs)
+        try:
+            return queued.result(timeout=call.timeout_ms / 1000 if call.timeout_ms > 0 else None)
+        except concurrent.futures.TimeoutError:
+            queued.cancel()  # dropped if still queued
+            raise _deadline(call.timeout_ms) from None
 
     async def predict_async(self, servable: Servable, signature_name: str,
                             inputs: Dict[str, np.ndarray], executor: Executor,
@@ -89,8 +98,11 @@ class Predictor:
             if self.batcher is None:
                 outputs = await asyncio.get_running_loop().run_in_executor(executor, call.run)
             else:
-                outputs = await asyncio.wrap_future(
-                    self.batcher.submit(call.key, call.run_inputs, inputs))
+                queued = asyncio.wrap_future(self.batcher.submit(call.key, call.run_inputs, inputs))
+                try:
+                    outputs = await asyncio.wait_for(queued, timeout_ms / 1000 if timeout_ms > 0 else None)
+                except asyncio.TimeoutError:  # cancels the request if it is still queued
+                    raise _deadline(timeout_ms) from None
         except ServingError as e:
             raise call.error(e) from e
         return call.finish(lambda: outputs)
@@ -151,6 +163,14 @@ class Predictor:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return servable, response
 
+
+
+def _deadline(timeout_ms: int) -> ServingError:
+    """A batched run that did not finish within the request's timeout (REST:
+    --rest_api_timeout_in_ms), as TF Serving reports a RunOptions.timeout_in_ms overrun."""
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"Timed out waiting for the model run ({timeout_ms} ms, "
+                        "including the batching queue)")
 
 
 class _PredictCall:

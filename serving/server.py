@@ -503,8 +503,13 @@ class ModelServer:
         """Graceful stop: closes both ports to new connections and calls, lets every REST
         request already received finish (keep-alive connections get `Connection: close` on
         their last response) and in-flight gRPC calls up to `drain_seconds`, runs what the
-        batcher holds, then stops polling (waiting up to 30 s for a load in progress)."""
+        batcher holds at once (without waiting for batch timeouts), then stops polling (waiting up
+        to 30 s for a load in progress). A second call does nothing."""
+        if self._stopping:  # stopped already
+            return
         self._stopping = True
+        if self.batcher is not None:
+            self.batcher.drain()  # queued requests run now, not at their batch timeout
         if self.grpc:
             self.grpc.begin_stop(self.options.drain_seconds)
         if self.http:
@@ -593,6 +598,7 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
     _check_flags(parser, args)
     if args.worker_processes > 1 and worker is None:
         return workers.supervise(args.worker_processes, args.drain_seconds)
+    workers.die_with_supervisor()
     options = dataclasses.replace(ServerOptions.from_args(args), reuse_port=worker is not None)
     try:
         server = ModelServer(options, on_predict)
