@@ -15,6 +15,7 @@ from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import ServingError
 from serving.health import add_health_service
 from serving.predictor import Predictor
+from serving.traffic import ARM_METADATA, REQUEST_ID_METADATA, UNIT_METADATA, new_request_id
 
 log = logging.getLogger("conveyor.serving.grpc")
 
@@ -29,10 +30,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.metrics = metrics
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        """TF Serving's Predict. Conveyor extensions: an unversioned request may be routed by
+        the A/B split (metadata `x-conveyor-unit` makes its arm sticky); the answering version
+        is in the response's model_spec as in TF Serving, the arm and (feedback on) the
+        request id in the initial metadata (`x-conveyor-arm`, `x-conveyor-request-id`)."""
         try:
             with self.metrics.track("predict", "grpc") as outcome:
-                servable = self.predictor.servable(request.model_spec)
-                outcome.model_name, outcome.version = servable.name, str(servable.version)
+                unit = next((v for k, v in (context.invocation_metadata() or ())
+                             if k == UNIT_METADATA), None)
+                servable, arm = self.predictor.route(request.model_spec, unit)
+                outcome.model_name, outcome.version, outcome.arm = servable.name, str(servable.version), arm
+                request_id = new_request_id() if self.predictor.on_prediction is not None else ""
                 signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
                 inputs = {}
                 for key, proto in request.inputs.items():
@@ -42,9 +50,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                            f"Input '{key}' is not a valid TensorProto: {e}") from e
                 outputs = self.predictor.predict(servable, signature_name, inputs,
-                                                 request.output_filter)
+                                                 request.output_filter, request_id=request_id,
+                                                 arm=arm)
         except ServingError as e:
             _abort(context, e)
+        metadata = ([(ARM_METADATA, arm)] if arm else []) + \
+            ([(REQUEST_ID_METADATA, request_id)] if request_id else [])
+        if metadata:
+            context.send_initial_metadata(tuple(metadata))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
