@@ -421,23 +421,29 @@ def join(feedback_dir: str, model: str, since: Optional[float] = None) -> JoinRe
     base = model_dir(feedback_dir, model)
     labels: Dict[Tuple[str, int], str] = {}
     label_rows = 0
-    for _, row in read_jsonl(os.path.join(base, LABELS)):
+    for path, row in read_jsonl(os.path.join(base, LABELS)):
         label_rows += 1
-        labels[(row["request_id"], int(row.get("instance", 0)))] = row["label"]
+        try:
+            labels[(row["request_id"], int(row.get("instance", 0)))] = row["label"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: a label record without a valid {e}") from e
     out: List[LabelledPrediction] = []
     predictions, matched = 0, set()
-    for _, row in read_jsonl(os.path.join(base, PREDICTIONS)):
+    for path, row in read_jsonl(os.path.join(base, PREDICTIONS)):
         predictions += 1
-        for i, instance in enumerate(row.get("instances") or []):
-            key = (row["request_id"], i)
-            if key not in labels:
-                continue
-            matched.add(key)
-            if since is not None and row["time"] < since:
-                continue
-            out.append(LabelledPrediction(row["request_id"], i, int(row["version"]), row.get("arm", ""),
-                                          float(row["time"]), instance.get("predicted"), labels[key],
-                                          {k: v for k, v in instance.items() if k in ("kind", "text", "b64")}))
+        try:
+            for i, instance in enumerate(row.get("instances") or []):
+                key = (row["request_id"], i)
+                if key not in labels:
+                    continue
+                matched.add(key)
+                if since is not None and row["time"] < since:
+                    continue
+                out.append(LabelledPrediction(row["request_id"], i, int(row["version"]), row.get("arm", ""),
+                                              float(row["time"]), instance.get("predicted"), labels[key],
+                                              {k: v for k, v in instance.items() if k in ("kind", "text", "b64")}))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: a prediction record without a valid {e}") from e
     out.sort(key=lambda p: p.time)
     return JoinResult(out, predictions, label_rows, len(set(labels) - matched))
 
