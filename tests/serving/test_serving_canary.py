@@ -268,3 +268,40 @@ def test_rollback_and_promote_switch_versions_with_no_failed_request(canary_serv
     response = requests.post(f"{server.url}/v1/models/text/labels/stable:predict", json={"instances": ["good film"]},
                              timeout=10)
     assert response.headers["X-Conveyor-Version"] == "2"
+
+
+def test_labels_leave_a_version_before_it_unloads(tmp_path):
+    """The no-failed-request guarantee of promote/rollback, deterministically: when a version
+    unloads, no label points at it any more (labels move first, server_core-style)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.errors import ServingError
+    from serving.model_manager import ModelManager
+    base = str(tmp_path / "text")
+    for version in (1, 2):
+        _install(os.path.join(model_store(), "text_v1"), base, version)
+
+    def release(stable, canary=None):
+        entry = model_server_config_pb2.ModelConfig(name="text", base_path=base, model_platform="tensorflow")
+        set_release(entry, stable, canary)
+        return [entry]
+
+    def labels_now():
+        found = {}
+        for label in ("stable", "canary"):
+            try:
+                found[label] = manager.resolve_label("text", label)
+            except ServingError:
+                pass
+        return found
+
+    unloaded = []
+    manager = ModelManager(release(1, canary=2), 0,
+                           on_unload=lambda name, version: unloaded.append((version, labels_now())))
+    assert manager.loaded_versions("text") == [1, 2]
+    manager.apply_config(release(2))  # promote: stable moves 1 -> 2, then 1 unloads
+    assert unloaded == [(1, {"stable": 2})]
+    manager.apply_config(release(2, canary=1))
+    manager.apply_config(release(2))  # rollback: the canary label goes, then 1 unloads
+    assert unloaded[-1] == (1, {"stable": 2})
+    manager.stop()
