@@ -222,6 +222,23 @@ def test_monitor_reports_the_worse_canary(canary_server, split_answers, capsys):
     assert "not enough feedback" in capsys.readouterr().err
 
 
+def test_feedback_command_sends_a_csv(canary_server, tmp_path, capsys):
+    server, _ = canary_server
+    request_id = _predict(requests.Session(), server, "bad film").headers["X-Conveyor-Request-Id"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"request_id,label\n{request_id},negative\n{'f' * 32},negative\n")
+    args = ["feedback", "--model", "text", "--file", str(labels), "--url", server.url, "--token-env", TOKEN_ENV]
+    assert cli.main(args) == 1  # one id is unknown
+    out = capsys.readouterr().out
+    assert "2 label(s) sent: 1 accepted, 1 unknown_id" in out and f"{'f' * 32}: unknown_id" in out, out
+    labels.write_text("request_id,label\n,negative\n")
+    assert cli.main(args) == 2
+    assert "labels.csv line 2: empty request_id or label" in capsys.readouterr().err
+    labels.write_text(f"request_id,label\n{request_id},negative\n")
+    assert cli.main(args[:-2]) == 1  # without the token: the server's 401 is reported
+    assert "HTTP 401" in capsys.readouterr().err
+
+
 def test_rollback_and_promote_switch_versions_with_no_failed_request(canary_server, capsys):
     server, home = canary_server
     stop, lock, results = threading.Event(), threading.Lock(), collections.Counter()
