@@ -168,7 +168,7 @@ def check(run: str, home: Optional[str] = None, name: Optional[str] = None) -> C
 
 
 def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] = None,
-          name: Optional[str] = None) -> Blessed:
+          name: Optional[str] = None, canary: bool = False) -> Blessed:
     """Blesses run `run`'s model by hand, pushes it as the next version and records both.
 
     Args:
@@ -178,6 +178,8 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
       home: Conveyor HOME (default ./conveyor_home), never created. Hold its run lock
         (pipelines.local_runner.home_lock) around the call, as `conveyor bless` does.
       name: pipeline (model) name; needed when the store holds several.
+      canary: push it as the `canary` version, the serving one staying `stable`
+        (components/pusher.publish).
     Returns:
       the Blessed record.
     Raises:
@@ -193,7 +195,7 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
     store, graph, pipeline, context = found.store, found.graph, found.pipeline, found.run
     model, verdict, evaluation, infra = found.model, found.verdict, found.evaluation, found.infra
     published = publish(os.path.join(model.uri, SERVING_MODEL_DIR), os.path.join(home, "serving", pipeline),
-                        model.uri, model.id)
+                        model.uri, model.id, canary=canary)
     stamp = datetime.datetime.now()
     run_id = stamp.isoformat()
     root = os.path.join(home, "pipelines", pipeline, "conveyor_bless", stamp.strftime("%Y%m%d-%H%M%S-%f"))
@@ -243,6 +245,8 @@ def add_command(sub) -> None:
     p.add_argument("--by", help="who blesses it (default: the OS user)")
     p.add_argument("--home", help="Conveyor HOME (default ./conveyor_home)")
     p.add_argument("--name", help="pipeline (model) name, needed when the HOME has several")
+    p.add_argument("--canary", action="store_true",
+                   help="push it as the `canary` version while the serving one stays `stable`")
 
 
 def cmd_bless(args) -> int:
@@ -261,7 +265,7 @@ def cmd_bless(args) -> int:
             log_dir = os.path.join(home, "logs")
             os.makedirs(log_dir, exist_ok=True)
             with output_to_log(os.path.join(log_dir, f"bless-{time.strftime('%Y%m%d-%H%M%S')}.log")):
-                b = bless(args.run, args.reason, args.by, home, args.name)
+                b = bless(args.run, args.reason, args.by, home, args.name, canary=args.canary)
     except (LineageError, ConveyorError) as e:
         print(f"conveyor bless: {e}", file=sys.stderr)
         return 1

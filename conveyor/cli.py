@@ -30,6 +30,9 @@ def _run_parser(sub) -> None:
                      help="skip malformed text rows instead of stopping (recorded on the artifact)")
     run.add_argument("--force", action="store_true",
                      help="run the pipeline even when nothing changed since the last run")
+    run.add_argument("--canary", action="store_true", default=None,
+                     help="push a blessed model as the `canary` version while the serving one stays "
+                          "`stable` (conveyor promote / rollback end it)")
 
 
 def cmd_run(args) -> int:
@@ -39,7 +42,8 @@ def cmd_run(args) -> int:
     overrides = {"home": args.home, "model": args.model, "name": args.name,
                  "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
                  "input_pattern": args.input_pattern, "skip_bad_images": args.skip_bad_images,
-                 "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start}
+                 "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start,
+                 "canary": args.canary}
     config = load_config(args.kind, args.config, overrides)
     data = args.data or config.data
     # With a {SPAN} spec, the folder above the span folders must exist (spans may come later).
@@ -133,7 +137,11 @@ def _main(argv: List[str]) -> int:
     drift_cli.add_command(sub)
     from conveyor import bless
     bless.add_command(sub)
+    from conveyor import production_cli
+    production_cli.add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in production_cli.COMMANDS:
+        return production_cli.dispatch(args)
     if args.command == "drift":
         return drift_cli.cmd_drift(args)
     if args.command == "bless":

@@ -231,16 +231,35 @@ class EvaluationConfig(_Settings):
 
 
 class ServingConfig(_Settings):
-    """Drift between training and serving data (config key `serving`; read by
-    `conveyor serve --config` and `conveyor drift`).
+    """Releasing and watching the served model (config key `serving`; read by the Pusher,
+    `conveyor serve --config`, `conveyor drift` and `conveyor monitor`).
 
     Attributes:
       request_log_rate: share of served requests logged to HOME/request_logs (0..1).
       drift_threshold: Jensen-Shannon divergence per profile feature above which a feature
         has drifted (0..1).
+      drift_min_requests: fewer logged requests than this is "not enough requests" for
+        `conveyor drift` (exit 2), never a verdict (>= 1).
+      canary: a blessed push becomes the `canary` version label while the version serving
+        before stays `stable` (both loaded); `conveyor promote` / `conveyor rollback` end it.
+      ab_split: share of unversioned requests `conveyor serve --config` sends to the
+        canary (the rest go to stable); None = no split (TF Serving's rule: the highest
+        loaded version answers).
+      feedback: `conveyor serve --config` gives every prediction a request id and logs it
+        for ground-truth feedback (HOME/feedback).
+      monitor_max_drop: `conveyor monitor` flags a version whose online accuracy is below its
+        offline eval accuracy by more than this (0..1), with significance.
+      monitor_min_feedback: fewer labelled predictions than this per version is "not enough
+        feedback" for `conveyor monitor` (>= 1).
     """
     request_log_rate: Share = 0.0
     drift_threshold: Share = 0.2
+    drift_min_requests: Positive = 200
+    canary: bool = False
+    ab_split: Optional[Share] = None
+    feedback: bool = False
+    monitor_max_drop: Share = 0.05
+    monitor_min_feedback: Positive = 30
 
 
 class OrchestrationConfig(_Settings):

@@ -141,7 +141,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
         push_destination=PushDestination(
-            filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+            filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)),
+        custom_config={"canary": True} if config.canary else None)
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
                         evaluator, infra, pusher] + ([training_spans] if training_spans else [])

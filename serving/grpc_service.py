@@ -28,6 +28,7 @@ from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import ServingError
 from serving.health import HealthService, add_health_service
 from serving.predictor import Predictor
+from serving.traffic import ARM_METADATA, REQUEST_ID_METADATA, UNIT_METADATA, new_request_id
 
 log = logging.getLogger("conveyor.serving.grpc")
 
@@ -48,17 +49,29 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
     async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        """TF Serving's Predict. Conveyor extensions: an unversioned request may be routed by
+        the A/B split (metadata `x-conveyor-unit` makes its arm sticky); the answering version
+        is in the response's model_spec as in TF Serving, the arm and (feedback on) the
+        request id in the initial metadata (`x-conveyor-arm`, `x-conveyor-request-id`)."""
         size = request.ByteSize()
         try:
             with self.metrics.track("predict", "grpc") as outcome:
-                servable = self.predictor.servable(request.model_spec)
-                outcome.model_name, outcome.version = servable.name, str(servable.version)
+                unit = next((v for k, v in (context.invocation_metadata() or ())
+                             if k == UNIT_METADATA), None)
+                servable, arm = self.predictor.route(request.model_spec, unit)
+                outcome.model_name, outcome.version, outcome.arm = servable.name, str(servable.version), arm
+                request_id = new_request_id() if self.predictor.on_prediction is not None else ""
                 signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
                 inputs = await self._offload(size, lambda: _inputs(request))
                 outputs = await self.predictor.predict_async(
-                    servable, signature_name, inputs, self.pool, request.output_filter)
+                    servable, signature_name, inputs, self.pool, request.output_filter,
+                    request_id=request_id, arm=arm)
         except ServingError as e:
             await context.abort(e.code, e.message)
+        metadata = ([(ARM_METADATA, arm)] if arm else []) + \
+            ([(REQUEST_ID_METADATA, request_id)] if request_id else [])
+        if metadata:
+            await context.send_initial_metadata(tuple(metadata))
         return await self._offload(size, lambda: _response(servable, signature_name, outputs))
 
     async def Classify(self, request: classification_pb2.ClassificationRequest, context):

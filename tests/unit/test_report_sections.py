@@ -92,3 +92,16 @@ def test_review_line_breaks_are_breaks_and_everything_else_is_escaped():
     page = mistakes_html({"scored": 2, "wrong": 1, "mistakes": [
         {"true": "neg", "predicted": "pos", "probability": 0.9, "text": "a<br /><br />b<script>"}]})
     assert "&lt;br /&gt;" not in page and "a<br><br>b&lt;script&gt;" in page
+
+
+def test_monitor_section_shows_versions_and_problems():
+    from conveyor.report import _monitor_section
+    assert _monitor_section(None) == ""
+    record = {"labelled": 40, "predictions": 90, "checked_at": "2026-11-30T10:00:00+00:00",
+              "versions": [{"version": 2, "arms": ["canary"], "n": 40, "accuracy": 0.5, "wilson_low": 0.35,
+                            "wilson_high": 0.65, "offline_accuracy": 0.9}],
+              "ab_test": {"difference": -0.4, "p_value": 0.0001, "significant": True},
+              "problems": ["version 2: online accuracy 0.500 <below>"]}
+    html = _monitor_section(record)
+    assert 'id="monitor">PROBLEM<' in html and "<td>canary</td>" in html and "0.3500-0.6500" in html
+    assert "&lt;below&gt;" in html and "significant" in html
