@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from conveyor.metadata.artifacts import load_split_statistics
 from conveyor.metadata.lineage import lineage_of_version
 from conveyor.metadata.store import Graph, LineageError, Record, json_field, open_store
-from pipelines.config import load_config
+from pipelines.config import MySQLMetadata, load_config
 
 DRIFT_DIR = "drift"
 SERVING = "SERVING"
@@ -132,7 +132,8 @@ def drift_schema(schema, kind: str, threshold: float):
 
 
 def check_drift(home: str, model: str, threshold: Optional[float] = None,
-                config_path: Optional[str] = None, log_dir: Optional[str] = None) -> DriftRecord:
+                config_path: Optional[str] = None, log_dir: Optional[str] = None,
+                metadata: Optional[MySQLMetadata] = None) -> DriftRecord:
     """Computes and records the drift of the served (latest pushed) version of `model`.
 
     Args:
@@ -141,23 +142,24 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
       threshold: Jensen-Shannon threshold in (0, 1]; None = the kind's config drift_threshold.
       config_path: YAML/JSON config read for the default threshold.
       log_dir: request logs folder (default HOME/request_logs); logs are <log_dir>/<model>/<version>/.
+      metadata: the MySQL store of ML Metadata (None: HOME/metadata.sqlite).
     Returns:
       the DriftRecord, also written to drift_path(home, model, version); its `path` says where.
     Raises:
       DriftError: no store/pushed version, no training statistics or kind in MLMD, no logged
         requests, or no schema.
-      ConfigError: the config file is invalid.
+      ConfigError: the config file is invalid, or the MySQL store cannot be reached
+        (MetadataConnectionError).
     """
-    import tensorflow_data_validation as tfdv
-
-    from conveyor.request_log import LOG_DIR_NAME, log_files
-
     home = os.path.abspath(home)
-    try:
-        store = open_store(home)
+    try:  # before TFDV's (TensorFlow's) import: a missing or unreachable store answers at once
+        store = open_store(home, metadata=metadata)
         info = lineage_of_version(store, model, None, with_metrics=False)
     except LineageError as e:
         raise DriftError(str(e)) from e
+    import tensorflow_data_validation as tfdv
+
+    from conveyor.request_log import LOG_DIR_NAME, log_files
     version = info.version
     hyperparameters = info.model.hyperparameters if info.model else None
     kind = hyperparameters.get("kind") if isinstance(hyperparameters, dict) else None

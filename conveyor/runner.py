@@ -129,7 +129,7 @@ def _blessable(config: Config, summary: run_summary.RunSummary) -> bool:
     from conveyor.bless import check
     from conveyor.metadata.store import LineageError
     try:
-        check(summary.run_id, config.home_dir, config.name)
+        check(summary.run_id, config.home_dir, config.name, config.metadata)
     except LineageError:
         return False
     return True
