@@ -9,6 +9,9 @@ derive durations from it. MLMD keeps the same tables, columns and schema version
 and MySQL (MLMDEnv.schema_version), so a row-for-row copy is a faithful one; the copy checks
 that the columns and versions agree before writing anything.
 
+Strings are written as MLMD's MySQL client writes them (see _connect_mysql), so a non-ASCII
+string reads back the same through MLMD.
+
 Steps: the source is opened with MLMD (which refuses a schema of another version), the
 target database is created and initialised by MLMD (its tables and MLMD's built-in types),
 the copy is refused unless the target holds no artifact, execution or context, then, in one
@@ -21,7 +24,7 @@ import os
 import sqlite3
 import sys
 import urllib.parse
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pydantic import ValidationError
 
@@ -36,7 +39,8 @@ TABLE_ORDER = ("Type", "TypeProperty", "ParentType", "Artifact", "ArtifactProper
                "Association", "Attribution")
 # What MLMD keeps about itself (copied: no; compared: the schema version).
 _OWN_TABLES = ("MLMDEnv", "sqlite_sequence")
-_BATCH = 500
+_BATCH = 500  # rows read from SQLite at a time
+_STATEMENT_BYTES = 4 << 20
 URL_FORM = "mysql://USER@HOST[:PORT]/DATABASE or mysql://USER@localhost/DATABASE?socket=PATH"
 
 
@@ -125,6 +129,10 @@ def _mysql_columns(cursor, table: str) -> List[str]:
 def _connect_mysql(target: MySQLMetadata):
     """A PyMySQL connection to the target database (MLMD created it), in a transaction."""
     import pymysql
+    # ML Metadata's client talks latin1 to the server and sends each string's UTF-8 bytes, so
+    # the server stores a non-ASCII string as those bytes read as latin1 (in a utf8mb4 table:
+    # double-encoded). The copy writes strings the same way (_sql_value), so MLMD reads them
+    # back unchanged.
     kwargs = dict(user=target.user, password=metadata_connection.password(target), database=target.database,
                   charset="utf8mb4", autocommit=False)
     if target.socket:
@@ -141,6 +149,37 @@ def _connect_mysql(target: MySQLMetadata):
 def _mysql_message(error: Exception) -> str:
     args = getattr(error, "args", ())
     return str(args[1]) if len(args) > 1 else str(error)
+
+
+def _sql_value(value) -> str:
+    """A SQLite value as a MySQL literal. A string is its UTF-8 bytes introduced as latin1,
+    what ML Metadata's MySQL client sends (see _connect_mysql); hex literals need no escaping."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return f"_latin1 X'{value.encode('utf-8').hex()}'"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"X'{bytes(value).hex()}'"
+    if isinstance(value, float):
+        return repr(value)
+    return str(int(value))
+
+
+def _inserts(table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> Iterator[str]:
+    """Multi-row INSERT statements of `rows`, each below _STATEMENT_BYTES (MySQL's
+    max_allowed_packet is 16 MB by default)."""
+    head = f"INSERT INTO `{table}` ({', '.join(f'`{c}`' for c in columns)}) VALUES "
+    values: List[str] = []
+    size = 0
+    for row in rows:
+        literal = "(" + ", ".join(_sql_value(v) for v in row) + ")"
+        if values and size + len(literal) > _STATEMENT_BYTES:
+            yield head + ", ".join(values)
+            values, size = [], 0
+        values.append(literal)
+        size += len(literal) + 2
+    if values:
+        yield head + ", ".join(values)
 
 
 def _source_tables(db: sqlite3.Connection) -> List[str]:
@@ -178,23 +217,21 @@ def copy_sqlite_to_mysql(sqlite_file: str, target: MySQLMetadata) -> CopyResult:
     except RuntimeError as e:
         raise CopyError(f"cannot open {sqlite_file} with ML Metadata: {str(e).strip().splitlines()[0]}") from None
     metadata_connection.connect(os.path.dirname(sqlite_file), target)  # creates the database and MLMD's tables
-    source = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(sqlite_file))}?mode=ro", uri=True)
-    mysql = _connect_mysql(target)
     import pymysql
+    mysql = _connect_mysql(target)
+    source = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(sqlite_file))}?mode=ro", uri=True)
     try:
-        with mysql.cursor() as cursor:
-            rows = _copy_tables(source, cursor, sqlite_file, target)
-        mysql.commit()
-    except pymysql.err.MySQLError as e:
-        mysql.rollback()
-        raise CopyError(f"copying {sqlite_file} to {target.where()} failed, nothing was written: "
-                        f"{_mysql_message(e)}") from None
-    except CopyError:
-        mysql.rollback()
-        raise
-    finally:
-        source.close()
-    try:
+        try:
+            with mysql.cursor() as cursor:
+                rows = _copy_tables(source, cursor, sqlite_file, target)
+            mysql.commit()
+        except pymysql.err.MySQLError as e:
+            mysql.rollback()
+            raise CopyError(f"copying {sqlite_file} to {target.where()} failed, nothing was written: "
+                            f"{_mysql_message(e)}") from None
+        except CopyError:
+            mysql.rollback()
+            raise
         with mysql.cursor() as cursor:
             for table, count in rows.items():
                 cursor.execute(f"SELECT COUNT(*) FROM `{table}`")
@@ -203,6 +240,7 @@ def copy_sqlite_to_mysql(sqlite_file: str, target: MySQLMetadata) -> CopyResult:
                     raise CopyError(f"table {table}: {count} rows in {sqlite_file} but {copied} in "
                                     f"{target.where()} after the copy")
     finally:
+        source.close()
         mysql.close()
     return CopyResult(source=sqlite_file, target=target, rows=rows)
 
@@ -239,14 +277,14 @@ def _copy_tables(source: sqlite3.Connection, cursor, sqlite_file: str, target: M
     for table in tables:
         columns = _sqlite_columns(source, table)
         names = ", ".join(f"`{c}`" for c in columns)
-        insert = f"INSERT INTO `{table}` ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
         select = source.execute(f"SELECT {names} FROM `{table}`")
         rows[table] = 0
         while True:
             batch = select.fetchmany(_BATCH)
             if not batch:
                 break
-            cursor.executemany(insert, batch)
+            for statement in _inserts(table, columns, batch):
+                cursor.execute(statement)
             rows[table] += len(batch)
     return rows
 

@@ -280,8 +280,7 @@ class MySQLMetadata(_Settings):
     that holds it, read when a connection is made (pipelines/metadata_connection.py).
 
     Attributes:
-      host: server name or address; with `socket`, "localhost" (the MySQL client library
-        connects through the socket only for "localhost").
+      host: server name or address; ignored with `socket`.
       port: TCP port of the server (1..65535); ignored with `socket`.
       socket: unix socket of a server on this machine; None = TCP to host:port.
       database: database name. A run creates it (and ML Metadata's tables) when it is

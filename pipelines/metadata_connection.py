@@ -86,10 +86,11 @@ def connection_config(home: str, metadata: Optional[MySQLMetadata] = None, *, re
         return sqlite_connection_config(sqlite_path(home), read_only=read_only)
     config = mlmd_pb2.ConnectionConfig()
     mysql = config.mysql
-    mysql.host = "localhost" if metadata.socket else metadata.host
-    mysql.port = metadata.port
-    if metadata.socket:
+    if metadata.socket:  # MLMD aborts the process unless exactly one of host and socket is set
         mysql.socket = metadata.socket
+    else:
+        mysql.host = metadata.host
+        mysql.port = metadata.port
     mysql.database = metadata.database
     mysql.user = metadata.user
     mysql.password = password(metadata)

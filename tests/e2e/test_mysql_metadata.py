@@ -72,9 +72,14 @@ def history(tmp_path_factory, digits_dir):
         command = [sys.executable, "-m", "conveyor.cli", "run", "image", "--data", data, "--home", home,
                    "--config", config, "--train-steps", "31", *RUN_STEPS["image"][2:]]
         started = time.time()
-        pair = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, **env}) for _ in range(2)]
-        out["pair"] = [(p.wait(timeout=900), *p.communicate()) for p in pair]
+        files = [(open(root / f"run{i}.out", "w+"), open(root / f"run{i}.err", "w+")) for i in range(2)]
+        pair = [subprocess.Popen(command, stdout=o, stderr=e, text=True, env={**os.environ, **env})
+                for o, e in files]
+        out["pair"] = []
+        for process, (o, e) in zip(pair, files):
+            code = process.wait(timeout=900)
+            o.seek(0), e.seek(0)
+            out["pair"].append((code, o.read(), e.read()))
         out["mysql_run_s"] = time.time() - started
         out["outputs"] += [o + e for _, o, e in out["pair"]]
 

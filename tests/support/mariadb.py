@@ -143,7 +143,10 @@ def running_mariadb(base_dir: str, timeout: float = 90) -> Iterator[MariaDB]:
         [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
          "--bind-address=127.0.0.1", f"--user={user}", f"--log-error={log}",
          f"--pid-file={os.path.join(run_dir, 'mysqld.pid')}", "--skip-name-resolve",
-         "--innodb-buffer-pool-size=32M", "--performance-schema=OFF"],
+         "--innodb-buffer-pool-size=32M", "--performance-schema=OFF",
+         # As Debian's packaged config (50-server.cnf) and MySQL 8: ML Metadata creates its
+         # database with the server's default, and MariaDB's compiled-in one is latin1.
+         "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = MariaDB(socket=sock, port=port, datadir=datadir, process=process, log=log, client=client)
     try:

@@ -52,10 +52,12 @@ def test_a_mysql_connection_from_the_config_reads_the_password_from_the_environm
     assert mc.describe(config.home_dir, config.metadata) == "MySQL database 'mlmd' at db.internal:3307 (user conveyor)"
 
 
-def test_a_socket_connects_as_localhost_and_no_password_env_means_no_password():
+def test_a_socket_replaces_host_and_port_and_no_password_env_means_no_password():
     metadata = MySQLMetadata(socket="/run/mysqld/mysqld.sock", database="mlmd", user="me")
     built = mc.connection_config("/h", metadata)
-    assert (built.mysql.host, built.mysql.socket, built.mysql.password) == ("localhost", "/run/mysqld/mysqld.sock", "")
+    # MLMD aborts the whole process (a CHECK) unless exactly one of host and socket is set.
+    assert not built.mysql.HasField("host") and not built.mysql.HasField("port")
+    assert (built.mysql.socket, built.mysql.password) == ("/run/mysqld/mysqld.sock", "")
     assert metadata.where() == "MySQL database 'mlmd' at socket /run/mysqld/mysqld.sock (user me)"
 
 
