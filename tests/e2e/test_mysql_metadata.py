@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from tests.support.helpers import RUN_STEPS, pushed_first_run, subset_digits
+from tests.support.helpers import RUN_STEPS, pushed_first_run, run_cli, subset_digits
 from tests.support.mariadb import PASSWORD_ENV, dump, running_mariadb
 
 NAME = "image_classifier"
@@ -32,9 +32,11 @@ def conveyor(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _json(result: subprocess.CompletedProcess):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout)
+def read_json(*args, env=None):
+    """A read command's --json output, run in this process."""
+    status, out, err = run_cli(*args, env=env)
+    assert status == 0, out[-3000:] + err[-3000:]
+    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def history(tmp_path_factory, digits_dir):
         started = time.time()
         out["outputs"].append(pushed_first_run("image", data, home))
         out["sqlite_run_s"] = time.time() - started
-        out["lineage_sqlite"] = _json(conveyor("lineage", "--model", NAME, "--json", "--home", home))
+        out["lineage_sqlite"] = read_json("lineage", "--model", NAME, "--json", "--home", home)
 
         started = time.time()
         copied = conveyor("metadata", "copy", "--home", home, "--to", server.url(DATABASE),
@@ -65,8 +67,7 @@ def history(tmp_path_factory, digits_dir):
                             "metadata": server.metadata(DATABASE)}, f)
         out["config"] = config
         read = ["--config", config, "--home", home]
-        out["lineage_mysql_v1"] = _json(conveyor("lineage", "--model", NAME, "--version", "1", "--json", *read,
-                                                 env=env))
+        out["lineage_mysql_v1"] = read_json("lineage", "--model", NAME, "--version", "1", "--json", *read, env=env)
 
         # The config changed (train_steps): the run must run. Two processes start it at once.
         command = [sys.executable, "-m", "conveyor.cli", "run", "image", "--data", data, "--home", home,
@@ -88,9 +89,9 @@ def history(tmp_path_factory, digits_dir):
         out["rerun_s"] = time.time() - started
         out["rerun"] = again
         out["outputs"].append(again.stdout + again.stderr)
-        out["runs"] = _json(conveyor("runs", "--name", NAME, "--json", *read, env=env))
-        out["diff"] = _json(conveyor("diff", "1", "2", "--name", NAME, "--json", *read, env=env))
-        out["lineage_mysql"] = _json(conveyor("lineage", "--model", NAME, "--json", *read, env=env))
+        out["runs"] = read_json("runs", "--name", NAME, "--json", *read, env=env)
+        out["diff"] = read_json("diff", "1", "2", "--name", NAME, "--json", *read, env=env)
+        out["lineage_mysql"] = read_json("lineage", "--model", NAME, "--json", *read, env=env)
         out["dump"] = dump(server, DATABASE)
         print({k: round(v, 1) for k, v in out.items() if k.endswith("_s")})
         yield out
@@ -122,6 +123,7 @@ def test_first_mysql_run_reuses_the_copied_cache_and_judges_against_the_copied_b
     ran = next(out for code, out, _ in history["pair"] if code == 0)
     assert "MLMD MySQL database 'conveyor_image' at socket " in ran, ran[-2000:]
     assert "Pushed: version 2" in ran, ran[-3000:]
+    assert f"runs --home {history['home']} --config CONFIG" in ran  # the hint names the store's config
     runs = history["runs"]
     copied_run, mysql_run, rerun = runs[0], runs[1], runs[2]
     assert copied_run["run_id"] == history["lineage_sqlite"]["pushed"]["run_id"]

@@ -5,14 +5,12 @@ import csv
 import json
 import os
 import secrets
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from pipelines.config import load_config
-from tests.support.helpers import SHARED_DATA, TEXT_REVIEWS, pushed_first_run
+from tests.support.helpers import SHARED_DATA, TEXT_REVIEWS, pushed_first_run, run_cli
 from tests.support.mariadb import PASSWORD_ENV, running_mariadb
 
 NAME = "text_classifier"
@@ -31,11 +29,6 @@ def _reviews(target: str) -> str:
         writer.writerow(["review", "sentiment"])
         writer.writerows((r["review"], r["sentiment"]) for r in rows)
     return target
-
-
-def conveyor(*args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +53,24 @@ def test_first_run_on_a_new_database_records_everything_there(text_run):
     assert f"MLMD MySQL database '{DATABASE}' at 127.0.0.1:{text_run['server'].port}" in text_run["stdout"]
     assert not os.path.exists(os.path.join(text_run["home"], "metadata.sqlite"))
     assert text_run["server"].sql(f"SHOW DATABASES LIKE '{DATABASE}'").strip() == DATABASE
-    result = conveyor("runs", "--config", text_run["config"], "--json", env=text_run["env"])
-    assert result.returncode == 0, result.stderr
-    [run] = json.loads(result.stdout)
+    status, out, err = run_cli("runs", "--config", text_run["config"], "--json", env=text_run["env"])
+    assert status == 0, err
+    [run] = json.loads(out)
     assert run["pipeline"] == NAME and run["pushed_version"] == "1" and run["blessed"] is True
     assert {n["state"] for n in run["nodes"]} == {"complete"}, run["nodes"]
 
 
 def test_lineage_and_report_read_the_mysql_store(text_run, tmp_path):
-    result = conveyor("lineage", "--model", NAME, "--config", text_run["config"], "--json", env=text_run["env"])
-    assert result.returncode == 0, result.stderr
-    lineage = json.loads(result.stdout)
+    status, out, err = run_cli("lineage", "--model", NAME, "--config", text_run["config"], "--json",
+                               env=text_run["env"])
+    assert status == 0, err
+    lineage = json.loads(out)
     assert lineage["version"] == "1" and lineage["examples"]["example_count"] == TEXT_REVIEWS
     assert lineage["model"]["hyperparameters"]["kind"] == "text"
-    out = tmp_path / "report.html"
-    result = conveyor("report", "--config", text_run["config"], "--out", str(out), env=text_run["env"])
-    assert result.returncode == 0, result.stderr
-    assert lineage["pushed"]["run_id"] in out.read_text(encoding="utf-8")
+    report = tmp_path / "report.html"
+    status, _, err = run_cli("report", "--config", text_run["config"], "--out", str(report), env=text_run["env"])
+    assert status == 0, err
+    assert lineage["pushed"]["run_id"] in report.read_text(encoding="utf-8")
 
 
 def test_dashboard_reads_the_mysql_store(text_run, monkeypatch):
@@ -91,9 +85,9 @@ def test_dashboard_reads_the_mysql_store(text_run, monkeypatch):
 
 
 def test_a_wrong_password_is_one_line_naming_the_database(text_run):
-    result = conveyor("runs", "--config", text_run["config"], env={PASSWORD_ENV: "wrong"})
-    assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
+    status, _, err = run_cli("runs", "--config", text_run["config"], env={PASSWORD_ENV: "wrong"})
+    assert status == 2
+    [line] = err.strip().splitlines()
     assert line.startswith(f"conveyor runs: cannot open the ML Metadata store, MySQL database '{DATABASE}' at "
                            f"127.0.0.1:{text_run['server'].port} (user conveyor): "), line
     assert "wrong" not in line

@@ -71,6 +71,29 @@ def pushed_first_run(kind: str, data: str, home: str, settings=None, env=None) -
     return result.stdout
 
 
+def run_cli(*args, env=None):
+    """`conveyor ARGS` in this process (its imports are paid once per test process).
+
+    Args:
+      env: environment variables set for the call only (e.g. a MySQL password's).
+    Returns:
+      (exit status, stdout, stderr) as strings.
+    """
+    import contextlib
+    import io
+
+    import pytest
+
+    from conveyor import cli
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
 def read_examples(examples_uri: str, split: str):
     import glob
 
