@@ -124,7 +124,7 @@ def portable_services(tmp_path_factory):
 def examples(digits_dir, tmp_path_factory):
     from components.image_example_gen import ImageExampleGen, detect_input_pattern
     root = tmp_path_factory.mktemp("beam_portable_examples")
-    data = subset_digits(digits_dir, str(root / "digits"), per_class=4)
+    data = subset_digits(digits_dir, str(root / "digits"), per_class=20)
     component = ImageExampleGen(input_base=data, input_pattern=detect_input_pattern(data))
     return run_example_gen(component, str(root / "examples"))
 
