@@ -57,8 +57,12 @@ def password(metadata: MySQLMetadata) -> str:
 
 
 def sqlite_connection_config(path: str, *, read_only: bool = False):
-    """The ConnectionConfig of the SQLite store at `path` (READONLY or READWRITE_OPENCREATE)."""
+    """The ConnectionConfig of the SQLite store at `path`: READONLY, or READWRITE_OPENCREATE
+    with the file's folder created (as TFX's sqlite_metadata_connection_config: an Airflow
+    DAG is built before its HOME exists)."""
     from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
+    if not read_only:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     config = mlmd_pb2.ConnectionConfig()
     config.sqlite.filename_uri = path
     config.sqlite.connection_mode = (mlmd_pb2.SqliteMetadataSourceConfig.READONLY if read_only
