@@ -77,8 +77,8 @@ def cmd_download(args) -> int:
 
 def cmd_ui(args) -> int:
     """`conveyor ui`: serves the dashboard until Ctrl-C; 0 then, 1 with one line when the
-    port cannot be bound, 2 with one line for a port outside 1..65535 or a --serving-url
-    that is not http(s)://host[:port]."""
+    port cannot be bound, 2 with one line for a port outside 1..65535, a --serving-url
+    that is not http(s)://host[:port] or a bad --config."""
     from conveyor.ui import UiArgumentError, check_port, check_serving_url, serve
     try:
         check_port(args.port)
@@ -86,8 +86,14 @@ def cmd_ui(args) -> int:
     except UiArgumentError as e:
         print(f"conveyor: ui: {e}", file=sys.stderr)
         return 2
+    from conveyor.metadata.store import store_location
     try:
-        serve(args.home, port=args.port, host=args.host, serving_url=args.serving_url)
+        where = store_location(args.home, args.config)
+    except ConfigError as e:
+        print(f"conveyor: ui: {e}", file=sys.stderr)
+        return 2
+    try:
+        serve(where.home, port=args.port, host=args.host, serving_url=args.serving_url, metadata=where.metadata)
     except OSError as e:
         print(f"conveyor: ui: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -126,6 +132,7 @@ def _main(argv: List[str]) -> int:
     compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
     ui = sub.add_parser("ui", help="local read-only dashboard of runs, models and comparisons (a web page)")
     ui.add_argument("--home", help="Conveyor HOME holding metadata.sqlite and serving/ (default ./conveyor_home)")
+    ui.add_argument("--config", help="config file whose `metadata:` (and `home:`) say where ML Metadata is")
     ui.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     ui.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1: only this machine; the pages are not authenticated)")
@@ -139,9 +146,13 @@ def _main(argv: List[str]) -> int:
     bless.add_command(sub)
     from conveyor import production_cli
     production_cli.add_commands(sub)
+    from conveyor import metadata_copy
+    metadata_copy.add_command(sub)
     args = parser.parse_args(argv)
     if args.command in production_cli.COMMANDS:
         return production_cli.dispatch(args)
+    if args.command == "metadata":
+        return metadata_copy.cmd_metadata(args)
     if args.command == "drift":
         return drift_cli.cmd_drift(args)
     if args.command == "bless":

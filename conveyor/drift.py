@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from conveyor.metadata.artifacts import load_split_statistics
 from conveyor.metadata.lineage import lineage_of_version
 from conveyor.metadata.store import Graph, LineageError, Record, json_field, open_store
-from pipelines.config import load_config
+from pipelines.config import MySQLMetadata, load_config
 
 DRIFT_DIR = "drift"
 SERVING = "SERVING"
@@ -159,7 +159,8 @@ def drift_schema(schema, kind: str, threshold: float):
 
 def check_drift(home: str, model: str, threshold: Optional[float] = None,
                 config_path: Optional[str] = None, log_dir: Optional[str] = None,
-                min_requests: Optional[int] = None) -> DriftRecord:
+                min_requests: Optional[int] = None,
+                metadata: Optional[MySQLMetadata] = None) -> DriftRecord:
     """Computes and records the drift of the served (latest pushed) version of `model`.
 
     Args:
@@ -171,6 +172,7 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
       min_requests: the minimum sample, >= 1; None = the config's drift_min_requests (200).
         Jensen-Shannon divergence over a handful of requests is noise (one normal request
         scored 1.0, five 0.47), so a smaller sample gives no verdict.
+      metadata: the MySQL store of ML Metadata (None: HOME/metadata.sqlite).
     Returns:
       the DriftRecord, also written to drift_path(home, model, version); its `path` says where.
     Raises:
@@ -178,18 +180,18 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
       DriftError: no store/pushed version, no training statistics or kind in MLMD, no logged
         requests, a log file that vanished or cannot be read, zero examples read, or no
         schema. "No drift" is never the answer on zero examples.
-      ConfigError: the config file is invalid.
+      ConfigError: the config file is invalid, or the MySQL store cannot be reached
+        (MetadataConnectionError).
     """
-    import tensorflow_data_validation as tfdv
-
-    from conveyor.request_log import LOG_DIR_NAME, log_files
-
     home = os.path.abspath(home)
-    try:
-        store = open_store(home)
+    try:  # before TFDV's (TensorFlow's) import: a missing or unreachable store answers at once
+        store = open_store(home, metadata=metadata)
         info = lineage_of_version(store, model, None, with_metrics=False)
     except LineageError as e:
         raise DriftError(str(e)) from e
+    import tensorflow_data_validation as tfdv
+
+    from conveyor.request_log import LOG_DIR_NAME, log_files
     version = info.version
     hyperparameters = info.model.hyperparameters if info.model else None
     kind = hyperparameters.get("kind") if isinstance(hyperparameters, dict) else None

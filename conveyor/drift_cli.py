@@ -10,7 +10,7 @@ import sys
 
 from conveyor.quiet import third_party_output
 from conveyor.drift import DriftError, DriftRecord, check_drift
-from conveyor.metadata.store import LineageError, home_dir
+from conveyor.metadata.store import LineageError, store_location
 from pipelines.config import DEFAULT_HOME, Config, ConfigError
 
 
@@ -35,7 +35,8 @@ def add_command(sub) -> None:
     drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
     drift.add_argument("--model", required=True, help="model name (the pipeline name)")
     drift.add_argument("--home", help=f"Conveyor HOME (default ./{DEFAULT_HOME})")
-    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
+    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold (and `metadata:` / `home:`: "
+                                        "where ML Metadata is)")
     drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
     drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")
     drift.add_argument("--min-requests", type=int,
@@ -53,9 +54,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         print(f"conveyor drift: --min-requests: expected at least 1, got {args.min_requests}", file=sys.stderr)
         return 2
     try:
-        with third_party_output(home_dir(args.home), "drift"):
-            record = check_drift(home_dir(args.home), args.model, args.threshold, args.config,
-                                 args.request_log_dir, args.min_requests)
+        where = store_location(args.home, args.config)
+        with third_party_output(where.home, "drift"):
+            record = check_drift(where.home, args.model, args.threshold, args.config, args.request_log_dir,
+                                 args.min_requests, metadata=where.metadata)
     except (DriftError, LineageError, ConfigError) as e:
         print(f"conveyor drift: {e}", file=sys.stderr)
         return 2

@@ -614,7 +614,7 @@ def write_run_report(config: Config, run: Optional[str] = None) -> str:
     Raises:
       LineageError: no store, pipeline or run.
     """
-    store = open_store(config.home_dir)
+    store = open_store(config.home_dir, metadata=config.metadata)
     context = resolve_run(Graph(store), config.name, run)
     return write_report(store, run_report_path(config, context.name), config.name, context.name, config.home_dir)
 

@@ -290,6 +290,48 @@ class OrchestrationConfig(_Settings):
     catchup: bool = False
 
 
+class MySQLMetadata(_Settings):
+    """An ML Metadata store in a MySQL-compatible database (MySQL, MariaDB, Cloud SQL): the
+    config key `metadata` as a mapping. `metadata: sqlite` (the default) keeps MLMD in
+    HOME/metadata.sqlite instead.
+
+    The password is never part of a config: `password_env` names the environment variable
+    that holds it, read when a connection is made (pipelines/metadata_connection.py).
+
+    Attributes:
+      host: server name or address; ignored with `socket`.
+      port: TCP port of the server (1..65535); ignored with `socket`.
+      socket: unix socket of a server on this machine; None = TCP to host:port.
+      database: database name. A run creates it (and ML Metadata's tables) when it is
+        missing and the user may; read commands never create it.
+      user: the MySQL user.
+      password_env: NAME of the environment variable holding the user's password; None = the
+        user has no password.
+    """
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3306
+    socket: Optional[str] = None
+    database: Annotated[str, _rule("expected a database name", lambda v: v.strip() != "")]
+    user: Annotated[str, _rule("expected a MySQL user name", lambda v: v.strip() != "")]
+    password_env: Optional[Annotated[str, _rule(
+        "expected the NAME of an environment variable (letters, digits, '_')",
+        lambda v: v.replace("_", "").isalnum() and not v[:1].isdigit())]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "password" in values:
+            raise PydanticCustomError(
+                "metadata_password", "a password is never written into a config: set password_env to the "
+                "name of an environment variable holding it")
+        return values
+
+    def where(self) -> str:
+        """"MySQL database 'D' at HOST:PORT" (or "at socket PATH"), for messages; no secret."""
+        at = f"socket {self.socket}" if self.socket else f"{self.host}:{self.port}"
+        return f"MySQL database '{self.database}' at {at} (user {self.user})"
+
+
 GROUPS: Dict[str, type] = {"ingest": IngestConfig, "training": TrainingConfig,
                            "evaluation": EvaluationConfig, "serving": ServingConfig,
                            "orchestration": OrchestrationConfig}
@@ -311,6 +353,8 @@ class Config(_Settings):
         working directory unless absolute.
       model: architecture, one of modules.settings.MODELS[kind]; "" = cnn (image) /
         tfidf (text).
+      metadata: where ML Metadata lives: "sqlite" (HOME/metadata.sqlite, the default) or a
+        MySQL connection given as a mapping (MySQLMetadata). Read back as None for SQLite.
       ingest, training, evaluation, serving, orchestration: the groups, as mappings; see
         IngestConfig, TrainingConfig, EvaluationConfig, ServingConfig, OrchestrationConfig.
       **settings: any group setting given flat (e.g. train_steps=100).
@@ -324,6 +368,7 @@ class Config(_Settings):
     name: str = Field("", validate_default=True)
     home: str = DEFAULT_HOME
     model: str = Field("", validate_default=True)
+    metadata: Optional[MySQLMetadata] = None
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -342,6 +387,18 @@ class Config(_Settings):
         if not name.replace("_", "").replace("-", "").isalnum():
             raise PydanticCustomError("config_rule", "use letters, digits, '_' or '-'")
         return name
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _sqlite_or_mysql(cls, value: Any) -> Any:
+        if value is None or value == "sqlite":
+            return None
+        if not isinstance(value, Mapping):
+            # The value is not repeated: a connection URL given here may hold a password.
+            raise PydanticCustomError(
+                "metadata_rule", "expected sqlite or a MySQL connection as a mapping {host, port | socket, "
+                "database, user, password_env}")
+        return value
 
     @field_validator("model")
     @classmethod
@@ -541,6 +598,8 @@ _BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Callable[[str], str]) -> str:
     """One line for a pydantic error: source, key, value, what was expected."""
     loc = error["loc"]
+    if loc and loc[0] == "metadata":
+        return f"{source_of('metadata')}: {_describe_metadata(error)}"
     if error["type"] == "train_spans":
         return f"{source_of('train_spans')}: {error['msg']}"
     if loc[0] in GROUPS and len(loc) > 1:
@@ -556,6 +615,27 @@ def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Calla
         return (f"{source_of(key)}: key '{key}': expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
                 f", got {value!r}")
     return f"{source_of(key)}: key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
+
+
+def _describe_metadata(error: Dict[str, Any]) -> str:
+    """An error under `metadata:`, naming the key; values are shown only for known keys."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] in ("metadata_rule", "metadata_password"):
+        return f"key 'metadata': {error['msg']}"
+    key = loc[1] if len(loc) > 1 else ""
+    if error["type"] == "missing":
+        return f"key 'metadata.{key}': missing; a MySQL connection needs database and user"
+    if error["type"] == "extra_forbidden" or key not in MySQLMetadata.model_fields:
+        return (f"unknown key 'metadata.{key}' (known keys of metadata: "
+                f"{', '.join(MySQLMetadata.model_fields)})")
+    field = MySQLMetadata.model_fields[key]
+    if error["type"] == "config_rule":
+        expected = error["msg"]
+    elif error["type"] in _BOUND_ERRORS:
+        expected = f"expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
+    else:
+        expected = f"expected {_expected_type(field.annotation)}"
+    return f"key 'metadata.{key}': {expected}, got {error['input']!r}"
 
 
 @contextlib.contextmanager
@@ -666,6 +746,30 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
         explicit = config.beam_args if "beam_args" in sources else []
         config = config.replace(beam_args=_preset_beam_args(config, explicit))
     return config
+
+
+def load_any_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """The Config of a file read by a command that runs no pipeline (runs, lineage, diff,
+    report, bless, ui, drift, metadata copy), which reads `home` and `metadata` from it.
+
+    Args:
+      path: YAML/JSON config file; its `kind` is used, else image, else text (the first
+        that validates).
+      overrides: as for load_config (e.g. {"home": --home}).
+    Returns:
+      the validated Config.
+    Raises:
+      ConfigError: as for load_config (for a file without `kind`, the image kind's error).
+    """
+    loaded = _read_file(path)
+    kinds = [loaded["kind"]] if isinstance(loaded.get("kind"), str) else list(KINDS)
+    first: Optional[ConfigError] = None
+    for kind in kinds:
+        try:
+            return load_config(kind, path, overrides)
+        except ConfigError as e:
+            first = first or e
+    raise first
 
 
 def _preset_beam_args(config: Config, extra: List[str]) -> List[str]:

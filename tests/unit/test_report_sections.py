@@ -3,12 +3,12 @@ a run stopped at the data gate shows why, free-text features show no value domai
 running run says for how long it has been running."""
 import json
 import os
-import types
 
 from ml_metadata.proto import metadata_store_pb2 as pb
 
 from conveyor.report import domain_text, render
 from pipelines import preflight
+from pipelines.config import Config
 from tests.support import mlmd_records as rec
 
 P = "text_classifier"
@@ -57,7 +57,7 @@ def test_record_failure_stores_the_reason_on_the_failed_execution(tmp_path):
     run = rec.run_context(store, "r1")
     rec.execution(store, P, run, "StatisticsGen")
     rec.execution(store, P, run, "GatedExampleValidator", state=pb.Execution.FAILED)
-    config = types.SimpleNamespace(metadata_path=path, name=P)
+    config = Config(kind="text", name=P, home=str(tmp_path / "home"))
     assert len(preflight.record_failure(config, 0, STOP)) == 1
     assert preflight.record_failure(config, 0, "again") == []  # the first reason stays
     assert "new class(es) [&#x27;three&#x27;]" in render(rec.sqlite_store(path), P, "r1")
