@@ -56,6 +56,8 @@ class LoadOptions:
     max_num_load_retries / load_retry_interval_micros: a failed load is retried this many
     times, this far apart (TF Serving: --max_num_load_retries, default 5, and
     --load_retry_interval_micros, default 60 s); while retrying the version is LOADING.
+    warmup_timeouts_ms: the run timeouts requests will use; warmup replays each request once
+      per timeout, since the session builds one callable per timeout on first use.
     """
     max_num_load_retries: int = 0
     load_retry_interval_micros: int = 60_000_000
@@ -66,6 +68,7 @@ class LoadOptions:
     saved_model_tags: Tuple[str, ...] = ("serve",)
     num_request_iterations_for_warmup: int = 1
     allow_version_labels_for_unavailable_models: bool = False
+    warmup_timeouts_ms: Tuple[int, ...] = (0,)
 
 
 class _Model:
@@ -436,7 +439,10 @@ class ModelManager:
                 replayed = 0
                 if options.enable_model_warmup:
                     for _ in range(max(1, options.num_request_iterations_for_warmup)):
-                        replayed = warmup.replay_warmup_requests(path, servable.run)
+                        for timeout_ms in options.warmup_timeouts_ms:
+                            replayed = warmup.replay_warmup_requests(
+                                path, lambda name, inputs, t=timeout_ms: servable.run(
+                                    name, inputs, timeout_ms=t))
             except Exception as e:  # any failure (corrupt files, bad warmup) fails this attempt
                 code = e.code if isinstance(e, ServingError) else grpc.StatusCode.UNKNOWN
                 message = e.message if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"

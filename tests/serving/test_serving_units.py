@@ -327,3 +327,23 @@ def test_tensorflow_lines_are_logged_once():
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if "tf_record_iterator" in line]
     assert lines == ["WARNING tensorflow: tf_record_iterator is deprecated"], result.stderr[-2000:]
+
+
+def test_warmup_prepares_the_session_for_both_front_ends(tmp_path):
+    """gRPC runs without a run timeout and REST with --rest_api_timeout_in_ms; the session
+    builds one callable per timeout, so warmup replays for both and the first REST request
+    after a load does not pay the build (about 1 s for a text model)."""
+    path = install("text_v1", str(tmp_path / "text"), 1)
+    warmup.write_warmup_requests(path, [{"text": [b"good"]}], model_name="text")
+    config = write_config(str(tmp_path / "models.config"),
+                          "model_config_list {\n" + model_entry("text", str(tmp_path / "text")) + "}\n")
+    server = server_lib.ModelServer(server_lib.ServerOptions(model_config_file=config, port=0, rest_api_port=0,
+                                                             rest_api_timeout_in_ms=7000))
+    try:
+        servable = server.manager.get_servable("text")
+        built = set(key[-1] for key in servable._callables)
+        assert built == {0, 7000}
+        servable.run("serving_default", {"text": np.array([b"meh"], dtype=object)}, timeout_ms=7000)
+        assert len(servable._callables) == 2  # nothing new to build for a REST request
+    finally:
+        server.stop()
