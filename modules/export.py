@@ -1,6 +1,7 @@
 """The exported SavedModel: the Transform graph + the Keras model + the class names, with the
 signatures of the served-model contract (serving/contract.py), so clients send what they have
 (image bytes / raw text) and TFMA sends serialized tf.Examples."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -9,6 +10,8 @@ from typing import Dict, List
 import tf_keras as keras
 import tensorflow as tf
 import tensorflow_transform as tft
+
+from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model
 
 from modules import features as F
 from modules import models
@@ -102,10 +105,20 @@ class ServingModule(tf.Module):
 
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label_names: List[str],
            settings: ModuleSettings, path: str) -> None:
-    """Saves the SavedModel of the served-model contract to `path` (a new directory)."""
+    """Saves the SavedModel of the served-model contract to `path` (a new directory).
+
+    Keras adds a trace of every layer's call beside the signatures, so that
+    tf.saved_model.load gives back a callable Keras object (components/edge_exporter.py calls
+    it). For the transfer model they are left out, as tf_keras' own
+    model.save(save_traces=False) does: its backbone has 150-240 layers, the traces took
+    about 40 s of a 50 s MobileNetV2 export on 2 busy cores, and nothing reads them (transfer
+    models have no edge exports; export-backbone restores the variables into a rebuilt model).
+    """
     kind = settings.kind
     module = ServingModule(model, tf_transform_output, label_names, kind, models.input_feature(settings))
-    tf.saved_model.save(module, path, signatures=module.signatures(settings))
+    without_traces = settings.model == "transfer"
+    with keras_saved_model.keras_option_scope(save_traces=False) if without_traces else contextlib.nullcontext():
+        tf.saved_model.save(module, path, signatures=module.signatures(settings))
 
 
 def write_model_settings(export_dir: str, settings: ModuleSettings, num_classes: int) -> str:

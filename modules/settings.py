@@ -33,8 +33,9 @@ BACKBONES = ("mobilenet_v2", "vgg16", "efficientnet_b0")
 BACKBONE_MIN_IMAGE_SIZE = {"mobilenet_v2": 32, "vgg16": 32, "efficientnet_b0": 32}
 # Layers of each backbone without its top, its input layer not counted (len(model.layers) - 1
 # of the tf_keras 2.16 applications; tests/components/test_transfer.py checks): the most
-# `fine_tune_layers` can unfreeze.
-BACKBONE_LAYERS = {"mobilenet_v2": 153, "vgg16": 18, "efficientnet_b0": 237}
+# `fine_tune_layers` can unfreeze. (With imagenet weights EfficientNetB0 has one more, a
+# weightless Rescaling near its input.)
+BACKBONE_LAYERS = {"mobilenet_v2": 153, "vgg16": 18, "efficientnet_b0": 236}
 # backbone_weights values that are not a file path.
 IMAGENET_WEIGHTS, NO_WEIGHTS = "imagenet", "none"
 

@@ -138,7 +138,7 @@ def test_unknown_keys_list_the_known_ones(tmp_path):
     known = message.split("known keys: ")[1].rstrip(")").split(", ")
     assert {"train_steps", "data", "beam_args", "training", "ingest"} <= set(known)
     with pytest.raises(ConfigError, match=r"unknown key 'training.data' \(known keys of training: "
-                                          r"batch_size, channels, .*train_steps"):
+                                          r"augment, backbone, backbone_weights, batch_size, channels, .*train_steps"):
         _load(tmp_path, "training: {data: /d}\n")
 
 
