@@ -191,6 +191,15 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# BatchNorm momentum of a backbone trained from scratch (backbone_weights "none"). The
+# applications' 0.999 (MobileNetV2, EfficientNet) suits ImageNet-length training: after the
+# few hundred steps of a Conveyor run the moving averages have moved a quarter of the way
+# from their initial 0 / 1 (1 - 0.999**300 = 0.26), and the model, which serves and is
+# evaluated with them, answers at chance (bench/transfer.py measured 0.20 on 5 classes after
+# 300 steps). At 0.9 they follow the batches within ~50 steps.
+SCRATCH_BATCH_NORM_MOMENTUM = 0.9
+
+
 def transfer(settings: ModuleSettings, num_classes: int) -> keras.Model:
     """Backbone -> global average pooling -> dropout 0.2 -> softmax, compiled (Adam at
     settings.learning_rate).
@@ -198,7 +207,8 @@ def transfer(settings: ModuleSettings, num_classes: int) -> keras.Model:
     Grey images are repeated into three channels and scaled to the 0..255 pixels the
     backbone's own preprocess_input expects. With weights (imagenet or a file) the backbone
     is frozen, for the head phase, and called with training=False; with backbone_weights
-    "none" the whole model trains from scratch, the backbone as any other layer.
+    "none" the whole model trains from scratch, the backbone as any other layer (its
+    BatchNorm layers at SCRATCH_BATCH_NORM_MOMENTUM).
     Input float32 [N, size, size, channels] in [0, 1]; output float32 [N, num_classes].
 
     Raises:
@@ -208,6 +218,10 @@ def transfer(settings: ModuleSettings, num_classes: int) -> keras.Model:
     pretrained = settings.backbone_weights != NO_WEIGHTS
     base = backbone_model(settings.backbone, size, settings.backbone_weights)
     base.trainable = not pretrained
+    if not pretrained:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BATCH_NORM_MOMENTUM
     _, preprocess_input = _application(settings.backbone)
     inputs = keras.Input(shape=(size, size, settings.channels), name=F.IMAGE)
     x = inputs if settings.channels == 3 else layers.Concatenate(name="grey_to_rgb")([inputs] * 3)

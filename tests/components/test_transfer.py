@@ -161,6 +161,8 @@ def test_each_backbone_builds_at_its_minimum_size(backbone):
     base = models.backbone(model)
     assert len(base.layers) - 1 == BACKBONE_LAYERS[backbone]
     assert base.trainable  # backbone_weights none: everything trains from scratch
+    assert {layer.momentum for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)} \
+        <= {models.SCRATCH_BATCH_NORM_MOMENTUM}
     out = model(np.random.rand(2, 32, 32, 1).astype(np.float32), training=False).numpy()
     assert out.shape == (2, 3) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
