@@ -37,6 +37,7 @@ setup(
         "pydantic>=2,<3",
         "scikit-learn",
         "flask>=2.2,<3",  # conveyor ui
+        "pymysql>=1.1,<2",  # conveyor metadata copy (SQLite -> MySQL)
     ],
     entry_points={"console_scripts": [
         "conveyor=conveyor.cli:main",

@@ -24,10 +24,12 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from serving.model_config import register_model
+from serving.model_config import (MODELS_CONFIG, clear_release, read_models_config, release_labels,
+                                  set_release, update_model)
 from serving.model_manager import version_dirs
 
 PUSH_RECORD = os.path.join("assets.extra", "conveyor_push.json")
+CANARY_KEY = "canary"  # custom_config {"canary": true}: publish as the canary (see publish)
 TMP_PREFIX = ".tmp-"  # never a number, so servers and version_dirs() ignore it
 # Fault-injection tests only (tests/test_faults.py): seconds to sleep after the new version
 # is complete in its temp dir and before the rename, giving the test a deterministic
@@ -69,22 +71,44 @@ class Published:
     already_serving: bool
 
 
-def publish(source: str, base: str, model_uri: str, model_id: int) -> Published:
+def _stable_version(base: str, latest: Optional[int]) -> Optional[int]:
+    """The version a canary push keeps serving: the model's `stable` label in models.config,
+    else its newest version (what the default policy serves); None before the first push."""
+    path = os.path.join(os.path.dirname(base), MODELS_CONFIG)
+    if os.path.exists(path):
+        for entry in read_models_config(path).model_config_list.config:
+            if entry.name == os.path.basename(base) and release_labels(entry)[0] is not None:
+                return release_labels(entry)[0]
+    return latest
+
+
+def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool = False) -> Published:
     """Publishes a SavedModel as the next sequential version under `base` (see the module
     docstring): under `base`/.push.lock, copy to a hidden temp folder, record the source in
     assets.extra/conveyor_push.json, rename to <base>/<n+1>, then rewrite models.config in
     the parent of `base`. Used by the Pusher and by `conveyor bless`.
+
+    A canary push (serving/model_config.py) keeps the version serving before it loaded as
+    `stable`: models.config first gets a specific version policy of {stable, new} with only
+    the `stable` label (so no poll ever unloads stable when the new directory appears), then
+    the rename, then the `canary` label on the new version. A push that replaces a live
+    canary unloads the old canary. A normal push ends a release (TF Serving's default policy
+    again, `stable`/`canary` labels removed). The first push of a model has no stable
+    version to keep: it is a normal push.
 
     Args:
       source: the SavedModel folder (a Model artifact's Format-Serving folder).
       base: the model's base path, <serving models dir>/<model name>.
       model_uri, model_id: the Model artifact's uri and MLMD id (recorded with the version;
         a model whose uri the latest version already records is not pushed again).
+      canary: publish as the canary (see above).
     Returns:
       the Published version.
     Raises:
       OSError: the copy, the rename or models.config failed (no partial version is left).
+      ModelConfigError: the existing models.config cannot be parsed.
     """
+    serving_dir, name = os.path.dirname(base), os.path.basename(base)
     os.makedirs(base, exist_ok=True)
     # One pusher at a time per model: the version number and the rename must not race.
     with open(os.path.join(base, ".push.lock"), "w") as lock:
@@ -96,9 +120,12 @@ def publish(source: str, base: str, model_uri: str, model_id: int) -> Published:
             logging.info("Model %s is already served as version %d; not pushing it again.", model_uri, versions[-1])
             return Published(versions[-1], os.path.join(base, dirs[versions[-1]]), True)
         version = (versions[-1] + 1) if versions else 1
+        stable = _stable_version(base, versions[-1] if versions else None) if canary else None
         final = os.path.join(base, str(version))
         tmp = os.path.join(base, f"{TMP_PREFIX}{version}-{os.getpid()}")
         try:
+            if stable is not None:
+                update_model(serving_dir, name, lambda entry: set_release(entry, stable, also_load=(version,)))
             shutil.copytree(source, tmp)
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
@@ -112,8 +139,14 @@ def publish(source: str, base: str, model_uri: str, model_id: int) -> Published:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    config_path = register_model(os.path.dirname(base), os.path.basename(base))
-    logging.info("Pushed %s as version %d to %s (models.config: %s)", model_uri, version, final, config_path)
+    if stable is not None:
+        update_model(serving_dir, name, lambda entry: set_release(entry, stable, canary=version))
+        logging.info("Pushed %s as canary version %d to %s; version %d stays stable", model_uri, version,
+                     final, stable)
+    else:
+        update_model(serving_dir, name, clear_release)
+        logging.info("Pushed %s as version %d to %s (models.config: %s)", model_uri, version, final,
+                     os.path.join(serving_dir, MODELS_CONFIG))
     return Published(version, final, False)
 
 
@@ -153,8 +186,9 @@ class Executor(tfx_executor.Executor):
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        custom = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
         published = publish(self.GetModelPath(input_dict), destination.filesystem.base_directory,
-                            model.uri, model.id)
+                            model.uri, model.id, canary=bool(custom.get(CANARY_KEY)))
         if published.already_serving:
             self._MarkNotPushed(pushed)
             pushed.set_string_custom_property("reason", f"already serving as version {published.version}")
@@ -175,6 +209,7 @@ class ServingPusher(Pusher):
       infra_blessing: channel of ConveyorInfraValidator's InfraBlessing; not blessed: no push.
       push_destination: a PushDestination whose `filesystem.base_directory` is the model's
         base path, <serving models dir>/<model name>; its parent gets models.config.
+      custom_config: {"canary": true} publishes a canary release (see `publish`).
     Outputs:
       `outputs['pushed_model']`: PushedModel, `pushed` 1 with `pushed_version` and
       `pushed_destination`, or `pushed` 0 with a `reason` ("not blessed" by the Evaluator,

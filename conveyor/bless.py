@@ -32,8 +32,12 @@ from typing import Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
+from conveyor.history_cli import CONFIG_HELP
 from conveyor.metadata.runs import default_pipeline, resolve_run, run_executions
-from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, MANUAL_PUSH_TYPE, Graph, LineageError, home_dir, props)
+from conveyor.metadata.store import (MANUAL_BLESSING_TYPE, MANUAL_PUSH_TYPE, Graph, LineageError, home_dir, props,
+                                     store_location)
+from pipelines import metadata_connection
+from pipelines.config import ConfigError, MySQLMetadata
 from pipelines.local_runner import ConveyorError, home_lock, output_to_log
 from pipelines.preflight import latest_blessed_model_id
 
@@ -65,14 +69,12 @@ class Blessed:
     reason: str
 
 
-def _store(home: str) -> metadata_store.MetadataStore:
-    path = os.path.join(home, "metadata.sqlite")
-    if not os.path.isfile(path):
-        raise BlessError(f"no metadata store at {path}: run a pipeline first or pass --home")
-    config = mlmd_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = path
-    config.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(config)
+def _store(home: str, metadata: Optional[MySQLMetadata] = None) -> metadata_store.MetadataStore:
+    """A read-write store on the HOME's MLMD (metadata_connection); never creates one."""
+    if not metadata_connection.store_exists(home, metadata):
+        raise BlessError(f"no metadata store at {metadata_connection.sqlite_path(home)}: run a pipeline "
+                         "first or pass --home (or --config naming a MySQL metadata store)")
+    return metadata_connection.connect(home, metadata)
 
 
 def _event(artifact: mlmd_pb2.Artifact, kind, key: str):
@@ -121,7 +123,8 @@ class Candidate:
     infra: mlmd_pb2.Artifact
 
 
-def check(run: str, home: Optional[str] = None, name: Optional[str] = None) -> Candidate:
+def check(run: str, home: Optional[str] = None, name: Optional[str] = None,
+          metadata: Optional[MySQLMetadata] = None) -> Candidate:
     """Whether run `run`'s model may be blessed by hand; reads MLMD only (no TensorFlow, no
     writes, a fraction of a second).
 
@@ -129,13 +132,15 @@ def check(run: str, home: Optional[str] = None, name: Optional[str] = None) -> C
       run: run id, unique prefix or position (1 = oldest, -1 = latest), as `conveyor runs` shows.
       home: Conveyor HOME (default ./conveyor_home); never created.
       name: pipeline (model) name; needed when the store holds several.
+      metadata: the config's MySQL store (None: HOME/metadata.sqlite).
     Returns:
       the Candidate.
     Raises:
       BlessError / LineageError: refused (see the module docstring), no store in HOME, or
         an unknown run/pipeline.
+      MetadataConnectionError (a ConfigError): the MySQL store cannot be reached.
     """
-    store = _store(home_dir(home))
+    store = _store(home_dir(home), metadata)
     graph = Graph(store)
     pipeline = default_pipeline(graph, name)
     context = resolve_run(graph, pipeline, run)
@@ -168,7 +173,8 @@ def check(run: str, home: Optional[str] = None, name: Optional[str] = None) -> C
 
 
 def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] = None,
-          name: Optional[str] = None) -> Blessed:
+          name: Optional[str] = None, canary: bool = False,
+          metadata: Optional[MySQLMetadata] = None) -> Blessed:
     """Blesses run `run`'s model by hand, pushes it as the next version and records both.
 
     Args:
@@ -178,6 +184,9 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
       home: Conveyor HOME (default ./conveyor_home), never created. Hold its run lock
         (pipelines.local_runner.home_lock) around the call, as `conveyor bless` does.
       name: pipeline (model) name; needed when the store holds several.
+      canary: push it as the `canary` version, the serving one staying `stable`
+        (components/pusher.publish).
+      metadata: the config's MySQL store (None: HOME/metadata.sqlite).
     Returns:
       the Blessed record.
     Raises:
@@ -188,12 +197,12 @@ def bless(run: str, reason: str, by: Optional[str] = None, home: Optional[str] =
         raise BlessError("give the reason for blessing by hand with --reason \"...\"")
     by = by or getpass.getuser()
     home = home_dir(home)
-    found = check(run, home, name)
+    found = check(run, home, name, metadata)
     from components.pusher import publish  # imports TFX: only once the blessing is allowed
     store, graph, pipeline, context = found.store, found.graph, found.pipeline, found.run
     model, verdict, evaluation, infra = found.model, found.verdict, found.evaluation, found.infra
     published = publish(os.path.join(model.uri, SERVING_MODEL_DIR), os.path.join(home, "serving", pipeline),
-                        model.uri, model.id)
+                        model.uri, model.id, canary=canary)
     stamp = datetime.datetime.now()
     run_id = stamp.isoformat()
     root = os.path.join(home, "pipelines", pipeline, "conveyor_bless", stamp.strftime("%Y%m%d-%H%M%S-%f"))
@@ -242,26 +251,35 @@ def add_command(sub) -> None:
     p.add_argument("--reason", required=True, help="why the model is blessed by hand (recorded in MLMD)")
     p.add_argument("--by", help="who blesses it (default: the OS user)")
     p.add_argument("--home", help="Conveyor HOME (default ./conveyor_home)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--name", help="pipeline (model) name, needed when the HOME has several")
+    p.add_argument("--canary", action="store_true",
+                   help="push it as the `canary` version while the serving one stays `stable`")
 
 
 def cmd_bless(args) -> int:
-    """`conveyor bless`: 0 when blessed and pushed, 1 (one line on stderr) when refused.
+    """`conveyor bless`: 0 when blessed and pushed, 1 (one line on stderr) when refused, 2
+    for a bad --config or an unreachable MySQL store.
 
     The checks read MLMD only and answer at once; a HOME without a metadata store is
     refused without creating anything. TensorFlow's start-up output during the push goes to
     HOME/logs/bless-<time>.log."""
-    home = home_dir(args.home)
     try:
+        where = store_location(args.home, args.config)
+        home, metadata = where.home, where.metadata
         if not args.reason.strip():
             raise BlessError("give the reason for blessing by hand with --reason \"...\"")
-        _store(home)  # refuses a HOME without a store before the lock creates anything
+        _store(home, metadata)  # refuses a HOME without a store before the lock creates anything
         with home_lock(home):
-            check(args.run, home, args.name)
+            check(args.run, home, args.name, metadata)
             log_dir = os.path.join(home, "logs")
             os.makedirs(log_dir, exist_ok=True)
             with output_to_log(os.path.join(log_dir, f"bless-{time.strftime('%Y%m%d-%H%M%S')}.log")):
-                b = bless(args.run, args.reason, args.by, home, args.name)
+                b = bless(args.run, args.reason, args.by, home, args.name, canary=args.canary,
+                          metadata=metadata)
+    except ConfigError as e:
+        print(f"conveyor bless: {e}", file=sys.stderr)
+        return 2
     except (LineageError, ConveyorError) as e:
         print(f"conveyor bless: {e}", file=sys.stderr)
         return 1

@@ -30,6 +30,9 @@ def _run_parser(sub) -> None:
                      help="skip malformed text rows instead of stopping (recorded on the artifact)")
     run.add_argument("--force", action="store_true",
                      help="run the pipeline even when nothing changed since the last run")
+    run.add_argument("--canary", action="store_true", default=None,
+                     help="push a blessed model as the `canary` version while the serving one stays "
+                          "`stable` (conveyor promote / rollback end it)")
 
 
 def cmd_run(args) -> int:
@@ -39,7 +42,8 @@ def cmd_run(args) -> int:
     overrides = {"home": args.home, "model": args.model, "name": args.name,
                  "train_steps": args.train_steps, "eval_steps": args.eval_steps, "epochs": args.epochs,
                  "input_pattern": args.input_pattern, "skip_bad_images": args.skip_bad_images,
-                 "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start}
+                 "skip_bad_rows": args.skip_bad_rows, "warm_start": args.warm_start,
+                 "canary": args.canary}
     config = load_config(args.kind, args.config, overrides)
     data = args.data or config.data
     # With a {SPAN} spec, the folder above the span folders must exist (spans may come later).
@@ -77,8 +81,8 @@ def cmd_download(args) -> int:
 
 def cmd_ui(args) -> int:
     """`conveyor ui`: serves the dashboard until Ctrl-C; 0 then, 1 with one line when the
-    port cannot be bound, 2 with one line for a port outside 1..65535 or a --serving-url
-    that is not http(s)://host[:port]."""
+    port cannot be bound, 2 with one line for a port outside 1..65535, a --serving-url
+    that is not http(s)://host[:port] or a bad --config."""
     from conveyor.ui import UiArgumentError, check_port, check_serving_url, serve
     try:
         check_port(args.port)
@@ -86,8 +90,14 @@ def cmd_ui(args) -> int:
     except UiArgumentError as e:
         print(f"conveyor: ui: {e}", file=sys.stderr)
         return 2
+    from conveyor.metadata.store import store_location
     try:
-        serve(args.home, port=args.port, host=args.host, serving_url=args.serving_url)
+        where = store_location(args.home, args.config)
+    except ConfigError as e:
+        print(f"conveyor: ui: {e}", file=sys.stderr)
+        return 2
+    try:
+        serve(where.home, port=args.port, host=args.host, serving_url=args.serving_url, metadata=where.metadata)
     except OSError as e:
         print(f"conveyor: ui: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -126,6 +136,7 @@ def _main(argv: List[str]) -> int:
     compile_.add_argument("--text-config", help="YAML/JSON config of the text pipeline")
     ui = sub.add_parser("ui", help="local read-only dashboard of runs, models and comparisons (a web page)")
     ui.add_argument("--home", help="Conveyor HOME holding metadata.sqlite and serving/ (default ./conveyor_home)")
+    ui.add_argument("--config", help="config file whose `metadata:` (and `home:`) say where ML Metadata is")
     ui.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     ui.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1: only this machine; the pages are not authenticated)")
@@ -139,9 +150,17 @@ def _main(argv: List[str]) -> int:
     bless.add_command(sub)
     from conveyor import backbone
     backbone.add_command(sub)
+    from conveyor import production_cli
+    production_cli.add_commands(sub)
+    from conveyor import metadata_copy
+    metadata_copy.add_command(sub)
     args = parser.parse_args(argv)
     if args.command == "export-backbone":
         return backbone.cmd_export_backbone(args)
+    if args.command in production_cli.COMMANDS:
+        return production_cli.dispatch(args)
+    if args.command == "metadata":
+        return metadata_copy.cmd_metadata(args)
     if args.command == "drift":
         return drift_cli.cmd_drift(args)
     if args.command == "bless":

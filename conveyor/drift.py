@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from conveyor.metadata.artifacts import load_split_statistics
 from conveyor.metadata.lineage import lineage_of_version
 from conveyor.metadata.store import Graph, LineageError, Record, json_field, open_store
-from pipelines.config import load_config
+from pipelines.config import MySQLMetadata, load_config
 
 DRIFT_DIR = "drift"
 SERVING = "SERVING"
@@ -32,6 +32,32 @@ TRAINING = "TRAINING"
 
 class DriftError(RuntimeError):
     """Nothing to compare; the message says what is missing."""
+
+
+class NotEnoughRequests(DriftError):
+    """Fewer logged requests than the minimum sample: no verdict either way."""
+
+
+def count_records(files: List[str]) -> int:
+    """The number of records in TFRecord `files`, each file read to its end.
+
+    Args:
+      files: TFRecord paths (uncompressed, as the request logger writes them).
+    Returns:
+      The total record count (0 when every file is empty).
+    Raises:
+      DriftError: a file vanished, cannot be read or is corrupt; the message names it.
+    """
+    import tensorflow as tf
+
+    total = 0
+    for path in files:
+        try:
+            total += sum(1 for _ in tf.data.TFRecordDataset(path))
+        except (tf.errors.OpError, OSError) as e:
+            reason = " ".join(str(getattr(e, "message", e)).split())
+            raise DriftError(f"cannot read the request log {path}: {reason}") from e
+    return total
 
 
 @dataclasses.dataclass
@@ -132,7 +158,9 @@ def drift_schema(schema, kind: str, threshold: float):
 
 
 def check_drift(home: str, model: str, threshold: Optional[float] = None,
-                config_path: Optional[str] = None, log_dir: Optional[str] = None) -> DriftRecord:
+                config_path: Optional[str] = None, log_dir: Optional[str] = None,
+                min_requests: Optional[int] = None,
+                metadata: Optional[MySQLMetadata] = None) -> DriftRecord:
     """Computes and records the drift of the served (latest pushed) version of `model`.
 
     Args:
@@ -141,30 +169,38 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
       threshold: Jensen-Shannon threshold in (0, 1]; None = the kind's config drift_threshold.
       config_path: YAML/JSON config read for the default threshold.
       log_dir: request logs folder (default HOME/request_logs); logs are <log_dir>/<model>/<version>/.
+      min_requests: the minimum sample, >= 1; None = the config's drift_min_requests (200).
+        Jensen-Shannon divergence over a handful of requests is noise (one normal request
+        scored 1.0, five 0.47), so a smaller sample gives no verdict.
+      metadata: the MySQL store of ML Metadata (None: HOME/metadata.sqlite).
     Returns:
       the DriftRecord, also written to drift_path(home, model, version); its `path` says where.
     Raises:
+      NotEnoughRequests: fewer than `min_requests` logged requests were read (nothing written).
       DriftError: no store/pushed version, no training statistics or kind in MLMD, no logged
-        requests, or no schema.
-      ConfigError: the config file is invalid.
+        requests, a log file that vanished or cannot be read, zero examples read, or no
+        schema. "No drift" is never the answer on zero examples.
+      ConfigError: the config file is invalid, or the MySQL store cannot be reached
+        (MetadataConnectionError).
     """
-    import tensorflow_data_validation as tfdv
-
-    from conveyor.request_log import LOG_DIR_NAME, log_files
-
     home = os.path.abspath(home)
-    try:
-        store = open_store(home)
+    try:  # before TFDV's (TensorFlow's) import: a missing or unreachable store answers at once
+        store = open_store(home, metadata=metadata)
         info = lineage_of_version(store, model, None, with_metrics=False)
     except LineageError as e:
         raise DriftError(str(e)) from e
+    import tensorflow_data_validation as tfdv
+
+    from conveyor.request_log import LOG_DIR_NAME, log_files
     version = info.version
     hyperparameters = info.model.hyperparameters if info.model else None
     kind = hyperparameters.get("kind") if isinstance(hyperparameters, dict) else None
     if kind not in ("image", "text") or info.statistics is None:
         raise DriftError(f"MLMD has no training statistics / kind for version {version} of {model}")
-    if threshold is None:
-        threshold = load_config(kind, config_path).drift_threshold
+    if threshold is None or min_requests is None:
+        config = load_config(kind, config_path)
+        threshold = config.drift_threshold if threshold is None else threshold
+        min_requests = config.drift_min_requests if min_requests is None else min_requests
 
     graph = Graph(store)
     statistics = graph.artifact(info.statistics.artifact_id)
@@ -176,9 +212,26 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
     if not files:
         raise DriftError(f"no logged requests of {model} version {version} in {folder}; serve it with "
                          "--request_log_rate > 0 (conveyor serve --home ... --request_log_rate 0.1)")
-    serving = tfdv.generate_statistics_from_tfrecord(
-        data_location=os.path.join(folder, "requests-*.tfrecord"),
-        stats_options=tfdv.StatsOptions())
+    logged = count_records(files)
+    if logged == 0:
+        raise DriftError(f"0 requests read from the {len(files)} request log file(s) of {model} "
+                         f"version {version} in {folder} (every file is empty)")
+    if logged < min_requests:
+        raise NotEnoughRequests(
+            f"not enough requests: {logged} logged request(s) of {model} version {version} in "
+            f"{folder}, need at least {min_requests} (drift_min_requests) for a drift verdict")
+    try:
+        serving = tfdv.generate_statistics_from_tfrecord(
+            data_location=os.path.join(folder, "requests-*.tfrecord"),
+            stats_options=tfdv.StatsOptions())
+    except Exception as e:  # noqa: BLE001 - Beam wraps I/O errors in its own types
+        reason = " ".join(str(e).split())[:300]
+        raise DriftError(f"cannot read the request logs in {folder}: {reason}") from e
+    read = int(serving.datasets[0].num_examples) if serving.datasets else 0
+    if read < min_requests:  # files moved or truncated between the count and TFDV's read
+        raise NotEnoughRequests(
+            f"not enough requests: TFDV read {read} of the {logged} logged request(s) of {model} "
+            f"version {version} in {folder} (files moved or changed?), need at least {min_requests}")
     schema, schema_path = _load_schema(info.pushed.destination if info.pushed else None,
                                        info.schema.uri if info.schema else None)
     anomalies = tfdv.validate_statistics(serving, drift_schema(schema, kind, threshold), environment=SERVING,
@@ -197,7 +250,7 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
                                   anomalies.dataset_anomaly_info.description))
     record = DriftRecord(model=model, version=version, kind=kind,
                          checked_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                         requests=int(serving.datasets[0].num_examples), request_files=len(files),
+                         requests=read, request_files=len(files),
                          training_examples=int(training.datasets[0].num_examples),
                          training_statistics=statistics.uri, schema=schema_path,
                          threshold=threshold, js_divergence=divergence, drift=bool(found), anomalies=found)

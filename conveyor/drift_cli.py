@@ -1,7 +1,8 @@
 """`conveyor drift --model NAME [--home DIR] [--json]`: the command around drift.check_drift.
 
 Anomalies are printed in plain words (or the record as JSON). Exit status: 0 no drift,
-1 drift found, 2 nothing to compare (no pushed version, no logged requests, bad arguments).
+1 drift found, 2 no verdict: nothing to compare (no pushed version, no logged requests, zero
+requests read, unreadable logs), not enough requests (drift_min_requests), bad arguments.
 """
 import argparse
 import json
@@ -9,7 +10,7 @@ import sys
 
 from conveyor.quiet import third_party_output
 from conveyor.drift import DriftError, DriftRecord, check_drift
-from conveyor.metadata.store import LineageError, home_dir
+from conveyor.metadata.store import LineageError, store_location
 from pipelines.config import DEFAULT_HOME, Config, ConfigError
 
 
@@ -34,20 +35,29 @@ def add_command(sub) -> None:
     drift = sub.add_parser("drift", help="compare logged requests with the served model's training data (TFDV)")
     drift.add_argument("--model", required=True, help="model name (the pipeline name)")
     drift.add_argument("--home", help=f"Conveyor HOME (default ./{DEFAULT_HOME})")
-    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold")
+    drift.add_argument("--config", help="YAML/JSON config giving drift_threshold (and `metadata:` / `home:`: "
+                                        "where ML Metadata is)")
     drift.add_argument("--threshold", type=float, help="Jensen-Shannon divergence threshold (overrides the config)")
     drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")
+    drift.add_argument("--min-requests", type=int,
+                       help="minimum logged requests for a verdict (default: drift_min_requests of the config, 200)")
     drift.add_argument("--json", action="store_true", help="print the record as JSON")
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    """Runs `conveyor drift`; returns 0 no drift, 1 drift, 2 nothing to compare / bad arguments."""
+    """Runs `conveyor drift`; returns 0 no drift, 1 drift, 2 no verdict (nothing or not enough to
+    compare) / bad arguments."""
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         print(f"conveyor drift: --threshold: expected 0..1, got {args.threshold}", file=sys.stderr)
         return 2
+    if args.min_requests is not None and args.min_requests < 1:
+        print(f"conveyor drift: --min-requests: expected at least 1, got {args.min_requests}", file=sys.stderr)
+        return 2
     try:
-        with third_party_output(home_dir(args.home), "drift"):
-            record = check_drift(home_dir(args.home), args.model, args.threshold, args.config, args.request_log_dir)
+        where = store_location(args.home, args.config)
+        with third_party_output(where.home, "drift"):
+            record = check_drift(where.home, args.model, args.threshold, args.config, args.request_log_dir,
+                                 args.min_requests, metadata=where.metadata)
     except (DriftError, LineageError, ConfigError) as e:
         print(f"conveyor drift: {e}", file=sys.stderr)
         return 2

@@ -13,11 +13,23 @@ from conveyor.metadata.artifacts import rule_line
 from conveyor.metadata.lineage import Lineage, ModelsFromExamples, lineage_of_version, models_from_examples
 from conveyor.metadata.runs import RunRecord, list_runs
 from conveyor.quiet import third_party_output
-from conveyor.metadata.store import LineageError, Record, home_dir, open_store, to_json_value
-from pipelines.config import DEFAULT_HOME, Config
+from conveyor.metadata.store import LineageError, Record, StoreLocation, home_dir, store_location, to_json_value
+from pipelines.config import DEFAULT_HOME, Config, ConfigError
 
 COMMANDS = ("runs", "lineage", "diff", "report")
 _HOME_HELP = f"Conveyor HOME holding metadata.sqlite (default ./{DEFAULT_HOME})"
+CONFIG_HELP = "config file whose `metadata:` (and `home:`) say where ML Metadata is (e.g. a MySQL database)"
+
+
+def add_store_flags(parser) -> None:
+    """--home and --config: where a read command finds ML Metadata (store_location)."""
+    parser.add_argument("--home", help=_HOME_HELP)
+    parser.add_argument("--config", help=CONFIG_HELP)
+
+
+def location(args: argparse.Namespace) -> StoreLocation:
+    """The store of the command's --home / --config (raises ConfigError for a bad config)."""
+    return store_location(getattr(args, "home", None), getattr(args, "config", None))
 
 
 class UsageError(ValueError):
@@ -27,7 +39,7 @@ class UsageError(ValueError):
 def add_commands(sub) -> None:
     """Adds the runs, lineage, diff and report subcommands to an argparse subparsers object."""
     runs = sub.add_parser("runs", help="one row per pipeline run: states, durations, blessed, pushed version")
-    runs.add_argument("--home", help=_HOME_HELP)
+    add_store_flags(runs)
     runs.add_argument("--name", help="only this pipeline/model name (default: all)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -37,19 +49,19 @@ def add_commands(sub) -> None:
     lineage.add_argument("--version", help="pushed version (default: the latest pushed)")
     lineage.add_argument("--from-examples", metavar="URI",
                          help="Examples artifact URI (or the input data folder): which models trained on it")
-    lineage.add_argument("--home", help=_HOME_HELP)
+    add_store_flags(lineage)
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
 
     diff = sub.add_parser("diff", help="what changed between two runs: config, data, schema, metrics")
     diff.add_argument("run_a", help="run id, unique prefix, or position (1 = oldest, -1 = latest)")
     diff.add_argument("run_b", help="run id, unique prefix, or position")
-    diff.add_argument("--home", help=_HOME_HELP)
+    add_store_flags(diff)
     diff.add_argument("--name", help="pipeline name (needed when the store has several)")
     diff.add_argument("--json", action="store_true", help="machine-readable output")
 
     report = sub.add_parser("report", help="self-contained HTML report of one run")
     report.add_argument("--run", help="run id, unique prefix, or position (default: latest)")
-    report.add_argument("--home", help=_HOME_HELP)
+    add_store_flags(report)
     report.add_argument("--name", help="pipeline name (needed when the store has several)")
     report.add_argument("--out", required=True, help="HTML file to write")
 
@@ -58,7 +70,8 @@ def dispatch(args: argparse.Namespace) -> int:
     """Runs the subcommand `args.command` (one of COMMANDS).
 
     Returns:
-      the exit status: 0 done, 1 a lookup failed (message on stderr), 2 bad arguments.
+      the exit status: 0 done, 1 a lookup failed (message on stderr), 2 bad arguments, a bad
+      config or an unreachable MySQL store (one line).
       Third-party start-up output goes to HOME/logs/<command>.log (conveyor/quiet.py).
     """
     command = {"runs": cmd_runs, "lineage": cmd_lineage, "diff": cmd_diff, "report": cmd_report}[args.command]
@@ -69,7 +82,7 @@ def dispatch(args: argparse.Namespace) -> int:
     except LineageError as e:
         print(f"conveyor {args.command}: {e}", file=sys.stderr)
         return 1
-    except UsageError as e:
+    except (UsageError, ConfigError) as e:
         print(f"conveyor {args.command}: {e}", file=sys.stderr)
         return 2
 
@@ -107,7 +120,7 @@ _SHORT = {"ImageExampleGen": "ExampleGen", "TextExampleGen": "ExampleGen", "Gate
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """`conveyor runs [--name N] [--json]`: one row per run. Raises LineageError (see dispatch)."""
-    rows = list_runs(open_store(args.home), args.name)
+    rows = list_runs(location(args).open(), args.name)
     if args.json:
         _print_json(rows)
         return 0
@@ -150,7 +163,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     """`conveyor lineage --model N [--version V] | --from-examples URI [--json]`; 2 if neither is given."""
     if not args.model and not args.from_examples:
         raise UsageError("give --model NAME [--version V] or --from-examples URI")
-    store = open_store(args.home)
+    store = location(args).open()
     if args.from_examples:
         return _emit(args, models_from_examples(store, args.from_examples), format_forward)
     return _emit(args, lineage_of_version(store, args.model, args.version), format_lineage)
@@ -243,7 +256,7 @@ def format_forward(r: ModelsFromExamples) -> str:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """`conveyor diff A B [--name N] [--json]`. Raises LineageError (see dispatch)."""
-    return _emit(args, diff_runs(open_store(args.home), args.name, args.run_a, args.run_b), format_diff)
+    return _emit(args, diff_runs(location(args).open(), args.name, args.run_a, args.run_b), format_diff)
 
 
 def format_diff(d: RunDiff) -> str:
@@ -298,6 +311,6 @@ def _repr(value: Any) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     """`conveyor report [--run R] [--name N] --out FILE`: writes the HTML report, prints its path."""
     from conveyor import report
-    home = home_dir(args.home)
-    print(report.write_report(open_store(home), args.out, args.name, args.run, home=home))
+    where = location(args)
+    print(report.write_report(where.open(), args.out, args.name, args.run, home=where.home))
     return 0

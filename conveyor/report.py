@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor import pictures
 from conveyor.drift import DriftRecord, read_drift
+from conveyor.monitor import read_monitor
 from conveyor.metadata.artifacts import ACCURACY, EdgeExportsSummary, RuleResult, run_spans
 from conveyor.metadata.diff import RunDetails, dag_edges, run_details
 from conveyor.metadata.lineage import Lineage, PushedVersion, lineage_of_version, pushed_models
@@ -504,6 +505,28 @@ def _drift_section(record: Optional[DriftRecord]) -> str:
     return "".join(out)
 
 
+def _monitor_section(record: Optional[Dict[str, Any]]) -> str:
+    """The last `conveyor monitor` record of the model (online accuracy), or "" if there is none."""
+    if not record:
+        return ""
+    problems = record.get("problems") or []
+    badge = ("<span class=\"badge bad\" id=\"monitor\">PROBLEM</span>" if problems else
+             "<span class=\"badge ok\" id=\"monitor\">ok</span>")
+    rows = [[_e(v.get("version")), _e(", ".join(v.get("arms") or []) or "-"), _e(v.get("n")),
+             _num(v.get("accuracy")), f"{_num(v.get('wilson_low'))}-{_num(v.get('wilson_high'))}",
+             _num(v.get("offline_accuracy"))] for v in record.get("versions") or []]
+    out = [f"<h2>Online accuracy</h2><p>{badge} {_e(record.get('labelled'))} labelled of "
+           f"{_e(record.get('predictions'))} logged predictions, checked {_e(record.get('checked_at'))}.</p>",
+           _table(["version", "arms", "labelled", "accuracy", "95% CI", "offline"], rows, (2, 3, 5))]
+    ab = record.get("ab_test")
+    if ab:
+        out.append(f"<p>A/B: canary - stable = {_num(ab.get('difference'))}, p = {_e(ab.get('p_value'))} "
+                   f"({'significant' if ab.get('significant') else 'not significant'}).</p>")
+    if problems:
+        out.append("<ul class=\"reasons\">" + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>")
+    return "".join(out)
+
+
 def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, home: Optional[str] = None) -> str:
     """The HTML report of one run.
 
@@ -545,6 +568,7 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
     data_line = (f"<p id=\"run-data\">Data of this run: {_e(spans.sentence())}</p>"
                  if spans is not None and spans.worth_showing() else "")
     drift = read_drift(home, pipeline, str(pushed[-1].version)) if home and pushed else None
+    monitor = read_monitor(home, pipeline) if home else None
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     body = [f"<h1>Conveyor run report: {_e(pipeline)}</h1>",
             f"<p>Run <code id=\"run-id\">{_e(details.run_id)}</code> started {_e(details.start)}, "
@@ -557,7 +581,7 @@ def render(store, pipeline: Optional[str] = None, run: Optional[str] = None, hom
             _dataset_section(details, _data_pictures(graph, details)), _evaluation_section(details),
             _model_pictures_section(graph, details), _lineage_section(lin, note),
             _edge_section(lin.edge_exports if lin else None), _pushed_section(pushed), _drift_section(drift),
-            f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
+            _monitor_section(monitor), f"<p class=\"muted\">Generated {generated} from ML Metadata.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Conveyor report {_e(pipeline)} {_e(details.run_id)}</title>"
             f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>")
@@ -590,7 +614,7 @@ def write_run_report(config: Config, run: Optional[str] = None) -> str:
     Raises:
       LineageError: no store, pipeline or run.
     """
-    store = open_store(config.home_dir)
+    store = open_store(config.home_dir, metadata=config.metadata)
     context = resolve_run(Graph(store), config.name, run)
     return write_report(store, run_report_path(config, context.name), config.name, context.name, config.home_dir)
 

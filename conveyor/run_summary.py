@@ -141,7 +141,17 @@ def read_summary(metadata_path: str, pipeline: str, run: Optional[metadata_store
     """
     if not os.path.isfile(metadata_path):
         return RunSummary(pipeline, "-", [])
-    graph = mlmd.Graph(open_store(metadata_path))
+    return store_summary(open_store(metadata_path), pipeline, run)
+
+
+def store_summary(store: metadata_store.MetadataStore, pipeline: str,
+                  run: Optional[metadata_store_pb2.Context] = None) -> RunSummary:
+    """read_summary on an open store (any backend: SQLite, MySQL).
+
+    Returns:
+      the RunSummary; RunSummary(pipeline, "-", []) when the pipeline has no runs.
+    """
+    graph = mlmd.Graph(store)
     if run is None:
         try:
             contexts = runs.run_contexts(graph, pipeline)
@@ -218,6 +228,9 @@ def _first_skipped(path: str) -> List[Tuple[str, str]]:
 def summarize(config: Config) -> RunSummary:
     """The summary of the newest run of config's pipeline (the run that just happened: runs
     hold the HOME lock)."""
-    summary = read_summary(config.metadata_path, config.name)
+    if config.metadata is None:
+        summary = read_summary(config.metadata_path, config.name)
+    else:
+        summary = store_summary(mlmd.open_store(config.home_dir, metadata=config.metadata), config.name)
     summary.eval_span = config.eval_span
     return summary

@@ -99,10 +99,12 @@ def next_commands(config: Config, report: Optional[str], run_id: Optional[str] =
         validation, so `conveyor bless --run run_id` may push it.
     Returns:
       the "Next:" block, one command per line, `conveyor` written as the user can run it
-      (conveyor_command).
+      (conveyor_command); with MLMD on MySQL the read commands carry `--config CONFIG`.
     """
     conveyor = conveyor_command()
     home = shlex.quote(config.home_dir)
+    # A MySQL store is named in the config file (whose path the Config does not keep).
+    store = " --config CONFIG" if config.metadata is not None else ""
     version = preflight.served_version(config)
     lines = ["", "Next:"]
     if version is not None:
@@ -113,12 +115,13 @@ def next_commands(config: Config, report: Optional[str], run_id: Optional[str] =
     else:
         lines.append(f"  nothing is served yet for {config.name}: see why above")
     if blessable and run_id:
-        lines.append(f"  {conveyor} bless --run {shlex.quote(run_id)} --reason \"...\" --home {home}"
+        lines.append(f"  {conveyor} bless --run {shlex.quote(run_id)} --reason \"...\" --home {home}{store}"
                      "   # push this run's model anyway, recorded as your decision")
     if report:
         opener = "open" if sys.platform == "darwin" else "xdg-open"
         lines.append(f"  {opener} {shlex.quote(report)}   # the run report")
-    lines.append(f"  {conveyor} runs --home {home}   # every run of this HOME")
+    lines.append(f"  {conveyor} runs --home {home}{store}   # every run of this HOME"
+                 + (" (CONFIG: this run's config file, naming its MySQL metadata store)" if store else ""))
     return "\n".join(lines)
 
 
@@ -129,7 +132,7 @@ def _blessable(config: Config, summary: run_summary.RunSummary) -> bool:
     from conveyor.bless import check
     from conveyor.metadata.store import LineageError
     try:
-        check(summary.run_id, config.home_dir, config.name)
+        check(summary.run_id, config.home_dir, config.name, config.metadata)
     except LineageError:
         return False
     return True

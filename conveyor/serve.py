@@ -1,10 +1,12 @@
 """`conveyor serve`: the standalone TF Serving-compatible server (serving/server.py) plus
-Conveyor's request logging for `conveyor drift`.
+Conveyor's request logging for `conveyor drift` and ground-truth feedback.
 
 The server itself knows nothing of Conveyor's config or features: this wrapper parses the
-Conveyor-only flags (--config, --request_log_rate, --request_log_dir), builds the
-RequestLogger and hands the server its `log` method as the on_predict hook. Every other
-flag goes to serving.server unchanged.
+Conveyor-only flags (--config, --request_log_rate, --request_log_dir, --feedback,
+--feedback_dir, --feedback_token_env), builds the RequestLogger and the FeedbackLog and hands
+the server their hooks (on_predict; on_prediction and the feedback POST route). A config's
+`serving.ab_split` becomes the server's `--ab_split MODEL:canary=P` unless the command line
+gives --ab_split. Every other flag goes to serving.server unchanged.
 """
 import argparse
 import os
@@ -19,7 +21,13 @@ Conveyor extensions (request logging for `conveyor drift`):
   --request_log_rate R  share of requests logged as tf.Examples, 0..1 (default: request_log_rate
                         of --config, else 0 = off)
   --request_log_dir DIR where request logs go (default HOME/request_logs with --home)
-  --config FILE         Conveyor config file (YAML/JSON) to read request_log_rate from
+  --config FILE         Conveyor config file (YAML/JSON) to read request_log_rate, feedback and
+                        ab_split (of the config's model name) from
+Ground-truth feedback (`conveyor monitor`, `conveyor export-feedback`):
+  --feedback            give every prediction a request id (header X-Conveyor-Request-Id) and log
+                        it; labels come back on POST /v1/conveyor/models/NAME/feedback
+  --feedback_dir DIR    where predictions and labels go (default HOME/feedback with --home)
+  --feedback_token_env VAR  POSTed labels need 'Authorization: Bearer $VAR'
 """
 
 
@@ -28,7 +36,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--request_log_rate", type=float, default=None)
     p.add_argument("--request_log_dir")
     p.add_argument("--config")
+    p.add_argument("--feedback", action="store_true", default=None)
+    p.add_argument("--feedback_dir")
+    p.add_argument("--feedback_token_env")
     return p
+
+
+def _serving_config(config_path: Optional[str]):
+    """The `serving` settings of a Conveyor config file and its model name, or (None, None).
+    Raises ConfigError (a ValueError) for a bad file."""
+    if not config_path:
+        return None, None
+    import yaml
+
+    from pipelines.config import ConfigError, load_config
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            kind = (yaml.safe_load(f) or {}).get("kind", "image")
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise ConfigError(f"--config {config_path}: cannot read it ({e})") from e
+    config = load_config(kind, config_path)
+    return config.serving, config.name
+
+
+def feedback_log(enabled: bool, directory: Optional[str], token_env: Optional[str], home: Optional[str]):
+    """The server's FeedbackLog for --feedback/--feedback_dir/--feedback_token_env, or None when off.
+
+    Raises:
+      ValueError: no directory (neither --feedback_dir nor --home), or a token variable that
+        is unset or empty.
+    """
+    if not enabled:
+        return None
+    from conveyor.feedback import FEEDBACK_DIR, FeedbackLog
+    if not directory:
+        if not home:
+            raise ValueError("--feedback needs --feedback_dir (or --home)")
+        directory = os.path.join(home, FEEDBACK_DIR)
+    token = ""
+    if token_env:
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise ValueError(f"--feedback_token_env {token_env}: the environment variable is unset or empty")
+    return FeedbackLog(directory, token=token)
 
 
 def _home(argv: List[str]) -> Optional[str]:
@@ -56,12 +106,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     ours, rest = _parser().parse_known_args(argv)
     try:
         rate = request_log.configured_rate(ours.request_log_rate, ours.config)
+        serving_config, name = _serving_config(ours.config)
+        if serving_config is not None and serving_config.ab_split is not None and \
+                not any(a.split("=", 1)[0] == "--ab_split" for a in rest):
+            rest += ["--ab_split", f"{name}:canary={serving_config.ab_split}"]
+        enabled = ours.feedback if ours.feedback is not None else bool(serving_config and serving_config.feedback)
+        feedback = feedback_log(enabled, ours.feedback_dir, ours.feedback_token_env, _home(rest))
         logger = request_log.from_args(rate, ours.request_log_dir, _home(rest))
     except ValueError as e:
         print(f"conveyor serve: error: {e}", file=sys.stderr)
         return 2
+    from conveyor.feedback import FEEDBACK_ROUTE
     try:
-        return server.main(rest, on_predict=logger.log if logger else None)
+        return server.main(rest, on_predict=logger.log if logger else None,
+                           on_prediction=feedback.record if feedback else None,
+                           post_routes={FEEDBACK_ROUTE: feedback.route} if feedback else None)
     finally:
         if logger:
             logger.close()  # writes what is still queued
+        if feedback:
+            feedback.close()

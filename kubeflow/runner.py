@@ -103,7 +103,12 @@ def compile_pipeline(config: Config, out_dir: str, image: str = DEFAULT_IMAGE,
                          f"multi_worker, got {config.distribution!r}")
     root = f"{pipeline_root.rstrip('/')}/{config.name}"
     # The image has the repo installed: no local setup.py for Beam workers.
+    # KFP and Vertex record the run in their own MLMD (KFP: the metadata-grpc service on its
+    # MySQL database `metadb`; Vertex: Vertex ML Metadata), so the config's `metadata` is not
+    # compiled in: an empty ConnectionConfig, and no password is read at compile time.
+    from ml_metadata.proto import metadata_store_pb2
     pipeline = create_pipeline(config, pipeline_root=root, worker_setup_file=None,
+                               metadata_connection_config=metadata_store_pb2.ConnectionConfig(),
                                cloud_training=vertex_training.custom_config(image) if vertex_training else None)
     # KFP/Vertex names are [a-z0-9][a-z0-9-]*; the model keeps its name (serving dir, signatures).
     pipeline.pipeline_info.pipeline_name = kfp_name(config.name)

@@ -8,6 +8,10 @@ environment (see pipelines/env_config.py):
   CONVEYOR_CONFIG                               config for both (when the above are unset)
   CONVEYOR_HOME                                 overrides `home` (metadata.sqlite, serving/)
 
+With `metadata:` set to a MySQL connection in the config, the variable its `password_env`
+names must be set wherever the file is executed (scheduler, workers): the connection is
+built from it there (pipelines/metadata_connection.py) and never written into the config.
+
 Schedule, start date, retries and catchup come from the config (default @daily, no catchup).
 Importing TFX takes longer than Airflow's default 30 s DAG import timeout: raise
 AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (and the scheduler's dag_file_processor_timeout).

@@ -289,16 +289,35 @@ class EvaluationConfig(_Settings):
 
 
 class ServingConfig(_Settings):
-    """Drift between training and serving data (config key `serving`; read by
-    `conveyor serve --config` and `conveyor drift`).
+    """Releasing and watching the served model (config key `serving`; read by the Pusher,
+    `conveyor serve --config`, `conveyor drift` and `conveyor monitor`).
 
     Attributes:
       request_log_rate: share of served requests logged to HOME/request_logs (0..1).
       drift_threshold: Jensen-Shannon divergence per profile feature above which a feature
         has drifted (0..1).
+      drift_min_requests: fewer logged requests than this is "not enough requests" for
+        `conveyor drift` (exit 2), never a verdict (>= 1).
+      canary: a blessed push becomes the `canary` version label while the version serving
+        before stays `stable` (both loaded); `conveyor promote` / `conveyor rollback` end it.
+      ab_split: share of unversioned requests `conveyor serve --config` sends to the
+        canary (the rest go to stable); None = no split (TF Serving's rule: the highest
+        loaded version answers).
+      feedback: `conveyor serve --config` gives every prediction a request id and logs it
+        for ground-truth feedback (HOME/feedback).
+      monitor_max_drop: `conveyor monitor` flags a version whose online accuracy is below its
+        offline eval accuracy by more than this (0..1), with significance.
+      monitor_min_feedback: fewer labelled predictions than this per version is "not enough
+        feedback" for `conveyor monitor` (>= 1).
     """
     request_log_rate: Share = 0.0
     drift_threshold: Share = 0.2
+    drift_min_requests: Positive = 200
+    canary: bool = False
+    ab_split: Optional[Share] = None
+    feedback: bool = False
+    monitor_max_drop: Share = 0.05
+    monitor_min_feedback: Positive = 30
 
 
 class OrchestrationConfig(_Settings):
@@ -329,6 +348,48 @@ class OrchestrationConfig(_Settings):
     catchup: bool = False
 
 
+class MySQLMetadata(_Settings):
+    """An ML Metadata store in a MySQL-compatible database (MySQL, MariaDB, Cloud SQL): the
+    config key `metadata` as a mapping. `metadata: sqlite` (the default) keeps MLMD in
+    HOME/metadata.sqlite instead.
+
+    The password is never part of a config: `password_env` names the environment variable
+    that holds it, read when a connection is made (pipelines/metadata_connection.py).
+
+    Attributes:
+      host: server name or address; ignored with `socket`.
+      port: TCP port of the server (1..65535); ignored with `socket`.
+      socket: unix socket of a server on this machine; None = TCP to host:port.
+      database: database name. A run creates it (and ML Metadata's tables) when it is
+        missing and the user may; read commands never create it.
+      user: the MySQL user.
+      password_env: NAME of the environment variable holding the user's password; None = the
+        user has no password.
+    """
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3306
+    socket: Optional[str] = None
+    database: Annotated[str, _rule("expected a database name", lambda v: v.strip() != "")]
+    user: Annotated[str, _rule("expected a MySQL user name", lambda v: v.strip() != "")]
+    password_env: Optional[Annotated[str, _rule(
+        "expected the NAME of an environment variable (letters, digits, '_')",
+        lambda v: v.replace("_", "").isalnum() and not v[:1].isdigit())]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "password" in values:
+            raise PydanticCustomError(
+                "metadata_password", "a password is never written into a config: set password_env to the "
+                "name of an environment variable holding it")
+        return values
+
+    def where(self) -> str:
+        """"MySQL database 'D' at HOST:PORT" (or "at socket PATH"), for messages; no secret."""
+        at = f"socket {self.socket}" if self.socket else f"{self.host}:{self.port}"
+        return f"MySQL database '{self.database}' at {at} (user {self.user})"
+
+
 GROUPS: Dict[str, type] = {"ingest": IngestConfig, "training": TrainingConfig,
                            "evaluation": EvaluationConfig, "serving": ServingConfig,
                            "orchestration": OrchestrationConfig}
@@ -350,6 +411,8 @@ class Config(_Settings):
         working directory unless absolute.
       model: architecture, one of modules.settings.MODELS[kind]; "" = cnn (image) /
         tfidf (text).
+      metadata: where ML Metadata lives: "sqlite" (HOME/metadata.sqlite, the default) or a
+        MySQL connection given as a mapping (MySQLMetadata). Read back as None for SQLite.
       ingest, training, evaluation, serving, orchestration: the groups, as mappings; see
         IngestConfig, TrainingConfig, EvaluationConfig, ServingConfig, OrchestrationConfig.
       **settings: any group setting given flat (e.g. train_steps=100).
@@ -363,6 +426,7 @@ class Config(_Settings):
     name: str = Field("", validate_default=True)
     home: str = DEFAULT_HOME
     model: str = Field("", validate_default=True)
+    metadata: Optional[MySQLMetadata] = None
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -381,6 +445,18 @@ class Config(_Settings):
         if not name.replace("_", "").replace("-", "").isalnum():
             raise PydanticCustomError("config_rule", "use letters, digits, '_' or '-'")
         return name
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _sqlite_or_mysql(cls, value: Any) -> Any:
+        if value is None or value == "sqlite":
+            return None
+        if not isinstance(value, Mapping):
+            # The value is not repeated: a connection URL given here may hold a password.
+            raise PydanticCustomError(
+                "metadata_rule", "expected sqlite or a MySQL connection as a mapping {host, port | socket, "
+                "database, user, password_env}")
+        return value
 
     @field_validator("model")
     @classmethod
@@ -594,6 +670,8 @@ _BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_e
 def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Callable[[str], str]) -> str:
     """One line for a pydantic error: source, key, value, what was expected."""
     loc = error["loc"]
+    if loc and loc[0] == "metadata":
+        return f"{source_of('metadata')}: {_describe_metadata(error)}"
     if error["type"] == "train_spans":
         return f"{source_of('train_spans')}: {error['msg']}"
     if loc[0] in GROUPS and len(loc) > 1:
@@ -609,6 +687,27 @@ def _describe(error: Dict[str, Any], nested: Mapping[str, Any], source_of: Calla
         return (f"{source_of(key)}: key '{key}': expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
                 f", got {value!r}")
     return f"{source_of(key)}: key '{key}': expected {_expected_type(field.annotation)}, got {value!r}"
+
+
+def _describe_metadata(error: Dict[str, Any]) -> str:
+    """An error under `metadata:`, naming the key; values are shown only for known keys."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] in ("metadata_rule", "metadata_password"):
+        return f"key 'metadata': {error['msg']}"
+    key = loc[1] if len(loc) > 1 else ""
+    if error["type"] == "missing":
+        return f"key 'metadata.{key}': missing; a MySQL connection needs database and user"
+    if error["type"] == "extra_forbidden" or key not in MySQLMetadata.model_fields:
+        return (f"unknown key 'metadata.{key}' (known keys of metadata: "
+                f"{', '.join(MySQLMetadata.model_fields)})")
+    field = MySQLMetadata.model_fields[key]
+    if error["type"] == "config_rule":
+        expected = error["msg"]
+    elif error["type"] in _BOUND_ERRORS:
+        expected = f"expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
+    else:
+        expected = f"expected {_expected_type(field.annotation)}"
+    return f"key 'metadata.{key}': {expected}, got {error['input']!r}"
 
 
 @contextlib.contextmanager
@@ -769,6 +868,30 @@ def _check_transfer(config: Config, sources: Mapping[str, str]) -> None:
         raise ConfigError(f"{source('head_epochs')}: key 'head_epochs': without fine-tuning (fine_tune_layers 0) "
                           f"the head trains for all {config.epochs} epochs, got {head}; set fine_tune_layers "
                           "or remove head_epochs")
+
+
+def load_any_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """The Config of a file read by a command that runs no pipeline (runs, lineage, diff,
+    report, bless, ui, drift, metadata copy), which reads `home` and `metadata` from it.
+
+    Args:
+      path: YAML/JSON config file; its `kind` is used, else image, else text (the first
+        that validates).
+      overrides: as for load_config (e.g. {"home": --home}).
+    Returns:
+      the validated Config.
+    Raises:
+      ConfigError: as for load_config (for a file without `kind`, the image kind's error).
+    """
+    loaded = _read_file(path)
+    kinds = [loaded["kind"]] if isinstance(loaded.get("kind"), str) else list(KINDS)
+    first: Optional[ConfigError] = None
+    for kind in kinds:
+        try:
+            return load_config(kind, path, overrides)
+        except ConfigError as e:
+            first = first or e
+    raise first
 
 
 def _preset_beam_args(config: Config, extra: List[str]) -> List[str]:

@@ -5,6 +5,10 @@ the environment:
   CONVEYOR_IMAGE_CONFIG / CONVEYOR_TEXT_CONFIG  YAML/JSON config of that pipeline
   CONVEYOR_CONFIG                               config file used when the above is unset
   CONVEYOR_HOME                                 overrides `home` (metadata.sqlite, serving/)
+
+With `metadata:` set to a MySQL connection in the config, the variable its `password_env`
+names must be set wherever the file is executed (scheduler, workers): the connection is
+built from it there (pipelines/metadata_connection.py) and never written into the config.
 """
 import os
 

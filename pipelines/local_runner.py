@@ -20,12 +20,12 @@ import re
 import sys
 import time
 import traceback
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 from absl import logging as absl_logging
 
 from components.errors import ComponentError
-from pipelines import preflight
+from pipelines import metadata_connection, preflight
 from pipelines.beam import PROJECT_ROOT
 from pipelines.config import Config
 
@@ -62,7 +62,15 @@ class ProgressHandler(logging.Handler):
 
 @contextlib.contextmanager
 def home_lock(home: str):
-    """One run per HOME at a time: two runs would race on MLMD and on serving versions."""
+    """One run per HOME at a time: two runs would race on MLMD and on serving versions.
+
+    An flock on HOME/.run.lock: with MLMD on MySQL the runners of one pipeline share HOME on
+    a shared disk (the pipeline root and serving folder live there), and the lock file keeps
+    them to one run at a time (Linux NFS maps flock to NFS byte-range locks).
+
+    Raises:
+      ConveyorError: another process holds the lock (its pid is named).
+    """
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, ".run.lock")
     with open(path, "a+") as f:
@@ -161,12 +169,17 @@ def output_to_log(log_path: str):
 
 
 @contextlib.contextmanager
-def _logging_to(log_path: str, stream, terminal):
+def _logging_to(log_path: str, stream, terminal, secrets: Sequence[str] = ()):
+    """Python logging (TFX's, absl's) to the run log, progress lines to `stream`, own warnings
+    to `terminal`; `secrets` (the MLMD password) are replaced by *** in every record."""
     root = logging.getLogger()
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     progress = ProgressHandler(stream)
     own_warnings = OwnWarningsHandler(terminal)
+    redact = metadata_connection.RedactSecrets(list(secrets))
+    for handler in (file_handler, progress, own_warnings):
+        handler.addFilter(redact)
     absl_logging.set_verbosity(absl_logging.INFO)
     previous_handlers, previous_level = list(root.handlers), root.level
     root.handlers = [file_handler, progress, own_warnings]
@@ -227,7 +240,8 @@ def run(config: Config, stream=sys.stdout,
             stream.write(f"Nothing changed since run {unchanged.repeats_run}; nothing was run.\n")
             return None
         stream.write(f"Conveyor: running '{config.name}' ({config.kind}, model {config.model}) "
-                     f"on {config.data}\n  HOME {home}\n  log  {log_path}\n")
+                     f"on {config.data}\n  HOME {home}\n  MLMD {metadata_connection.describe(home, config.metadata)}\n"
+                     f"  log  {log_path}\n")
         remeasure = preflight.infra_remeasure(config)
         if remeasure and remeasure.startswith(preflight.REMEASURE_AFTER_FAILURE):
             stream.write("  the last infra validation failed: measuring it again\n")
@@ -240,7 +254,7 @@ def run(config: Config, stream=sys.stdout,
             from pipelines.pipeline import create_pipeline
 
             started = time.time()
-            with _logging_to(log_path, stream, terminal):
+            with _logging_to(log_path, stream, terminal, metadata_connection.secrets(config.metadata)):
                 try:
                     LocalDagRunner().run(create_pipeline(config, infra_remeasure=remeasure))
                 except Exception as e:  # the summary below says which component failed

@@ -12,7 +12,7 @@ from tfx.components.statistics_gen.component import StatisticsGen
 from tfx.components.trainer.component import Trainer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
-from tfx.orchestration import metadata, pipeline
+from tfx.orchestration import pipeline
 from tfx.proto.pusher_pb2 import PushDestination
 from tfx.proto.trainer_pb2 import EvalArgs, TrainArgs
 from tfx.types import Channel, standard_artifacts
@@ -26,6 +26,7 @@ from components.training_spans import TRAINING_KEY, NextDayTrainingSpans
 from components.transform import CheckedTransform
 from pipelines.beam import SETUP_FILE, with_worker_setup_file
 from pipelines.config import Config
+from pipelines.metadata_connection import config_connection
 from pipelines.preflight import curated_schema
 
 PREPROCESSING_FN = "modules.preprocessing.preprocessing_fn"
@@ -69,6 +70,9 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
     (tfx.extensions.google_cloud_ai_platform: ENABLE_VERTEX_KEY, VERTEX_REGION_KEY,
     TRAINING_ARGS_KEY); with them the Trainer is that extension's, which runs the same run_fn
     as a Vertex AI custom job on the worker pools they name (kubeflow/runner.py builds them).
+
+    `metadata_connection_config`: the MLMD ConnectionConfig; None = the config's `metadata`
+    (pipelines/metadata_connection.py: HOME/metadata.sqlite or the MySQL database).
 
     `infra_remeasure`: the infra validator's cache-key token (pipelines/preflight.py
     `infra_remeasure`: new after a failed verdict, so it measures again); None leaves it out.
@@ -141,7 +145,8 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
         push_destination=PushDestination(
-            filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+            filesystem=PushDestination.Filesystem(base_directory=config.serving_model_dir)),
+        custom_config={"canary": True} if config.canary else None)
 
     components: List = [examples, statistics, schema, validator, transform, trainer, baseline,
                         evaluator, infra, pusher] + ([training_spans] if training_spans else [])
@@ -157,7 +162,7 @@ def create_pipeline(config: Config, pipeline_root: Optional[str] = None,
         pipeline_root=pipeline_root or config.pipeline_root,
         components=components,
         enable_cache=config.enable_cache,
-        metadata_connection_config=metadata_connection_config
-        or metadata.sqlite_metadata_connection_config(config.metadata_path),
+        metadata_connection_config=(config_connection(config) if metadata_connection_config is None
+                                    else metadata_connection_config),
         beam_pipeline_args=with_worker_setup_file(config.beam_args, worker_setup_file),
     )

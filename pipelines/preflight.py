@@ -38,6 +38,7 @@ import platform
 from typing import Dict, List, Optional
 
 from modules.settings import modules_fingerprint
+from pipelines import metadata_connection
 from pipelines.beam import PROJECT_ROOT
 from pipelines.config import Config
 
@@ -188,18 +189,14 @@ class RunInputs:
 
 
 def _store(config: Config):
-    """A read-write store on the existing HOME/metadata.sqlite."""
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
-    connection = mlmd_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(connection)
+    """A read-write store on the config's MLMD (metadata_connection; raises
+    MetadataConnectionError when it cannot be reached)."""
+    return metadata_connection.connect_config(config)
 
 
 def _pipeline_store(config: Config):
-    """(store, the pipeline's MLMD context), or None when HOME has no store or no such pipeline."""
-    if not os.path.isfile(config.metadata_path):
+    """(store, the pipeline's MLMD context), or None when there is no store yet or no such pipeline."""
+    if not metadata_connection.store_exists(config.home_dir, config.metadata):
         return None
     store = _store(config)
     pipeline = store.get_context_by_type_and_name("pipeline", config.name)
@@ -445,5 +442,10 @@ def record_failure(config: Config, since_ms: int, message: str) -> List[int]:
 
 
 def inputs_before_run(config: Config) -> RunInputs:
-    """run_inputs() against the HOME's MLMD as it is now (none before the first run)."""
-    return run_inputs(config, _store(config) if os.path.isfile(config.metadata_path) else None)
+    """run_inputs() against the config's MLMD as it is now (none before the first run).
+
+    Raises:
+      MetadataConnectionError: a MySQL store cannot be reached (before anything runs).
+    """
+    exists = metadata_connection.store_exists(config.home_dir, config.metadata)
+    return run_inputs(config, _store(config) if exists else None)

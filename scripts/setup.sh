@@ -46,4 +46,5 @@ echo "setup: installing the locked stack (requirements.lock)"
 "$UV" pip install --quiet --python .venv/bin/python --no-deps -e .
 bash scripts/setup_edge.sh "$UV" "$PY310"
 bash scripts/setup_browser.sh
+bash scripts/setup_mariadb.sh
 echo "setup: done ($(.venv/bin/python --version))"

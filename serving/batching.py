@@ -24,16 +24,19 @@ runs alone, so one bad request never fails its batch mates.
 """
 import collections
 import dataclasses
+import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Callable, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
 
 from serving.errors import ServingError
+
+log = logging.getLogger("conveyor.serving.batching")
 
 RunFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 # on_batch(key, rows of the requests, rows run after padding), after every model run.
@@ -129,6 +132,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queues: Dict[Hashable, _Queue] = {}
         self._closed = False
+        self._draining = False
         self._threads = [threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
         for thread in self._threads:
@@ -179,11 +183,19 @@ class Batcher:
                 self._cond.notify()
         return task.future
 
+    def drain(self) -> None:
+        """From now on every queued request runs at once, without waiting for its batch to
+        fill or time out (the server is stopping); submits are still accepted."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Runs what is queued, then stops the threads (waits up to 30 s); later submits
         get UNAVAILABLE."""
         with self._cond:
             self._closed = True
+            self._draining = True
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -199,7 +211,13 @@ class Batcher:
                         return
                     self._cond.wait(self._wait_seconds())
                     batch = self._next_batch()
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # a server bug: fail this batch, keep the thread serving
+                log.exception("Batch of %d request(s) failed", len(batch))
+                for task in batch:
+                    _resolve(task.future, error=ServingError(
+                        grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}"))
 
     def _next_batch(self) -> Optional[List[_Task]]:
         """Takes the ready batch whose oldest request waited longest (lock held)."""
@@ -209,7 +227,7 @@ class Batcher:
             first = queue.tasks[0]
             age = now - first.enqueued
             ready = (first.solo or queue.rows >= self.options.max_batch_size
-                     or age >= self.timeout or self._closed)
+                     or age >= self.timeout or self._draining)
             if ready and age > best_age:
                 best_key, best_age = key, age
         if best_key is None:
@@ -238,6 +256,11 @@ class Batcher:
         return max(0.0, oldest + self.timeout - time.monotonic())
 
     def _run_batch(self, batch: List[_Task]) -> None:
+        # A request whose caller gave up while queued (a gRPC deadline or cancellation, a REST
+        # timeout) is dropped here; the others become RUNNING and can no longer be cancelled.
+        batch = [task for task in batch if task.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         key_fn = batch[0].fn
         if batch[0].solo:
             self._settle(batch[0], padded=batch[0].rows)
@@ -284,6 +307,17 @@ class Batcher:
         return rows
 
 
+def _resolve(future: Future, result=None, error: Optional[BaseException] = None) -> None:
+    """Sets `future`'s outcome unless its caller cancelled it meanwhile (then drops it)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 def _concat(parts: Sequence[Dict[str, np.ndarray]], padding: int) -> Optional[Dict[str, np.ndarray]]:
     """The inputs of several requests as one batch, plus `padding` copies of the first row;
     None when they cannot be merged (other input names, other per-row shapes or dtypes)."""
@@ -320,6 +354,9 @@ class _Chunked:
         self._next(0)
 
     def _next(self, start: int) -> None:
+        if self.future.cancelled():  # the caller gave up: queue no more chunks
+            self.outputs = []
+            return
         chunk = {k: v[start:start + self.size] for k, v in self.inputs.items()}
         try:
             pending = self.batcher._enqueue(self.key, _Task(self.key, chunk, len(next(iter(chunk.values()))),
@@ -327,14 +364,14 @@ class _Chunked:
         except ServingError as e:
             if start == 0:
                 raise  # nothing queued yet: submit() raises, as for a small request
-            self.future.set_exception(e)
+            _resolve(self.future, error=e)
             return
         pending.add_done_callback(lambda f, s=start: self._done(f, s))
 
     def _done(self, chunk_future: Future, start: int) -> None:
         error = chunk_future.exception()
         if error is not None:
-            self.future.set_exception(error)
+            _resolve(self.future, error=error)
             return
         outputs = chunk_future.result()
         rows = min(self.size, self.rows - start)
@@ -342,7 +379,7 @@ class _Chunked:
             try:
                 whole = self.batcher._enqueue(self.key, _Task(self.key, self.inputs, 1, self.fn, solo=True))
             except ServingError as e:
-                self.future.set_exception(e)
+                _resolve(self.future, error=e)
                 return
             whole.add_done_callback(self._copy)
             return
@@ -350,12 +387,12 @@ class _Chunked:
         if start + self.size < self.rows:
             self._next(start + self.size)
             return
-        self.future.set_result({k: np.concatenate([o[k] for o in self.outputs])
-                                for k in self.outputs[0]})
+        _resolve(self.future, result={k: np.concatenate([o[k] for o in self.outputs])
+                                      for k in self.outputs[0]})
         self.outputs = []
 
     def _copy(self, whole: Future) -> None:
         if whole.exception() is not None:
-            self.future.set_exception(whole.exception())
+            _resolve(self.future, error=whole.exception())
         else:
-            self.future.set_result(whole.result())
+            _resolve(self.future, result=whole.result())

@@ -8,13 +8,13 @@ The messages are defined here, field-compatible with grpc/health/v1/health.proto
 grpcio-health-checking is not a dependency; `grpc_health_probe` and Kubernetes' gRPC probes
 speak to it unchanged.
 """
-import threading
+import asyncio
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SERVICE = "grpc.health.v1.Health"
-SERVICES = {"": 1, "ModelService": 1, "PredictionService": 1}  # ServingStatus.SERVING = 1
+SERVICES = ("", "ModelService", "PredictionService")
 
 
 def _messages():
@@ -40,29 +40,53 @@ def _messages():
 HealthCheckRequest, HealthCheckResponse = _messages()
 
 
-def _check(request, context):
-    status = SERVICES.get(request.service)
-    if status is None:
-        context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
-    return HealthCheckResponse(status=status)
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3  # HealthCheckResponse.ServingStatus
 
 
-def _watch(request, context):
-    """Sends the current status (SERVICE_UNKNOWN = 3 for other names) and keeps the stream open."""
-    yield HealthCheckResponse(status=SERVICES.get(request.service, 3))
-    done = threading.Event()
-    context.add_callback(done.set)
-    done.wait()
+class HealthService:
+    """Check and Watch for the services in SERVICES; `shut_down()` turns them NOT_SERVING,
+    as gRPC's DefaultHealthCheckService does when the server shuts down, and ends every Watch
+    stream after telling it, so an open watch does not hold the server's drain.
+    Used on one grpc.aio event loop only."""
+
+    def __init__(self):
+        self._serving = True
+        self._stopped = asyncio.Event()
+
+    def _status(self, service: str) -> int:
+        if service not in SERVICES:
+            return SERVICE_UNKNOWN
+        return SERVING if self._serving else NOT_SERVING
+
+    async def check(self, request, context):
+        if request.service not in SERVICES:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return HealthCheckResponse(status=self._status(request.service))
+
+    async def watch(self, request, context):
+        """Sends the current status, then the change to NOT_SERVING at shutdown (and ends);
+        the client's cancellation ends it earlier."""
+        yield HealthCheckResponse(status=self._status(request.service))
+        if self._serving:
+            await self._stopped.wait()
+            yield HealthCheckResponse(status=self._status(request.service))
+
+    def shut_down(self) -> None:
+        self._serving = False
+        self._stopped.set()
 
 
-def add_health_service(server: grpc.Server) -> None:
-    """Registers grpc.health.v1.Health (Check and Watch) on `server`."""
+def add_health_service(server: grpc.aio.Server) -> HealthService:
+    """Registers grpc.health.v1.Health (Check and Watch) on the grpc.aio `server`; call
+    inside the server's event loop. Returns the service, for `shut_down()` at stop."""
+    health = HealthService()
     handlers = {
         "Check": grpc.unary_unary_rpc_method_handler(
-            _check, request_deserializer=HealthCheckRequest.FromString,
+            health.check, request_deserializer=HealthCheckRequest.FromString,
             response_serializer=HealthCheckResponse.SerializeToString),
         "Watch": grpc.unary_stream_rpc_method_handler(
-            _watch, request_deserializer=HealthCheckRequest.FromString,
+            health.watch, request_deserializer=HealthCheckRequest.FromString,
             response_serializer=HealthCheckResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    return health

@@ -31,6 +31,7 @@ class RequestOutcome:
         self.model_name = ""
         self.version = ""
         self.status = "OK"
+        self.arm = ""  # "stable" / "canary" when the traffic split chose the version
 
 
 class Metrics:
@@ -58,6 +59,17 @@ class Metrics:
             "Rows added to batches to reach an allowed_batch_sizes entry.",
             ["model_name", "version"], registry=self.registry)
         self._batch_series: Set[Tuple[str, str]] = set()
+        # Per arm of an A/B split (--ab_split): only requests the split routed.
+        self.arm_requests = Counter(
+            "conveyor_serving_arm_request_count",
+            "Unversioned Predict requests routed by the A/B split, by model, arm (stable or "
+            "canary), answering version and status.",
+            ["model_name", "arm", "version", "status"], registry=self.registry)
+        self.arm_latency = Histogram(
+            "conveyor_serving_arm_request_latency_seconds",
+            "End-to-end latency of requests routed by the A/B split, by model and arm.",
+            ["model_name", "arm"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self._arm_series: Dict[Tuple[str, str], Set[Tuple[str, str]]] = {}
         # With --worker_processes, the worker answering the scrape has just set it.
         self.loaded_versions = Gauge(
             "conveyor_serving_loaded_versions", "Versions currently AVAILABLE per model.",
@@ -78,7 +90,15 @@ class Metrics:
         finally:
             labels = dict(model_name=outcome.model_name, version=outcome.version,
                           api=api, protocol=protocol)
-            self.latency.labels(**labels).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.latency.labels(**labels).observe(elapsed)
+            if outcome.arm:
+                self.arm_latency.labels(outcome.model_name, outcome.arm).observe(elapsed)
+                self.arm_requests.labels(outcome.model_name, outcome.arm, outcome.version,
+                                         outcome.status).inc()
+                with self._series_lock:
+                    self._arm_series.setdefault((outcome.model_name, outcome.version), set()).add(
+                        (outcome.arm, outcome.status))
             self.requests.labels(status=outcome.status, **labels).inc()
             if outcome.model_name:
                 with self._series_lock:
@@ -100,6 +120,7 @@ class Metrics:
         with self._series_lock:
             series = self._series.pop((model_name, str(version)), set())
             batched = (model_name, str(version)) in self._batch_series
+            arms = self._arm_series.pop((model_name, str(version)), set())
             self._batch_series.discard((model_name, str(version)))
         if batched:
             for metric in (self.batch_size, self.batch_padding):
@@ -107,6 +128,11 @@ class Metrics:
                     metric.remove(model_name, str(version))
                 except KeyError:  # no padding was ever recorded
                     pass
+        for arm, status in arms:
+            try:
+                self.arm_requests.remove(model_name, arm, str(version), status)
+            except KeyError:
+                pass
         for api, protocol, status in series:
             for metric, values in ((self.requests, (model_name, str(version), api, protocol, status)),
                                    (self.latency, (model_name, str(version), api, protocol))):

@@ -34,6 +34,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import warmup
 from serving.errors import ServingError
+from serving.model_config import CANARY_LABEL, STABLE_LABEL
 from serving.servables import Servable, load_servable
 
 log = logging.getLogger("conveyor.serving")
@@ -257,8 +258,7 @@ class ModelManager:
                     log.info("Unloading servable version {name: %s version: %d} "
                              "(model removed from config)", model.config.name, version)
                     self._unloaded(model, version)
-            self._reconcile_all()
-            self._update_labels()
+            self._sync_all()
         if not require_available:
             return
         unavailable = []
@@ -331,8 +331,7 @@ class ModelManager:
             try:
                 self._maybe_reload_config()
                 with self._reconcile_lock:
-                    self._reconcile_all()
-                    self._update_labels()
+                    self._sync_all()
             except ServingError as e:
                 log.error("%s", e.message)
             except Exception:  # keep polling: one bad pass must not stop future loads
@@ -357,15 +356,26 @@ class ModelManager:
             except ServingError as e:
                 log.error("%s", e.message)
 
-    def _reconcile_all(self) -> None:
+    def _sync_all(self) -> None:
+        """Loads what the policies want, moves the labels, then unloads what they no longer
+        want: a label moving off a version that unloads (`conveyor promote` / `rollback`)
+        points at its new, loaded version before the old one leaves, so no request that
+        names the label finds it unavailable. The caller holds the reconcile lock."""
+        self._reconcile_all(unload=False)
+        try:
+            self._update_labels()
+        finally:
+            self._reconcile_all(unload=True)
+
+    def _reconcile_all(self, unload: bool = True) -> None:
         with self._lock:
             models = list(self._models.values())
         for model in models:
             if self._stop.is_set():
                 return
-            self._reconcile(model)
+            self._reconcile(model, unload)
 
-    def _reconcile(self, model: _Model) -> None:
+    def _reconcile(self, model: _Model, unload: bool = True) -> None:
         config = model.config
         if not os.path.isdir(config.base_path):
             if not model.warned_missing_base_path:
@@ -390,6 +400,8 @@ class ModelManager:
                 break
             for version in to_load:
                 self._load(model, version, os.path.join(config.base_path, dirs[version]))
+        if not unload:
+            return
         for version in sorted(model.servables):
             if version not in keep:
                 self._unloaded(model, version)
@@ -470,11 +482,17 @@ class ModelManager:
 
     def get_servable(self, name: str, version: Optional[int] = None,
                      label: Optional[str] = None) -> Servable:
-        """The servable a request addresses: a label, a version, or the latest loaded one."""
-        if label:
-            version = self.resolve_label(name, label)
+        """The servable a request addresses: a label, a version, or the latest loaded one.
+        A label is resolved and its version looked up under one lock, so a label that moves
+        while a version unloads never sends a request to the unloaded one."""
         with self._lock:
             model = self._models.get(name)
+            if label:
+                labels = model.labels if model else {}
+                if label not in labels:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label}")
+                version = labels[label]
             servables = model.servables if model else {}
             if version is None:
                 if servables:
@@ -485,6 +503,35 @@ class ModelManager:
                 return servables[version]
         raise ServingError(grpc.StatusCode.NOT_FOUND,
                            f"Servable not found for request: Specific({name}, {version})")
+
+    def route(self, name: str, canary_share: float, draw: float) -> Tuple[Servable, str]:
+        """The servable of an unversioned request under a traffic split (Conveyor extension).
+
+        Args:
+          name: the model.
+          canary_share: share of unversioned requests for the canary, 0..1.
+          draw: this request's number in [0, 1) (random, or the hash of its unit key).
+        Returns:
+          (servable, arm): when the model's `canary` and `stable` labels both name loaded
+          versions, the canary's servable and "canary" if draw < canary_share, else the
+          stable one and "stable"; with only a loaded `stable` (a rollback or promote in
+          progress or done), stable's servable and ""; otherwise TF Serving's rule (the
+          latest loaded version) and "" (no split happened).
+        Raises:
+          ServingError(NOT_FOUND): the model has no loaded version.
+        """
+        with self._lock:
+            model = self._models.get(name)
+            if model is not None:
+                canary = model.labels.get(CANARY_LABEL)
+                stable = model.labels.get(STABLE_LABEL)
+                if canary in model.servables and stable in model.servables:
+                    if draw < canary_share:
+                        return model.servables[canary], CANARY_LABEL
+                    return model.servables[stable], STABLE_LABEL
+                if stable in model.servables:
+                    return model.servables[stable], ""
+        return self.get_servable(name), ""
 
     def model_status(self, name: str, version: Optional[int] = None,
                      label: Optional[str] = None) -> get_model_status_pb2.GetModelStatusResponse:

@@ -4,9 +4,12 @@ Both front ends translate their wire format into these calls, so model resolutio
 signature checks, batching and error codes are identical over REST and gRPC.
 """
 import asyncio
+import concurrent.futures
+import dataclasses
 import re
+import time
 from concurrent.futures import Executor
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -20,8 +23,36 @@ from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import ServingError
 from serving.model_manager import ModelManager
 from serving.servables import Servable
+from serving.traffic import TrafficSplit
 
 SIGNATURE_DEF_FIELD = "signature_def"
+
+
+@dataclasses.dataclass
+class PredictionEvent:
+    """One successful Predict that was given a request id (feedback on).
+
+    Fields:
+      request_id: the id returned to the client (serving.traffic.new_request_id).
+      model, version: the servable that answered; path: its version directory.
+      signature: the signature run (default filled in).
+      arm: "stable" / "canary" when the traffic split chose the version, else "".
+      inputs: {input alias: numpy array} as fed; outputs: {output alias: numpy array}.
+      time: Unix time of the answer, seconds.
+    """
+    request_id: str
+    model: str
+    version: int
+    path: str
+    signature: str
+    arm: str
+    inputs: Dict[str, Any]
+    outputs: Dict[str, Any]
+    time: float
+
+
+# on_prediction(event) after each successful Predict with a request id; cheap, never raises.
+PredictionHook = Callable[[PredictionEvent], None]
 
 
 class Predictor:
@@ -34,15 +65,21 @@ class Predictor:
         it must be cheap and must not raise (serving.server.PredictHook).
       method_name_check: --enable_signature_method_name_check (TF Serving's default: off, so
         Classify/Regress accept any signature shaped like a classify/regress one).
+      split: --ab_split's TrafficSplit for unversioned Predicts (None: TF Serving's rule).
+      on_prediction: PredictionHook; when given, the front ends give every Predict a
+        request id and it is called with the PredictionEvent after the outputs.
     Thread safe: the front ends call it from many threads.
     """
 
     def __init__(self, manager: ModelManager, batcher: Optional[Batcher] = None, on_predict=None,
-                 method_name_check: bool = False):
+                 method_name_check: bool = False, split: Optional[TrafficSplit] = None,
+                 on_prediction: Optional[PredictionHook] = None):
         self.manager = manager
         self.batcher = batcher
         self.on_predict = on_predict
         self.method_name_check = method_name_check
+        self.split = split
+        self.on_prediction = on_prediction
 
     def servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:
@@ -50,8 +87,29 @@ class Predictor:
         version = spec.version.value if spec.HasField("version") else None
         return self.manager.get_servable(spec.name, version, spec.version_label or None)
 
+    def route(self, spec: model_pb2.ModelSpec, unit: Optional[str] = None) -> Tuple[Servable, str]:
+        """The servable of a Predict: `servable(spec)`, except that an unversioned request
+        (no version, no label) of a model with a split share goes where the TrafficSplit
+        sends it (serving/traffic.py).
+
+        Args:
+          spec: the request's ModelSpec.
+          unit: the request's unit key (sticky arm), or None (random arm).
+        Returns:
+          (servable, arm): arm is "stable" / "canary" when the split chose, else "".
+        Raises:
+          ServingError: as `servable`.
+        """
+        if (self.split is not None and spec.name and not spec.HasField("version")
+                and not spec.version_label):
+            share = self.split.share(spec.name)
+            if share is not None:
+                return self.manager.route(spec.name, share, self.split.draw(spec.name, unit))
+        return self.servable(spec), ""
+
     def predict(self, servable: Servable, signature_name: str, inputs: Dict[str, np.ndarray],
-                output_filter: Iterable[str] = (), timeout_ms: int = 0) -> Dict[str, np.ndarray]:
+                output_filter: Iterable[str] = (), timeout_ms: int = 0, request_id: str = "",
+                arm: str = "") -> Dict[str, np.ndarray]:
         """Runs a predict signature with TF Serving's feeding rules (the tensors as sent).
 
         Args:
@@ -60,6 +118,8 @@ class Predictor:
           inputs: {input alias: array}, exactly the signature's inputs.
           output_filter: output aliases to return (gRPC `output_filter`); all when empty.
           timeout_ms: > 0 bounds the run (REST: --rest_api_timeout_in_ms).
+          request_id, arm: with a request id (and on_prediction set) the PredictionEvent is
+            reported with them after the outputs.
         Returns:
           {output alias: array} as the graph computed them.
         Raises:
@@ -72,25 +132,38 @@ class Predictor:
             (serving/images.py), and after a decoding failure for the first instance the
             graph refuses.
         """
-        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms,
+                            request_id, arm)
         if self.batcher is None:
             return call.finish(call.run)
-        return call.finish(lambda: self.batcher.run(call.key, call.run_inputs, inputs))
+        return call.finish(lambda: self._run_batched(call, inputs))
+
+    def _run_batched(self, call: "_PredictCall", inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        queued = self.batcher.submit(call.key, call.run_inputs, inputs)
+        try:
+            return queued.result(timeout=call.timeout_ms / 1000 if call.timeout_ms > 0 else None)
+        except concurrent.futures.TimeoutError:
+            queued.cancel()  # dropped if still queued
+            raise _deadline(call.timeout_ms) from None
 
     async def predict_async(self, servable: Servable, signature_name: str,
                             inputs: Dict[str, np.ndarray], executor: Executor,
-                            output_filter: Iterable[str] = (), timeout_ms: int = 0
-                            ) -> Dict[str, np.ndarray]:
+                            output_filter: Iterable[str] = (), timeout_ms: int = 0,
+                            request_id: str = "", arm: str = "") -> Dict[str, np.ndarray]:
         """`predict` for an asyncio front end: the model runs in the batcher, or on
         `executor` without batching; the event loop only waits. Same Args/Returns/Raises,
         plus `executor`: the threads that run unbatched model calls."""
-        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms)
+        call = _PredictCall(self, servable, signature_name, inputs, output_filter, timeout_ms,
+                            request_id, arm)
         try:
             if self.batcher is None:
                 outputs = await asyncio.get_running_loop().run_in_executor(executor, call.run)
             else:
-                outputs = await asyncio.wrap_future(
-                    self.batcher.submit(call.key, call.run_inputs, inputs))
+                queued = asyncio.wrap_future(self.batcher.submit(call.key, call.run_inputs, inputs))
+                try:
+                    outputs = await asyncio.wait_for(queued, timeout_ms / 1000 if timeout_ms > 0 else None)
+                except asyncio.TimeoutError:  # cancels the request if it is still queued
+                    raise _deadline(timeout_ms) from None
         except ServingError as e:
             raise call.error(e) from e
         return call.finish(lambda: outputs)
@@ -153,13 +226,24 @@ class Predictor:
 
 
 
+def _deadline(timeout_ms: int) -> ServingError:
+    """A batched run that did not finish within the request's timeout (REST:
+    --rest_api_timeout_in_ms), as TF Serving reports a RunOptions.timeout_in_ms overrun."""
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"Timed out waiting for the model run ({timeout_ms} ms, "
+                        "including the batching queue)")
+
+
 class _PredictCall:
     """One predict request between its checks and its outputs (shared by the sync and
     async paths of Predictor)."""
 
     def __init__(self, predictor: Predictor, servable: Servable, signature_name: str,
-                 inputs: Dict[str, np.ndarray], output_filter: Iterable[str], timeout_ms: int):
+                 inputs: Dict[str, np.ndarray], output_filter: Iterable[str], timeout_ms: int,
+                 request_id: str = "", arm: str = ""):
         self.predictor = predictor
+        self.request_id = request_id
+        self.arm = arm
         self.servable = servable
         self.name = signature_name or DEFAULT_SIGNATURE
         self.signature = servable.signature(self.name)
@@ -201,6 +285,10 @@ class _PredictCall:
             raise self.error(e) from e
         if self.predictor.on_predict is not None:
             self.predictor.on_predict(self.servable.name, self.servable.version, self.inputs)
+        if self.request_id and self.predictor.on_prediction is not None:
+            self.predictor.on_prediction(PredictionEvent(
+                self.request_id, self.servable.name, self.servable.version, self.servable.path,
+                self.name, self.arm, self.inputs, result, time.time()))
         return result
 
 

@@ -21,7 +21,7 @@ import socket
 import threading
 import urllib.parse
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import orjson
 from aiohttp import http_exceptions, web, web_protocol, web_server
@@ -36,6 +36,8 @@ from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.contract import DEFAULT_SIGNATURE
 from serving.errors import HTTP_STATUS, ServingError
 from serving.predictor import SIGNATURE_DEF_FIELD, Predictor
+from serving.traffic import (ARM_HEADER, REQUEST_ID_HEADER, UNIT_HEADER, VERSION_HEADER,
+                             new_request_id)
 
 log = logging.getLogger("conveyor.serving.rest")
 
@@ -97,18 +99,25 @@ class RestApi:
         self.metrics = metrics
         self.timeout_ms = timeout_ms  # --rest_api_timeout_in_ms: bounds each predict run
 
-    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, Any]:
+    def handle(self, method: str, path: str, body: bytes, unit: Optional[str] = None,
+               headers: Optional[dict] = None) -> Tuple[int, Any]:
         """(HTTP status, JSON-able payload) of one /v1/ request; blocks while the model runs.
 
+        Args:
+          method, path, body: the request.
+          unit: the X-Conveyor-Unit header (sticky A/B arm), or None.
+          headers: when given, filled with the Conveyor response headers of a :predict
+            (X-Conveyor-Version, X-Conveyor-Arm, X-Conveyor-Request-Id; serving/traffic.py).
         Errors are TF Serving's status and `{"error": one line}`; nothing raises but bugs.
         """
         try:
-            return 200, self._dispatch(method, path, body)
+            return 200, self._dispatch(method, path, body, unit, {} if headers is None else headers)
         except ServingError as e:
             return _error(e)
 
     async def handle_async(self, method: str, path: str, body: bytes, executor: Executor,
-                           inline_bytes: int = 256 * 1024) -> Tuple[int, bytes]:
+                           inline_bytes: int = 256 * 1024, unit: Optional[str] = None
+                           ) -> Tuple[int, bytes, dict]:
         """`respond` for an asyncio server.
 
         A :predict whose body is at most `inline_bytes` is parsed and answered on the event
@@ -117,30 +126,34 @@ class RestApi:
         status, metadata, :classify, :regress) runs whole on `executor`.
 
         Returns:
-          (HTTP status, JSON bytes).
+          (HTTP status, JSON bytes, extra response headers).
         """
         match = _PREDICT_RE.fullmatch(path) if method == "POST" else None
         if match is None or match.group(4).lower() != "predict" or len(body) > inline_bytes:
             return await asyncio.get_running_loop().run_in_executor(
-                executor, self.respond, method, path, body)
+                executor, self.respond, method, path, body, unit)
+        headers: dict = {}
         try:
             with self.metrics.track("predict", "rest") as outcome:
                 name, version, label, _ = match.groups()
-                servable, signature, inputs, fmt = self._predict_inputs(
-                    _model_spec(name, version, label), body, outcome)
+                call = self._predict_inputs(_model_spec(name, version, label), body, outcome,
+                                            unit, headers)
                 outputs = await self.predictor.predict_async(
-                    servable, signature, inputs, executor, timeout_ms=self.timeout_ms)
-                status, payload = 200, json_tensors.format_predict_response(outputs, fmt)
+                    call.servable, call.signature, call.inputs, executor,
+                    timeout_ms=self.timeout_ms, request_id=call.request_id, arm=call.arm)
+                status, payload = 200, json_tensors.format_predict_response(outputs, call.fmt)
+                if call.request_id:
+                    headers[REQUEST_ID_HEADER] = call.request_id
         except ServingError as e:
             status, payload = _error(e)
-        return status, encode_json(payload)
+        return status, encode_json(payload), headers
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> Any:
+    def _dispatch(self, method: str, path: str, body: bytes, unit: Optional[str], headers: dict) -> Any:
         if method == "POST":
             match = _PREDICT_RE.fullmatch(path)
             if match:
                 name, version, label, api = match.groups()
-                return self._post(api.lower(), _model_spec(name, version, label), body)
+                return self._post(api.lower(), _model_spec(name, version, label), body, unit, headers)
         elif method == "GET":
             match = _STATUS_RE.fullmatch(path)
             if match:
@@ -169,28 +182,39 @@ class RestApi:
         return {"model_spec": _proto_json(response.model_spec, preserve_names=True),
                 "metadata": {SIGNATURE_DEF_FIELD: _proto_json(signature_map, preserve_names=True)}}
 
-    def _post(self, api: str, spec: model_pb2.ModelSpec, body: bytes) -> Any:
+    def _post(self, api: str, spec: model_pb2.ModelSpec, body: bytes, unit: Optional[str],
+              headers: dict) -> Any:
         with self.metrics.track(api, "rest") as outcome:
             if api != "predict":
                 request = self._parse_body(body)
                 return self._classify_or_regress(api, spec, _signature_name(request), request,
                                                  outcome)
-            servable, name, inputs, fmt = self._predict_inputs(spec, body, outcome)
-            outputs = self.predictor.predict(servable, name, inputs, timeout_ms=self.timeout_ms)
-            return json_tensors.format_predict_response(outputs, fmt)
+            call = self._predict_inputs(spec, body, outcome, unit, headers)
+            outputs = self.predictor.predict(call.servable, call.signature, call.inputs,
+                                             timeout_ms=self.timeout_ms,
+                                             request_id=call.request_id, arm=call.arm)
+            if call.request_id:
+                headers[REQUEST_ID_HEADER] = call.request_id
+            return json_tensors.format_predict_response(outputs, call.fmt)
 
-    def _predict_inputs(self, spec: model_pb2.ModelSpec, body: bytes, outcome):
-        """(servable, signature name, {input: array}, row or columnar format) of a :predict."""
+    def _predict_inputs(self, spec: model_pb2.ModelSpec, body: bytes, outcome,
+                        unit: Optional[str], headers: dict) -> "_RestPredict":
+        """The parsed :predict: servable (routed by the A/B split), signature, inputs, row or
+        columnar format, arm and request id; `headers` gets the answering version and arm."""
         request = self._parse_body(body)
         signature_name = _signature_name(request)
-        servable = self.predictor.servable(spec)
-        outcome.model_name, outcome.version = servable.name, str(servable.version)
+        servable, arm = self.predictor.route(spec, unit)
+        outcome.model_name, outcome.version, outcome.arm = servable.name, str(servable.version), arm
+        headers[VERSION_HEADER] = str(servable.version)
+        if arm:
+            headers[ARM_HEADER] = arm
         name = signature_name or DEFAULT_SIGNATURE
         if name not in servable.signature_defs:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f'Serving signature name: "{name}" not found in signature def')
         inputs, fmt = json_tensors.parse_predict_request(request, servable.signature_defs[name].inputs)
-        return servable, name, inputs, fmt
+        request_id = new_request_id() if self.predictor.on_prediction is not None else ""
+        return _RestPredict(servable, name, inputs, fmt, arm, request_id)
 
     def _classify_or_regress(self, api: str, spec: model_pb2.ModelSpec, signature_name: str,
                              request: dict, outcome) -> Any:
@@ -207,10 +231,12 @@ class RestApi:
         outcome.model_name, outcome.version = servable.name, str(servable.version)
         return json_tensors.format_regression(response.result)
 
-    def respond(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
-        """`handle` with the payload encoded: (HTTP status, JSON bytes)."""
-        status, payload = self.handle(method, path, body)
-        return status, encode_json(payload)
+    def respond(self, method: str, path: str, body: bytes, unit: Optional[str] = None
+                ) -> Tuple[int, bytes, dict]:
+        """`handle` with the payload encoded: (HTTP status, JSON bytes, extra headers)."""
+        headers: dict = {}
+        status, payload = self.handle(method, path, body, unit, headers)
+        return status, encode_json(payload), headers
 
     @staticmethod
     def _parse_body(body: bytes) -> dict:
@@ -228,6 +254,15 @@ class RestApi:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "JSON Parse error: request body must be a JSON object")
         return request
+
+
+class _RestPredict(NamedTuple):
+    servable: Any
+    signature: str
+    inputs: dict
+    fmt: Any
+    arm: str
+    request_id: str
 
 
 def encode_json(payload: Any) -> bytes:
@@ -264,6 +299,10 @@ def _error_body(message: str) -> bytes:
 
 def _is_api_path(path: str) -> bool:
     return path[:4].lower() == "/v1/"
+
+
+# An extension POST route: fn(path match, request headers, body) -> (HTTP status, JSON payload).
+PostRoute = Callable[[Any, Dict[str, str], bytes], Tuple[int, Any]]
 
 
 class _BodyTooLarge(Exception):
@@ -343,6 +382,8 @@ class RestServer:
       num_threads: threads running requests' parsing and model calls concurrently; more
         concurrent requests wait in the event loop (they hold a socket and their body).
       extra_routes: {path: fn() -> (status, JSON payload)} answered on GET, e.g. readiness.
+      post_routes: {regex: PostRoute} answered on POST for a path the regex fully matches
+        (extension routes under /v1/conveyor/), run on the thread pool.
       reuse_port: bind with SO_REUSEPORT, to share the port with other worker processes.
     Raises:
       OSError: the port cannot be bound.
@@ -353,8 +394,10 @@ class RestServer:
     def __init__(self, host: str, port: int, api: RestApi, max_body_bytes: int,
                  metrics_path: Optional[str] = PROMETHEUS_PATH, cors: bool = False,
                  timeout_seconds: float = 60, num_threads: int = 8,
-                 extra_routes: Optional[dict] = None, reuse_port: bool = False):
+                 extra_routes: Optional[dict] = None, reuse_port: bool = False,
+                 post_routes: Optional[Dict[str, "PostRoute"]] = None):
         self.api = api
+        self.post_routes = [(re.compile(p), fn) for p, fn in (post_routes or {}).items()]
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
         self.cors = cors
@@ -406,6 +449,7 @@ class RestServer:
         path = urllib.parse.urlsplit(request.raw_path).path
         method = request.method
         close = False
+        extra: dict = {}
         try:
             if method == "GET" and self.metrics_path and path == self.metrics_path:
                 status, data, content_type = 200, await self._metrics(), self.api.metrics.content_type
@@ -413,12 +457,12 @@ class RestServer:
                 status, payload = self.extra_routes[path]()
                 data, content_type = encode_json(payload), _JSON
             else:
-                status, data, close = await self._api(request, method, path)
+                status, data, close, extra = await self._api(request, method, path)
                 content_type = _JSON
         except Exception as e:  # a server bug: report it, keep serving
             log.exception("Internal error handling %s %s", method, path)
             status, data, content_type = 500, _error_body(f"Internal error: {type(e).__name__}: {e}"), _JSON
-        headers = {"Content-Type": content_type, "Server": _SERVER_HEADER}
+        headers = {"Content-Type": content_type, "Server": _SERVER_HEADER, **extra}
         if self.cors and _is_api_path(path):
             headers.update(_CORS_HEADERS)
         response = web.Response(status=status, body=data, headers=headers)
@@ -431,8 +475,15 @@ class RestServer:
         loaded = {n: manager.loaded_versions(n) for n in manager.model_names()}
         return self.api.metrics.render(loaded)
 
-    async def _api(self, request: web.BaseRequest, method: str, path: str) -> Tuple[int, bytes, bool]:
-        """(status, JSON body, close the connection) of a request for the API."""
+    async def _api(self, request: web.BaseRequest, method: str, path: str
+                   ) -> Tuple[int, bytes, bool, dict]:
+        """(status, JSON body, close the connection, extra headers) of a request for the API."""
+        extra: dict = {}
+        status, data, close = await self._read_and_answer(request, method, path, extra)
+        return status, data, close, extra
+
+    async def _read_and_answer(self, request: web.BaseRequest, method: str, path: str,
+                               extra: dict) -> Tuple[int, bytes, bool]:
         # A timer rather than asyncio.wait_for, which costs a task per request.
         task, expired = asyncio.current_task(), []
         timer = self._loop.call_later(self.timeout_seconds, lambda: (expired.append(1), task.cancel()))
@@ -452,7 +503,16 @@ class RestServer:
             return self._options(request, path) + (False,)
         if not _is_api_path(path):
             return 404, _error_body(f"Not found: {method} {path}"), False
-        status, data = await self.api.handle_async(method, path, body, self._pool)
+        if method == "POST":
+            for pattern, route in self.post_routes:
+                match = pattern.fullmatch(path)
+                if match:
+                    status, payload = await self._loop.run_in_executor(
+                        self._pool, route, match, dict(request.headers), body)
+                    return status, encode_json(payload), False
+        status, data, headers = await self.api.handle_async(
+            method, path, body, self._pool, unit=request.headers.get(UNIT_HEADER))
+        extra.update(headers)
         return status, data, False
 
     def _options(self, request: web.BaseRequest, path: str) -> Tuple[int, bytes]:

@@ -25,16 +25,18 @@ from serving.batching import Batcher, BatchingOptions
 from serving.config_protos import (BatchingParameters, ConfigFileError, MonitoringConfig,
                                    read_text_proto)
 from serving.errors import ServingError
-from serving.grpc_service import make_grpc_server, parse_channel_arguments
+from serving.grpc_service import GrpcServer, parse_channel_arguments
 from serving.metrics import PROMETHEUS_PATH, Metrics
 from serving.model_config import MODELS_CONFIG, ModelConfigError, read_models_config
 from serving.model_manager import LoadOptions, ModelManager, version_dirs
-from serving.predictor import Predictor
-from serving.rest import RestApi, RestServer
+from serving.predictor import PredictionHook, Predictor
+from serving.rest import PostRoute, RestApi, RestServer
+from serving.traffic import SplitError, TrafficSplit, parse_ab_split
 
 log = logging.getLogger("conveyor.serving")
 # Conveyor's extension routes live under /v1/conveyor/, outside TF Serving's /v1/models.
-READY_PATH = "/v1/conveyor/ready"
+EXTENSION_PREFIX = "/v1/conveyor/"
+READY_PATH = EXTENSION_PREFIX + "ready"
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 USAGE = """\
@@ -53,8 +55,10 @@ defaults to REST on 8501 and 127.0.0.1."""
 
 # The defaults that differ between the drop-in `tensorflow_model_server` (TF Serving's own:
 # main.cc --rest_api_port=0, server.cc binds 0.0.0.0) and `conveyor serve` (a local tool).
-DROP_IN_DEFAULTS = {"rest_api_port": 0, "host": "0.0.0.0"}
-CONVEYOR_DEFAULTS = {"rest_api_port": 8501, "host": "127.0.0.1"}
+# `conveyor serve` re-reads models.config every 2 s, so `conveyor promote` / `rollback` and
+# canary pushes (serving/model_config.py) take effect without a restart.
+DROP_IN_DEFAULTS = {"rest_api_port": 0, "host": "0.0.0.0", "model_config_file_poll_wait_seconds": 0}
+CONVEYOR_DEFAULTS = {"rest_api_port": 8501, "host": "127.0.0.1", "model_config_file_poll_wait_seconds": 2}
 
 # tensorflow_model_server 2.16 flags that have no effect here: accepted and logged once
 # (model_servers/main.cc). Value: why it has no meaning here.
@@ -114,8 +118,9 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
     src = p.add_argument_group("models (TF Serving)")
     flag(src, "model_config_file", help="ModelServerConfig text proto (several models, version "
          "policies, labels); --model_name/--model_base_path are then ignored", metavar="FILE")
-    flag(src, "model_config_file_poll_wait_seconds", int, 0,
-         "interval between re-reads of --model_config_file (0: read once)")
+    flag(src, "model_config_file_poll_wait_seconds", int, defaults["model_config_file_poll_wait_seconds"],
+         "interval between re-reads of --model_config_file (0: read once; TF Serving's default is "
+         "0, `conveyor serve`'s 2)")
     flag(src, "model_name", str, "default", "name of the model served from --model_base_path")
     flag(src, "model_base_path", help="path to export: one directory per integer version",
          metavar="PATH")
@@ -184,6 +189,11 @@ def build_parser(drop_in: bool = False) -> argparse.ArgumentParser:
     flag(ext, "worker_processes", int, 1,
          "server processes sharing the ports (SO_REUSEPORT), each loading every model: "
          "uses more than one core for the Python front ends (see serving/workers.py)")
+    ext.add_argument("--ab_split", action="append", default=[], metavar="[MODEL:]canary=P",
+                     help="send share P (0..1) of unversioned Predict requests of a model with "
+                          "`stable` and `canary` labels to the canary, the rest to stable (every "
+                          "model, or MODEL's; repeatable). Header X-Conveyor-Unit / gRPC metadata "
+                          "x-conveyor-unit makes a client's arm sticky")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="Conveyor extension: log level")
     return p
@@ -238,7 +248,10 @@ class ServerOptions:
       tensorflow_intra_op_parallelism: threads within an op (0: TF's choice; wins over the above).
       tensorflow_inter_op_parallelism: ops run at once (0: TF's choice; wins over the above).
       tensorflow_session_config_file: ConfigProto text proto for the sessions.
+      ab_split: --ab_split values, "canary=P" or "MODEL:canary=P" (serving/traffic.py).
       log_level: Python logging level name (DEBUG, INFO, WARNING, ERROR).
+    The one default that differs from `conveyor serve`'s flags: model_config_file_poll_wait_seconds
+    is 0 (read once) here, 2 for `conveyor serve`.
     """
     home: Optional[str] = None
     model_config_file: Optional[str] = None
@@ -278,13 +291,16 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     tensorflow_session_config_file: str = ""
+    ab_split: Tuple[str, ...] = ()
     log_level: str = "INFO"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerOptions":
         """The options of a parsed `build_parser()` command line."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        values = {k: v for k, v in vars(args).items() if k in names}
+        values["ab_split"] = tuple(values.get("ab_split") or ())
+        return cls(**values)
 
     @property
     def config_path(self) -> Optional[str]:
@@ -391,13 +407,25 @@ class ModelServer:
     Args:
       options: what to serve and where (see ServerOptions).
       on_predict: optional PredictHook called after each successful Predict.
+      on_prediction: optional PredictionHook (serving/predictor.py); when given, every
+        Predict gets a request id (REST header X-Conveyor-Request-Id, gRPC initial metadata
+        x-conveyor-request-id) and the hook gets its PredictionEvent.
+      post_routes: extension REST routes {regex of a path under /v1/conveyor/: PostRoute}
+        (serving/rest.py), e.g. the feedback route of `conveyor serve`.
     Raises:
       ModelConfigError: the model config file cannot be read.
+      SplitError: a malformed ab_split.
       OSError: a port cannot be bound.
     Loading happens in the constructor; `start()` opens the ports, `stop()` closes them.
     """
 
-    def __init__(self, options: ServerOptions, on_predict: Optional[PredictHook] = None):
+    def __init__(self, options: ServerOptions, on_predict: Optional[PredictHook] = None,
+                 on_prediction: Optional[PredictionHook] = None,
+                 post_routes: Optional[Dict[str, PostRoute]] = None):
+        for pattern in post_routes or {}:
+            if not pattern.startswith(EXTENSION_PREFIX):
+                raise ValueError(f"extension route {pattern} must be under {EXTENSION_PREFIX}")
+        shares = parse_ab_split(options.ab_split)
         self.options = options
         self.configs = load_model_configs(options)
         self.metrics = Metrics()
@@ -411,7 +439,9 @@ class ModelServer:
             config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
             load_options=options.load_options(), on_unload=self.metrics.forget_version)
         predictor = Predictor(self.manager, self.batcher, on_predict,
-                              method_name_check=options.enable_signature_method_name_check)
+                              method_name_check=options.enable_signature_method_name_check,
+                              split=TrafficSplit(shares) if shares else None,
+                              on_prediction=on_prediction)
         self.metrics_path = metrics_path
         self._stopping = False
         self.http = None
@@ -423,16 +453,17 @@ class ModelServer:
                 options.rest_api_max_body_bytes, metrics_path=metrics_path,
                 cors=options.rest_api_enable_cors_support,
                 num_threads=options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-                extra_routes={READY_PATH: self.readiness}, reuse_port=options.reuse_port)
+                extra_routes={READY_PATH: self.readiness}, reuse_port=options.reuse_port,
+                post_routes=post_routes)
         addresses = []
         if options.port:
             addresses.append(f"{options.host}:{options.port}")
         if options.grpc_socket_path:
             addresses.append(f"unix:{os.path.abspath(options.grpc_socket_path)}")
         if addresses:
-            self.grpc = make_grpc_server(addresses, predictor, self.metrics,
-                                         options.rest_api_max_body_bytes, options.grpc_max_threads,
-                                         channel_arguments, options.enable_grpc_healthcheck_service)
+            self.grpc = GrpcServer(addresses, predictor, self.metrics,
+                                   options.rest_api_max_body_bytes, options.grpc_max_threads,
+                                   channel_arguments, options.enable_grpc_healthcheck_service)
 
     def startup_report(self) -> List[Tuple[int, str]]:
         """(log level, line) per model: what is served, and each version directory skipped.
@@ -503,16 +534,22 @@ class ModelServer:
         """Graceful stop: closes both ports to new connections and calls, lets every REST
         request already received finish (keep-alive connections get `Connection: close` on
         their last response) and in-flight gRPC calls up to `drain_seconds`, runs what the
-        batcher holds, then stops polling (waiting up to 30 s for a load in progress)."""
+        batcher holds at once (without waiting for batch timeouts), then stops polling (waiting up
+        to 30 s for a load in progress). A second call does nothing."""
+        if self._stopping:  # stopped already
+            return
         self._stopping = True
-        grpc_done = self.grpc.stop(grace=self.options.drain_seconds) if self.grpc else None
+        if self.batcher is not None:
+            self.batcher.drain()  # queued requests run now, not at their batch timeout
+        if self.grpc:
+            self.grpc.begin_stop(self.options.drain_seconds)
         if self.http:
             # A request already received is answered; its model run is bounded by
             # --rest_api_timeout_in_ms, which bounds this wait too.
             self.http.stop(max(self.options.drain_seconds,
                                self.options.rest_api_timeout_in_ms / 1000 + 1))
-        if grpc_done is not None:
-            grpc_done.wait()
+        if self.grpc:
+            self.grpc.wait_stopped(self.options.drain_seconds + 30)
         if self.batcher is not None:
             self.batcher.close()
         self.manager.stop()
@@ -546,6 +583,10 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--worker_processes must be at least 1, got {args.worker_processes}")
     if args.worker_processes > 1 and args.grpc_socket_path:
         parser.error("--grpc_socket_path cannot be shared by several --worker_processes")
+    try:
+        parse_ab_split(args.ab_split)
+    except SplitError as e:
+        parser.error(str(e))
 
 
 def parse_options(argv: List[str], drop_in: bool = False) -> ServerOptions:
@@ -566,12 +607,14 @@ def parse_options(argv: List[str], drop_in: bool = False) -> ServerOptions:
 
 
 def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = None,
-         drop_in: bool = False) -> int:
+         drop_in: bool = False, on_prediction: Optional[PredictionHook] = None,
+         post_routes: Optional[Dict[str, PostRoute]] = None) -> int:
     """Parses TF Serving's flags, serves until SIGINT/SIGTERM.
 
     Args:
       argv: the flags (default sys.argv[1:]).
       on_predict: optional PredictHook called after each successful Predict.
+      on_prediction, post_routes: request ids and extension routes (see ModelServer).
       drop_in: TF Serving's defaults (see build_parser); `conveyor serve` passes False.
     Returns:
       The exit status: 0 after a signal or --version, 1 when the server cannot start (or,
@@ -592,9 +635,10 @@ def main(argv: Optional[List[str]] = None, on_predict: Optional[PredictHook] = N
     _check_flags(parser, args)
     if args.worker_processes > 1 and worker is None:
         return workers.supervise(args.worker_processes, args.drain_seconds)
+    workers.die_with_supervisor()
     options = dataclasses.replace(ServerOptions.from_args(args), reuse_port=worker is not None)
     try:
-        server = ModelServer(options, on_predict)
+        server = ModelServer(options, on_predict, on_prediction, post_routes)
     except (ModelConfigError, ConfigFileError, ServingError, OSError, ValueError) as e:
         log.error("Failed to start server. Error: %s", getattr(e, "message", e))
         return 1

@@ -20,6 +20,7 @@ Prometheus metrics stay one set per server: the workers run prometheus_client in
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a directory the supervisor creates and removes),
 and whichever worker answers a scrape sums counters and histograms over all workers.
 """
+import ctypes
 import logging
 import os
 import shutil
@@ -35,6 +36,9 @@ log = logging.getLogger("conveyor.serving")
 
 # Set in a worker's environment: its index (0..N-1). A worker binds its ports with SO_REUSEPORT.
 WORKER_ENV = "CONVEYOR_SERVER_WORKER"
+# Set in a worker's environment: the supervisor's pid (see die_with_supervisor).
+SUPERVISOR_ENV = "CONVEYOR_SERVER_SUPERVISOR"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # prometheus_client's multiprocess mode reads this variable when it is imported.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 POLL_SECONDS = 0.2
@@ -44,6 +48,20 @@ def worker_index() -> Optional[int]:
     """This process's worker index, or None when it is not a worker of a supervisor."""
     value = os.environ.get(WORKER_ENV)
     return int(value) if value is not None and value.isdigit() else None
+
+
+def die_with_supervisor() -> None:
+    """In a worker: asks Linux to send SIGTERM (a graceful stop) when the supervisor dies, so
+    a supervisor killed with SIGKILL leaves no workers serving on the shared ports; exits at
+    once when the supervisor is already gone. A no-op outside Linux or outside a worker."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if worker_index() is None or not supervisor or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(supervisor):  # died before prctl took effect
+        log.error("The supervising server process %s is gone: exiting", supervisor)
+        sys.exit(1)
 
 
 def worker_command(argv: List[str]) -> List[str]:
@@ -87,7 +105,8 @@ def supervise(processes: int, drain_seconds: float) -> int:
     try:
         command = worker_command(sys.orig_argv)
         for index in range(processes):
-            env = dict(os.environ, **{WORKER_ENV: str(index), METRICS_DIR_ENV: metrics_dir})
+            env = dict(os.environ, **{WORKER_ENV: str(index), METRICS_DIR_ENV: metrics_dir,
+                                       SUPERVISOR_ENV: str(os.getpid())})
             workers.append(subprocess.Popen(command, env=env))
         log.info("Started %d worker processes (pids %s) sharing the ports", processes,
                  ", ".join(str(w.pid) for w in workers))

@@ -1,8 +1,8 @@
 """Opening the store read-only, a cached view of its graph, and decoding MLMD records.
 
 Every query takes a `MetadataStore`, so the same code works on the SQLite file in
-HOME/metadata.sqlite (`open_store(home=...)`) or on MySQL
-(`open_store(connection_config=<ConnectionConfig with .mysql set>)`).
+HOME/metadata.sqlite (`open_store(home=...)`) or on MySQL (`open_store(metadata=<a config's
+MySQLMetadata>)`; the connection is built in pipelines/metadata_connection.py).
 """
 import dataclasses
 import datetime
@@ -16,10 +16,10 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
 
 from modules.settings import MODULES_FINGERPRINT_KEY
-from pipelines.config import DEFAULT_HOME, Config
+from pipelines import metadata_connection
+from pipelines.config import DEFAULT_HOME, Config, MySQLMetadata, load_any_config
+from pipelines.metadata_connection import METADATA_FILE  # noqa: F401  (re-exported)
 from pipelines.preflight import UNCHANGED_TYPE
-
-METADATA_FILE = "metadata.sqlite"
 NOT_RUN = "not run"
 # Local/Kubeflow runs record a pipeline_run context; TFX's Airflow launcher records run
 # ("<pipeline>.<dag run>") + component_run ("<run>.<node>").
@@ -109,30 +109,74 @@ def home_dir(home: Optional[str] = None) -> str:
 
 def sqlite_connection_config(metadata_path: str) -> mlmd_pb2.ConnectionConfig:
     """A read-only MLMD ConnectionConfig on the SQLite file at `metadata_path`."""
-    config = mlmd_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = mlmd_pb2.SqliteMetadataSourceConfig.READONLY
-    return config
+    return metadata_connection.sqlite_connection_config(metadata_path, read_only=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreLocation:
+    """Where a read command finds MLMD.
+
+    Fields:
+      home: absolute Conveyor HOME (serving/, request_logs/; the SQLite store).
+      metadata: the config's MySQL connection; None = HOME/metadata.sqlite.
+    """
+    home: str
+    metadata: Optional[MySQLMetadata] = None
+
+    def open(self) -> metadata_store.MetadataStore:
+        """open_store(self.home, metadata=self.metadata)."""
+        return open_store(self.home, metadata=self.metadata)
+
+    def exists(self) -> bool:
+        """Whether there may be runs to read (metadata_connection.store_exists)."""
+        return metadata_connection.store_exists(self.home, self.metadata)
+
+    def describe(self) -> str:
+        """The SQLite file or "MySQL database 'D' at H:P (user U)", for messages."""
+        return metadata_connection.describe(self.home, self.metadata)
+
+
+def store_location(home: Optional[str] = None, config_path: Optional[str] = None) -> StoreLocation:
+    """The store of a read command's --home and --config flags.
+
+    Args:
+      home: --home (default: the config's `home`, else ./conveyor_home).
+      config_path: --config: a YAML/JSON config whose `metadata` (and `home`) say where MLMD is.
+    Raises:
+      ConfigError: the config file is unreadable or invalid.
+    """
+    if not config_path:
+        return StoreLocation(home_dir(home))
+    config = load_any_config(config_path, {"home": home})
+    return StoreLocation(config.home_dir, config.metadata)
 
 
 def open_store(home: Optional[str] = None, *, metadata_path: Optional[str] = None,
-               connection_config: Optional[mlmd_pb2.ConnectionConfig] = None) -> metadata_store.MetadataStore:
-    """A read-only store on HOME/metadata.sqlite, a given SQLite file, or any ConnectionConfig.
+               connection_config: Optional[mlmd_pb2.ConnectionConfig] = None,
+               metadata: Optional[MySQLMetadata] = None) -> metadata_store.MetadataStore:
+    """A read-only store on HOME/metadata.sqlite, a given SQLite file, a MySQL database, or
+    any ConnectionConfig.
 
     Args:
-      home: Conveyor HOME (default ./conveyor_home); used when neither other argument is given.
+      home: Conveyor HOME (default ./conveyor_home); used when no other argument is given.
       metadata_path: an MLMD SQLite file (overrides `home`).
-      connection_config: any MLMD connection (e.g. MySQL); used as given (overrides both).
+      connection_config: any MLMD connection; used as given (overrides the others).
+      metadata: a config's MySQL connection (pipelines/config.py MySQLMetadata; overrides
+        `home` and `metadata_path`); the database is never created.
     Raises:
       LineageError: the SQLite file does not exist (nothing has run in that HOME).
+      MetadataConnectionError (a ConfigError): the MySQL database cannot be reached; one
+        sentence naming host, port and database.
     """
-    if connection_config is None:
-        path = metadata_path or os.path.join(home_dir(home), METADATA_FILE)
-        if not os.path.isfile(path):
-            raise LineageError(f"no metadata store at {path}: run a pipeline first (conveyor run ...) "
-                               "or pass --home")
-        connection_config = sqlite_connection_config(path)
-    return metadata_store.MetadataStore(connection_config)
+    if connection_config is not None:
+        return metadata_store.MetadataStore(connection_config)
+    if metadata is not None:
+        return metadata_connection.connect(home_dir(home), metadata, read_only=True)
+    path = metadata_path or os.path.join(home_dir(home), METADATA_FILE)
+    if not os.path.isfile(path):
+        raise LineageError(f"no metadata store at {path}: run a pipeline first (conveyor run ...) "
+                           "or pass --home (or --config naming a MySQL metadata store)")
+    return metadata_store.MetadataStore(sqlite_connection_config(path))
 
 
 # ---------------------------------------------------------------------------------------

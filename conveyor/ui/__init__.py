@@ -29,6 +29,8 @@ from conveyor.metadata.diff import RunDiff, diff_runs
 from conveyor.metadata.lineage import Lineage, lineage_of_version, pushed_models
 from conveyor.metadata.runs import NodeRun, RunRecord, list_runs, run_contexts
 from conveyor.metadata.store import METADATA_FILE, Graph, LineageError, home_dir, open_store
+from pipelines.config import MySQLMetadata
+from pipelines.metadata_connection import MetadataConnectionError, store_exists
 
 HOST = "127.0.0.1"
 PORT = 8080
@@ -196,20 +198,23 @@ def serving_status(url: str, models: List[str]) -> Dict[str, Any]:
     return out
 
 
-def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) -> Flask:
+def create_app(home: Optional[str] = None, serving_url: Optional[str] = None,
+               metadata: Optional[MySQLMetadata] = None) -> Flask:
     """The dashboard's Flask app (GET pages only; see the module docstring).
 
     Args:
       home: Conveyor HOME with metadata.sqlite and serving/ (default ./conveyor_home).
       serving_url: base URL of a running `conveyor serve` REST port, e.g.
         http://127.0.0.1:8501; None hides the live status.
+      metadata: a config's MySQL store of ML Metadata (None: HOME/metadata.sqlite); an
+        unreachable one is an error page (503) naming host, port and database.
     """
     home = home_dir(home)
     app = Flask(__name__)
     app.config["CONVEYOR_HOME"] = home
 
     def store():
-        return open_store(home)
+        return open_store(home, metadata=metadata)
 
     def error_page(message: str, status: int, title: str = "Not found"):
         return render_template("error.html", title=title, message=message, home=home,
@@ -218,6 +223,10 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.errorhandler(LineageError)
     def lineage_error(e):
         return error_page(str(e), 404)
+
+    @app.errorhandler(MetadataConnectionError)
+    def store_unreachable(e):
+        return error_page(str(e), 503, "Metadata store unreachable")
 
     @app.errorhandler(HTTPException)
     def http_error(e):
@@ -233,7 +242,7 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     @app.route("/")
     def runs():
         pipeline = request.args.get("pipeline") or None
-        if not os.path.isfile(os.path.join(home, METADATA_FILE)):
+        if not store_exists(home, metadata):
             return render_template("runs.html", rows=[], pipelines=[], pipeline=None, state=run_state, home=home,
                                    serving_url=serving_url, empty=f"No runs yet: run a pipeline first "
                                                                   f"(no {METADATA_FILE} in HOME {home}).")
@@ -309,22 +318,24 @@ def create_app(home: Optional[str] = None, serving_url: Optional[str] = None) ->
     return app
 
 
-def startup_warning(home: Optional[str]) -> Optional[str]:
-    """One line when HOME has no metadata store (a mistyped --home shows no runs), else None."""
-    metadata = os.path.join(home_dir(home), METADATA_FILE)
-    if os.path.isfile(metadata):
+def startup_warning(home: Optional[str], metadata: Optional[MySQLMetadata] = None) -> Optional[str]:
+    """One line when HOME has no metadata store (a mistyped --home shows no runs), else None
+    (always None for a MySQL store: the pages say when it cannot be reached)."""
+    if store_exists(home_dir(home), metadata):
         return None
-    return f"conveyor ui: warning: no {metadata}: no runs to show yet (run a pipeline first, or pass --home)"
+    path = os.path.join(home_dir(home), METADATA_FILE)
+    return f"conveyor ui: warning: no {path}: no runs to show yet (run a pipeline first, or pass --home)"
 
 
 def serve(home: Optional[str] = None, port: int = PORT, host: str = HOST,
-          serving_url: Optional[str] = None) -> None:
-    """Runs the dashboard until interrupted (werkzeug's threaded server) and prints its URL."""
+          serving_url: Optional[str] = None, metadata: Optional[MySQLMetadata] = None) -> None:
+    """Runs the dashboard until interrupted (werkzeug's threaded server) and prints its URL
+    (`metadata`: as create_app)."""
     from werkzeug.serving import make_server
-    warning = startup_warning(home)
+    warning = startup_warning(home, metadata)
     if warning:
         print(warning, flush=True)
-    server = make_server(host, port, create_app(home, serving_url), threaded=True)
+    server = make_server(host, port, create_app(home, serving_url, metadata), threaded=True)
     print(f"conveyor ui: http://{host}:{server.server_port}/ (HOME {home_dir(home)}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

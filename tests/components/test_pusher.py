@@ -25,3 +25,68 @@ def test_not_pushed_names_the_verdict_that_said_no(tmp_path, model_blessed, infr
     assert pushed.get_int_custom_property("pushed") == 0
     assert pushed.get_string_custom_property("reason") == reason
     assert not (tmp_path / "serving").exists()
+
+
+def _entry(serving_dir, name):
+    import os
+
+    from serving.model_config import read_models_config
+    config = read_models_config(os.path.join(serving_dir, "models.config"))
+    return next(c for c in config.model_config_list.config if c.name == name)
+
+
+def test_canary_push_keeps_stable_loaded_and_a_normal_push_ends_the_release(tmp_path):
+    """Issue 23: the Pusher's canary push writes TF Serving's specific policy and labels."""
+    from components.pusher import publish
+    from serving.model_config import promote_canary, rollback_canary
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "saved_model.pb").write_bytes(b"x")
+    serving_dir, base = str(tmp_path / "serving"), str(tmp_path / "serving" / "m")
+    assert publish(str(source), base, "uri-1", 1, canary=True).version == 1  # first push: nothing to keep
+    entry = _entry(serving_dir, "m")
+    assert not entry.HasField("model_version_policy") and not entry.version_labels
+    assert publish(str(source), base, "uri-2", 2, canary=True).version == 2
+    entry = _entry(serving_dir, "m")
+    assert list(entry.model_version_policy.specific.versions) == [1, 2]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+    assert publish(str(source), base, "uri-3", 3, canary=True).version == 3  # replaces the live canary
+    entry = _entry(serving_dir, "m")
+    assert list(entry.model_version_policy.specific.versions) == [1, 3]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 3}
+    assert rollback_canary(serving_dir, "m") == (1, 3)
+    entry = _entry(serving_dir, "m")
+    assert list(entry.model_version_policy.specific.versions) == [1] and dict(entry.version_labels) == {"stable": 1}
+    with pytest.raises(ValueError, match="model m has no canary"):
+        promote_canary(serving_dir, "m")
+    publish(str(source), base, "uri-4", 4, canary=True)
+    assert promote_canary(serving_dir, "m") == (1, 4)
+    entry = _entry(serving_dir, "m")
+    assert list(entry.model_version_policy.specific.versions) == [4] and dict(entry.version_labels) == {"stable": 4}
+    publish(str(source), base, "uri-5", 5)  # a normal push: TF Serving's default policy again
+    entry = _entry(serving_dir, "m")
+    assert not entry.HasField("model_version_policy") and not entry.version_labels
+
+
+def test_executor_reads_canary_from_custom_config(tmp_path):
+    import json
+    import os
+    serving_dir = tmp_path / "serving"
+    for version in (1, 2):
+        source = tmp_path / f"model{version}" / "Format-Serving"
+        source.mkdir(parents=True)
+        (source / "saved_model.pb").write_bytes(b"x")
+        pushed = standard_artifacts.PushedModel()
+        pushed.uri = str(tmp_path / f"pushed{version}")
+        model = standard_artifacts.Model()
+        model.uri = str(tmp_path / f"model{version}")
+        model.id = version
+        Executor().Do({"model": [model],
+                       "model_blessing": [_verdict(standard_artifacts.ModelBlessing, 1)],
+                       "infra_blessing": [_verdict(standard_artifacts.InfraBlessing, 1)]},
+                      {"pushed_model": [pushed]},
+                      {"push_destination": json.dumps({"filesystem": {"base_directory": str(serving_dir / "m")}}),
+                       "custom_config": json.dumps({"canary": True})})
+        assert pushed.get_int_custom_property("pushed") == 1
+    assert sorted(os.listdir(serving_dir / "m")) == [".push.lock", "1", "2"]
+    assert dict(_entry(str(serving_dir), "m").version_labels) == {"stable": 1, "canary": 2}

@@ -81,7 +81,9 @@ def _serve_and_send(home: str, model: str, log_dir: str, bodies, log_path: str) 
 
 
 def _drift(home: str, model: str, log_dir: str, capsys):
-    code = cli.main(["drift", "--model", model, "--home", home, "--request-log-dir", log_dir, "--json"])
+    # 36..60 logged requests here: below the default minimum sample of 200, so it is lowered.
+    code = cli.main(["drift", "--model", model, "--home", home, "--request-log-dir", log_dir, "--json",
+                     "--min-requests", "30"])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -213,6 +215,34 @@ def test_no_logged_requests_is_a_clear_error(image_home, tmp_path, capsys):
                      "--request-log-dir", str(tmp_path / "none")])
     assert code == 2
     assert "no logged requests of image_classifier version 1" in capsys.readouterr().err
+
+
+def test_too_few_or_unreadable_requests_give_no_verdict(image_home, digits_dir, tmp_path, capsys):
+    """Issue 23: one normal request used to score Jensen-Shannon 1.0 (DRIFT, exit 1); below
+    the minimum sample, and on zero examples read for any reason, the answer is exit 2."""
+    from conveyor.request_log import RequestLogger
+    log_dir = str(tmp_path / "logs")
+    pngs = [base64.b64decode(i["b64"]) for i in _digit_bodies(digits_dir, False)[0]["instances"]]
+    logger = RequestLogger(log_dir, 1.0)
+    logger.log("image_classifier", 1, {"images": np.array(pngs[:1], dtype=object)})
+    logger.close()
+    args = ["drift", "--model", "image_classifier", "--home", image_home, "--request-log-dir", log_dir]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "not enough requests: 1 logged request(s) of image_classifier version 1" in err, err
+    assert "need at least 200 (drift_min_requests)" in err, err
+
+    folder = os.path.join(log_dir, "image_classifier", "1")
+    for name in os.listdir(folder):
+        os.unlink(os.path.join(folder, name))
+    open(os.path.join(folder, "requests-1-1-1.tfrecord"), "wb").close()  # empty: zero examples
+    assert cli.main(args + ["--min-requests", "1"]) == 2
+    assert "0 requests read from the 1 request log file(s)" in capsys.readouterr().err
+    with open(os.path.join(folder, "requests-1-1-2.tfrecord"), "wb") as f:
+        f.write(b"not a tfrecord at all, just bytes")
+    assert cli.main(args + ["--min-requests", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the request log" in err and "requests-1-1-2.tfrecord" in err, err
 
 
 @pytest.mark.skipif(not os.path.exists(IMDB_CSV), reason="shared IMDB reviews not available")

@@ -3,9 +3,12 @@
 * A full batching queue answers TF Serving's UNAVAILABLE / HTTP 503 at once, and the server
   serves again as soon as the queue drains; the batch-size distribution is in the metrics.
 * GET /v1/conveyor/ready is 200 only when every configured model has an AVAILABLE version.
+* A caller that gives up while its request waits in the batching queue (a gRPC deadline, the
+  REST run timeout) is dropped from the queue; the batch threads keep serving.
 * SIGTERM on a real server process: requests already received (REST on keep-alive
-  connections, gRPC calls) are answered, the REST response says `Connection: close`, new
-  connections are refused, and the process exits 0.
+  connections, gRPC calls) are answered at once, without waiting for their batch timeout; the
+  REST response says `Connection: close`, new connections are refused, and the process exits
+  0. gRPC health watchers are told NOT_SERVING and their streams end.
 """
 import os
 import signal
@@ -19,6 +22,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving.health import HealthCheckRequest, HealthCheckResponse
 from serving.net import free_port
 from serving.server import READY_PATH, ModelServer, ServerOptions
 from tests.support.serving_harness import ServerProcess, install, model_entry, write_config
@@ -146,9 +150,77 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(tmp_path):
         assert results["rest"].headers["Connection"] == "close"
         names = tf.make_ndarray(results["grpc"].outputs["class_names"])
         assert len(names) == 40 and names[-1] == b"negative"
-        assert min(finished.values()) > signalled and min(finished.values()) - started > 3
+        # Without the drain they would wait for their 4 s batch timeout.
+        assert min(finished.values()) > signalled and max(finished.values()) - signalled < 2.5
         assert proc.proc.wait(timeout=60) == 0
         log = proc.log()
         assert "Traceback" not in log, log[-3000:]
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def slow_batches(tmp_path):
+    """A server in this process whose batches wait 2 s to fill (one batch thread), with a
+    500 ms REST run timeout and the gRPC health service."""
+    base = str(tmp_path / "text")
+    install("text_v1", base, 1)
+    config = write_config(str(tmp_path / "models.config"),
+                          "model_config_list {\n" + model_entry("text", base) + "}\n")
+    batching = write_config(str(tmp_path / "batching.config"),
+                            "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000000 }\n"
+                            "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 1 }\n")
+    server = ModelServer(ServerOptions(model_config_file=str(config), port=free_port(),
+                                       rest_api_port=free_port(), enable_batching=True,
+                                       batching_parameters_file=batching,
+                                       rest_api_timeout_in_ms=500, drain_seconds=20,
+                                       enable_grpc_healthcheck_service=True))
+    server.start()
+    server.url = f"http://127.0.0.1:{server.options.rest_api_port}"
+    server.target = f"127.0.0.1:{server.options.port}"
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _grpc_predict(target: str, timeout: float):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "text"
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(["good"]))
+    with grpc.insecure_channel(target) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+
+
+def test_callers_that_give_up_in_the_queue_are_dropped_and_batching_goes_on(slow_batches):
+    with pytest.raises(grpc.RpcError) as error:
+        _grpc_predict(slow_batches.target, timeout=0.3)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    started = time.monotonic()
+    response = requests.post(f"{slow_batches.url}/v1/models/text:predict",
+                             json={"instances": ["good"]}, timeout=30)
+    assert response.status_code == 504, response.text
+    assert "Timed out waiting for the model run (500 ms" in response.json()["error"]
+    assert time.monotonic() - started < 1.9  # not held until the 2 s batch timeout
+    time.sleep(2.5)  # the dropped requests' batch time has come and gone
+    assert all(t.is_alive() for t in slow_batches.batcher._threads)
+    names = tf.make_ndarray(_grpc_predict(slow_batches.target, timeout=30).outputs["class_names"])
+    assert list(names) == [b"positive"]
+
+
+def test_health_watchers_hear_not_serving_and_do_not_hold_the_drain(slow_batches):
+    channel = grpc.insecure_channel(slow_batches.target)
+    watch = channel.unary_stream("/grpc.health.v1.Health/Watch",
+                                 request_serializer=HealthCheckRequest.SerializeToString,
+                                 response_deserializer=HealthCheckResponse.FromString)
+    stream = watch(HealthCheckRequest(service=""), timeout=60)
+    assert next(stream).status == 1  # SERVING
+    started = time.monotonic()
+    stopper = threading.Thread(target=slow_batches.stop)
+    stopper.start()
+    assert next(stream).status == 2  # NOT_SERVING
+    with pytest.raises(StopIteration):
+        next(stream)
+    stopper.join(timeout=30)
+    assert not stopper.is_alive() and time.monotonic() - started < 10  # drain_seconds is 20
+    channel.close()

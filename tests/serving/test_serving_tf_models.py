@@ -436,7 +436,8 @@ def test_flag_errors(capsys):
     for argv, message in ((["--model_base_path=/m", "--no_such_flag=1"], "unrecognized arguments"),
                           (["--model_base_path=/m", "--ssl_config_file=/s"], "--ssl_config_file is not supported"),
                           (["--model_base_path=/m", "--enable_batching=maybe"], "not a boolean"),
-                          (["--model_base_path=/m", "--batching_parameters_file=/b"], "without --enable_batching")):
+                          (["--model_base_path=/m", "--batching_parameters_file=/b"], "without --enable_batching"),
+                          (["--model_base_path=/m", "--ab_split=canary=2"], "expected canary=P or MODEL:canary=P")):
         with pytest.raises(SystemExit) as exit_info:
             server_lib.main(argv)
         assert exit_info.value.code == 2
@@ -457,6 +458,8 @@ def test_drop_in_keeps_tf_servings_defaults_and_conveyor_serve_its_own(monkeypat
     assert (drop_in.rest_api_port, drop_in.host, drop_in.port) == (0, "0.0.0.0", 8500)
     ours = server_lib.parse_options(["--model_base_path=/m"])
     assert (ours.rest_api_port, ours.host, ours.port) == (8501, "127.0.0.1", 8500)
+    # conveyor serve re-reads models.config (canary releases, promote, rollback); TF Serving reads it once
+    assert (drop_in.model_config_file_poll_wait_seconds, ours.model_config_file_poll_wait_seconds) == (0, 2)
     given = server_lib.parse_options(["--model_base_path=/m", "--rest_api_port=9000", "--host=::1"], drop_in=True)
     assert (given.rest_api_port, given.host) == (9000, "::1")
     # the console script itself: with gRPC off and REST off by default, nothing is left to serve

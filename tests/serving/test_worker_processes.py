@@ -1,11 +1,13 @@
 """--worker_processes: several real server processes behind one REST and one gRPC port
-(SO_REUSEPORT), one Prometheus view of all of them, a drained stop on SIGTERM, and the whole
-server stopping when one worker dies."""
+(SO_REUSEPORT), one Prometheus view of all of them, a drained stop on SIGTERM, the whole
+server stopping when one worker dies, and no worker left serving when the supervisor is
+killed."""
 import os
 import signal
 import time
 
 import grpc
+import pytest
 import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -87,6 +89,30 @@ def test_a_dead_worker_stops_the_server_with_status_1(tmp_path):
         assert f"Worker process {first} exited with status -9: stopping the others" in server.log()
         wait_for(lambda: not os.path.exists(f"/proc/{second}"), timeout=30, what="the other worker gone")
         print(f"server exited {time.monotonic() - started:.1f} s after a worker was killed")
+    finally:
+        server.stop()
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
+    server = _start(tmp_path)
+    try:
+        workers = _children(server.proc.pid)
+        assert len(workers) == WORKERS
+        server.proc.kill()  # SIGKILL: the supervisor cannot stop them itself
+        server.proc.wait(timeout=30)
+        wait_for(lambda: not any(_running(pid) for pid in workers), timeout=60,
+                 what="the orphaned workers gone")
+        with pytest.raises(requests.ConnectionError):  # nobody left on the shared port
+            requests.get(f"{server.url}/v1/models/text", timeout=5)
     finally:
         server.stop()
 

@@ -43,22 +43,55 @@ RUN_STEPS = {"image": ["--train-steps", "30", "--eval-steps", "5"],
 TEXT_REVIEWS = 500
 
 
-def pushed_first_run(kind: str, data: str, home: str) -> None:
-    """`conveyor run KIND` on small data that must end with version 1 pushed (later cases need it)."""
+def pushed_first_run(kind: str, data: str, home: str, settings=None, env=None) -> str:
+    """`conveyor run KIND` on small data that must end with version 1 pushed (later cases need it).
+
+    Args:
+      settings: more config settings (e.g. a `metadata:` mapping), written to the run's config.
+      env: more environment variables of the run (e.g. the MySQL password's).
+    Returns:
+      the run's stdout.
+    """
     import subprocess
     import sys
+
+    import yaml
     os.makedirs(home, exist_ok=True)
     config = os.path.join(home, "test-config.yaml")
     with open(config, "w", encoding="utf-8") as f:
         # Later cases need version 1 pushed; latency is judged by the infra validator's own
         # tests, not here, where parallel test workers share 2 cores.
-        f.write("infra_p99_budget_ms: 10000\n")
+        yaml.safe_dump({"infra_p99_budget_ms": 10000, **(settings or {})}, f)
     result = subprocess.run(
         [sys.executable, "-m", "conveyor.cli", "run", kind, "--data", data, "--home", home, "--config", config,
          *RUN_STEPS[kind]],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Pushed: version 1" in result.stdout, result.stdout[-3000:]
+    return result.stdout
+
+
+def run_cli(*args, env=None):
+    """`conveyor ARGS` in this process (its imports are paid once per test process).
+
+    Args:
+      env: environment variables set for the call only (e.g. a MySQL password's).
+    Returns:
+      (exit status, stdout, stderr) as strings.
+    """
+    import contextlib
+    import io
+
+    import pytest
+
+    from conveyor import cli
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(list(args))
+    return status, out.getvalue(), err.getvalue()
 
 
 def read_examples(examples_uri: str, split: str):

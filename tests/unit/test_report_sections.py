@@ -3,12 +3,12 @@ a run stopped at the data gate shows why, free-text features show no value domai
 running run says for how long it has been running."""
 import json
 import os
-import types
 
 from ml_metadata.proto import metadata_store_pb2 as pb
 
 from conveyor.report import domain_text, render
 from pipelines import preflight
+from pipelines.config import Config
 from tests.support import mlmd_records as rec
 
 P = "text_classifier"
@@ -57,7 +57,7 @@ def test_record_failure_stores_the_reason_on_the_failed_execution(tmp_path):
     run = rec.run_context(store, "r1")
     rec.execution(store, P, run, "StatisticsGen")
     rec.execution(store, P, run, "GatedExampleValidator", state=pb.Execution.FAILED)
-    config = types.SimpleNamespace(metadata_path=path, name=P)
+    config = Config(kind="text", name=P, home=str(tmp_path / "home"))
     assert len(preflight.record_failure(config, 0, STOP)) == 1
     assert preflight.record_failure(config, 0, "again") == []  # the first reason stays
     assert "new class(es) [&#x27;three&#x27;]" in render(rec.sqlite_store(path), P, "r1")
@@ -92,3 +92,16 @@ def test_review_line_breaks_are_breaks_and_everything_else_is_escaped():
     page = mistakes_html({"scored": 2, "wrong": 1, "mistakes": [
         {"true": "neg", "predicted": "pos", "probability": 0.9, "text": "a<br /><br />b<script>"}]})
     assert "&lt;br /&gt;" not in page and "a<br><br>b&lt;script&gt;" in page
+
+
+def test_monitor_section_shows_versions_and_problems():
+    from conveyor.report import _monitor_section
+    assert _monitor_section(None) == ""
+    record = {"labelled": 40, "predictions": 90, "checked_at": "2026-11-30T10:00:00+00:00",
+              "versions": [{"version": 2, "arms": ["canary"], "n": 40, "accuracy": 0.5, "wilson_low": 0.35,
+                            "wilson_high": 0.65, "offline_accuracy": 0.9}],
+              "ab_test": {"difference": -0.4, "p_value": 0.0001, "significant": True},
+              "problems": ["version 2: online accuracy 0.500 <below>"]}
+    html = _monitor_section(record)
+    assert 'id="monitor">PROBLEM<' in html and "<td>canary</td>" in html and "0.3500-0.6500" in html
+    assert "&lt;below&gt;" in html and "significant" in html
