@@ -5,7 +5,7 @@ import sys
 from typing import List, Optional
 
 from components.spans import split_span_path
-from modules.settings import IMAGE_MODELS, TEXT_MODELS
+from modules.settings import IMAGE_MODELS, IMAGENET_WEIGHTS, NO_WEIGHTS, TEXT_MODELS
 from pipelines.config import ConfigError, load_config
 
 
@@ -50,6 +50,10 @@ def cmd_run(args) -> int:
     if data and not os.path.exists(split_span_path(data)[0]):
         raise ConfigError(f"--data {data}: no such file or directory")
     config = config.with_local_data(data)
+    weights = config.backbone_weights
+    if config.model == "transfer" and weights not in (IMAGENET_WEIGHTS, NO_WEIGHTS) and not os.path.isfile(weights):
+        raise ConfigError(f"key 'backbone_weights': no such file {weights}; expected imagenet, none or a local "
+                          "Keras weights file (.h5)")
     try:
         run(config, force=args.force)
     except ConveyorError as e:
@@ -144,11 +148,15 @@ def _main(argv: List[str]) -> int:
     drift_cli.add_command(sub)
     from conveyor import bless
     bless.add_command(sub)
+    from conveyor import backbone
+    backbone.add_command(sub)
     from conveyor import production_cli
     production_cli.add_commands(sub)
     from conveyor import metadata_copy
     metadata_copy.add_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "export-backbone":
+        return backbone.cmd_export_backbone(args)
     if args.command in production_cli.COMMANDS:
         return production_cli.dispatch(args)
     if args.command == "metadata":

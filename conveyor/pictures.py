@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from components.mistakes import thumbnail_png_b64
 from conveyor.metadata.store import Graph, props
+from modules.settings import TRANSFER_PHASE_LOG
 
 # TFMA 0.47.1 names the plot key after the metric class (multi_class_confusion_matrix_plot.py NAME).
 CONFUSION_PLOT = "multi_class_confusion_matrix_plot"
@@ -268,6 +269,19 @@ def training_curves_html(candidate: Dict, baseline: Optional[Dict]) -> str:
         if series:
             charts.append(curves_svg(series, title, unit))
     return "".join(charts)
+
+
+def transfer_phases_html(history: Dict) -> str:
+    """Which epochs of a transfer model trained its head (backbone frozen) and which
+    fine-tuned the backbone, from the TRANSFER_PHASE_LOG scalar of its TensorBoard logs
+    (history as returned by training_history); "" for other models."""
+    points = history.get("train", {}).get(TRANSFER_PHASE_LOG) or []
+    phases = [([e + 1 for e, v in points if (v >= 0.5) == fine], what) for fine, what in (
+        (False, "trained the new head with the backbone frozen"),
+        (True, "fine-tuned the backbone's top layers with it, at the lower fine-tuning learning rate"))]
+    said = [f"epoch{'s' if len(epochs) > 1 else ''} {epochs[0]}{f'-{epochs[-1]}' if len(epochs) > 1 else ''} {what}"
+            for epochs, what in phases if epochs]
+    return f"<p id=\"transfer-phases\">Transfer learning: {'; '.join(said)}.</p>" if said else ""
 
 
 # data ------------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def _model_pictures_section(graph: Graph, details: RunDetails) -> str:
                    ("; baseline = the blessed model this run was compared with" if baseline else "") +
                    f".</p>" + ("<p id=\"same-model\">The Trainer came from the cache: candidate and baseline are "
                                "the same model, so their curves are the same.</p>" if same_model else "") +
-                   f"<div class=\"charts\">{charts}</div>")
+                   pictures.transfer_phases_html(candidate) + f"<div class=\"charts\">{charts}</div>")
     return "".join(out)
 
 

@@ -1,15 +1,21 @@
 """The exported SavedModel: the Transform graph + the Keras model + the class names, with the
 signatures of the served-model contract (serving/contract.py), so clients send what they have
 (image bytes / raw text) and TFMA sends serialized tf.Examples."""
+import contextlib
+import dataclasses
+import json
+import os
 from typing import Dict, List
 
 import tf_keras as keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model
+
 from modules import features as F
 from modules import models
-from modules.settings import ModuleSettings
+from modules.settings import MODEL_SETTINGS_FILE, NO_WEIGHTS, ModuleSettings, read_model_settings
 from modules.splits import read_split_examples
 from serving import contract
 
@@ -99,10 +105,66 @@ class ServingModule(tf.Module):
 
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label_names: List[str],
            settings: ModuleSettings, path: str) -> None:
-    """Saves the SavedModel of the served-model contract to `path` (a new directory)."""
+    """Saves the SavedModel of the served-model contract to `path` (a new directory).
+
+    Keras adds a trace of every layer's call beside the signatures, so that
+    tf.saved_model.load gives back a callable Keras object (components/edge_exporter.py calls
+    it). For the transfer model they are left out, as tf_keras' own
+    model.save(save_traces=False) does: its backbone has 150-240 layers, the traces took
+    about 40 s of a 50 s MobileNetV2 export on 2 busy cores, and nothing reads them (transfer
+    models have no edge exports; export-backbone restores the variables into a rebuilt model).
+    """
     kind = settings.kind
     module = ServingModule(model, tf_transform_output, label_names, kind, models.input_feature(settings))
-    tf.saved_model.save(module, path, signatures=module.signatures(settings))
+    without_traces = settings.model == "transfer"
+    with keras_saved_model.keras_option_scope(save_traces=False) if without_traces else contextlib.nullcontext():
+        tf.saved_model.save(module, path, signatures=module.signatures(settings))
+
+
+def write_model_settings(export_dir: str, settings: ModuleSettings, num_classes: int) -> str:
+    """Writes MODEL_SETTINGS_FILE (modules/settings.py) into an export; returns its path."""
+    path = os.path.join(export_dir, MODEL_SETTINGS_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps({"settings": settings.to_custom_config(), "num_classes": num_classes}, indent=1))
+    return path
+
+
+class NotATransferModel(ValueError):
+    """The exported model has no backbone to export."""
+
+
+def save_backbone_weights(export_dir: str, out_path: str) -> ModuleSettings:
+    """Writes the backbone weights of an exported transfer model to a Keras weights file.
+
+    The export's variables are a checkpoint of ServingModule, whose `model` is the Keras
+    model: it is rebuilt from MODEL_SETTINGS_FILE (backbone without weights) and restored
+    from there, then its backbone saves its weights. The file loads as backbone_weights of a
+    transfer model with the same backbone (any image_size and class count).
+
+    Args:
+      export_dir: a SavedModel written by run_fn (a pushed version directory).
+      out_path: the weights file to write, ending in .h5 (.weights.h5: the Keras v3 weights
+        format; another .h5: the legacy HDF5 format of the keras.applications downloads).
+    Returns:
+      the model's ModuleSettings.
+    Raises:
+      FileNotFoundError: the export has no MODEL_SETTINGS_FILE.
+      NotATransferModel: the model is not a transfer model.
+      ValueError: the checkpoint does not match the rebuilt model.
+    """
+    settings, num_classes = read_model_settings(export_dir)
+    if settings.model != "transfer":
+        raise NotATransferModel(f"it is a {settings.model} model, not a transfer model")
+    model = models.build(dataclasses.replace(settings, backbone_weights=NO_WEIGHTS), num_classes)
+    status = tf.train.Checkpoint(model=model).read(os.path.join(export_dir, "variables", "variables"))
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(f"its variables do not match its recorded settings ({str(e).splitlines()[0]})") from None
+    models.backbone(model).save_weights(out_path)
+    return settings
 
 
 def warmup_inputs(file_patterns: List[str], kind: str, count: int = 5) -> List[bytes]:

@@ -9,12 +9,26 @@ Keras here is tf_keras (Keras 2, what TFX 1.16 itself trains with): Keras 3's mo
 not run under tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585; with Keras
 3.12 it fails building the model from a distributed batch and reducing the metrics), which
 distribution "multi_worker" needs (modules/distribution.py).
+
+The `transfer` model puts a new head on a keras.applications backbone (Keras's transfer
+learning guide, https://keras.io/guides/transfer_learning/): the backbone is called with
+training=False, so its BatchNorm layers stay in inference mode in both phases (frozen, then
+with its top layers unfrozen), and the Trainer (modules/trainer.py) trains the head first.
+Augmentation (`augment`) is a separate front model used for fitting only (training_model):
+the model that is exported never contains it.
 """
+from typing import Callable, Optional, Tuple
+
+import tensorflow as tf
 import tf_keras as keras
 from tf_keras import layers, regularizers
 
 from modules import features as F
-from modules.settings import ModuleSettings
+from modules.settings import IMAGENET_WEIGHTS, NO_WEIGHTS, ModuleSettings
+
+
+class BackboneWeightsError(ValueError):
+    """The transfer model's backbone weights cannot be had; one sentence says what to do."""
 
 
 def _compile(model: keras.Model, binary: bool, learning_rate: float) -> keras.Model:
@@ -121,13 +135,168 @@ def bilstm(vocab_ids: int, max_tokens: int, num_classes: int, learning_rate: flo
                     num_classes == 2, learning_rate)
 
 
+def _application(backbone: str) -> Tuple[Callable[..., keras.Model], Callable]:
+    """(keras.applications constructor, its preprocess_input) of a modules.settings.BACKBONES name."""
+    applications = keras.applications
+    return {"mobilenet_v2": (applications.MobileNetV2, applications.mobilenet_v2.preprocess_input),
+            "vgg16": (applications.VGG16, applications.vgg16.preprocess_input),
+            "efficientnet_b0": (applications.EfficientNetB0, applications.efficientnet.preprocess_input)}[backbone]
+
+
+def backbone_model(backbone: str, image_size: int, weights: str) -> keras.Model:
+    """A keras.applications backbone without its top.
+
+    Args:
+      backbone: one of modules.settings.BACKBONES.
+      image_size: input side in pixels (>= modules.settings.BACKBONE_MIN_IMAGE_SIZE).
+      weights: IMAGENET_WEIGHTS (downloaded into Keras's cache, ~/.keras/models, unless
+        already there), NO_WEIGHTS (random initialisation) or the path of a Keras weights
+        file of this backbone without its top: a legacy .h5 (as published for
+        keras.applications) or a .weights.h5 (`conveyor export-backbone`).
+    Returns:
+      The uncompiled backbone: input float32 [N, image_size, image_size, 3] as its
+      preprocess_input returns it; output its last feature map [N, h, w, channels].
+    Raises:
+      BackboneWeightsError: imagenet weights that cannot be downloaded (no internet), a path
+        that does not exist or holds weights of another architecture.
+    """
+    constructor, _ = _application(backbone)
+    shape = (image_size, image_size, 3)
+    if weights == NO_WEIGHTS:
+        return constructor(include_top=False, weights=None, input_shape=shape)
+    if weights == IMAGENET_WEIGHTS:
+        try:
+            return constructor(include_top=False, weights=IMAGENET_WEIGHTS, input_shape=shape)
+        except Exception as e:  # tf_keras' get_file raises a bare Exception("URL fetch failure ...")
+            if "URL fetch failure" not in str(e):
+                raise
+            raise BackboneWeightsError(
+                f"backbone_weights imagenet: the {backbone} ImageNet weights are not in Keras's cache and "
+                f"cannot be downloaded ({_first_line(e)}); without internet set backbone_weights to the "
+                "path of a local weights file (README \"Transfer learning\")") from None
+    if not tf.io.gfile.exists(weights):
+        raise BackboneWeightsError(f"backbone_weights {weights}: no such file; expected {IMAGENET_WEIGHTS}, "
+                                   f"{NO_WEIGHTS} or a Keras weights file of {backbone} without its top")
+    model = constructor(include_top=False, weights=None, input_shape=shape)
+    try:
+        model.load_weights(weights)
+    except (ValueError, OSError, KeyError, tf.errors.OpError) as e:
+        raise BackboneWeightsError(f"backbone_weights {weights}: not the weights of {backbone} without its top "
+                                   f"({_first_line(e)})") from None
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+# BatchNorm momentum of a backbone trained from scratch (backbone_weights "none"). The
+# applications' 0.999 (MobileNetV2, EfficientNet) suits ImageNet-length training: after the
+# few hundred steps of a Conveyor run the moving averages have moved a quarter of the way
+# from their initial 0 / 1 (1 - 0.999**300 = 0.26), and the model, which serves and is
+# evaluated with them, answers at chance (bench/transfer.py measured 0.20 on 5 classes after
+# 300 steps). At 0.9 they follow the batches within ~50 steps.
+SCRATCH_BATCH_NORM_MOMENTUM = 0.9
+
+
+def transfer(settings: ModuleSettings, num_classes: int) -> keras.Model:
+    """Backbone -> global average pooling -> dropout 0.2 -> softmax, compiled (Adam at
+    settings.learning_rate).
+
+    Grey images are repeated into three channels and scaled to the 0..255 pixels the
+    backbone's own preprocess_input expects. With weights (imagenet or a file) the backbone
+    is frozen, for the head phase, and called with training=False; with backbone_weights
+    "none" the whole model trains from scratch, the backbone as any other layer (its
+    BatchNorm layers at SCRATCH_BATCH_NORM_MOMENTUM).
+    Input float32 [N, size, size, channels] in [0, 1]; output float32 [N, num_classes].
+
+    Raises:
+      BackboneWeightsError: see backbone_model.
+    """
+    size = settings.image_size
+    pretrained = settings.backbone_weights != NO_WEIGHTS
+    base = backbone_model(settings.backbone, size, settings.backbone_weights)
+    base.trainable = not pretrained
+    if not pretrained:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BATCH_NORM_MOMENTUM
+    _, preprocess_input = _application(settings.backbone)
+    inputs = keras.Input(shape=(size, size, settings.channels), name=F.IMAGE)
+    x = inputs if settings.channels == 3 else layers.Concatenate(name="grey_to_rgb")([inputs] * 3)
+    x = preprocess_input(layers.Rescaling(255.0, name="to_pixel_values")(x))
+    # From scratch (no weights) everything trains, BatchNorm statistics included.
+    x = base(x, training=False) if pretrained else base(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return _compile(keras.Model(inputs, outputs, name="transfer"), False, settings.learning_rate)
+
+
+def backbone(model: keras.Model) -> keras.Model:
+    """The keras.applications backbone inside a `transfer` model.
+
+    Raises:
+      ValueError: `model` holds no nested model (it is not a transfer model).
+    """
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"model {model.name} is not a transfer model (no backbone inside)")
+    return nested[0]
+
+
+def unfreeze_top(model: keras.Model, count: int) -> None:
+    """Makes the top `count` layers of a transfer model's backbone trainable and the others
+    frozen (the head stays trainable). Recompile the model that is fitted afterwards (Keras
+    reads `trainable` when it compiles). BatchNorm layers among them keep running in
+    inference mode (the backbone is called with training=False): only their scale and offset
+    train, not their moving statistics."""
+    base = backbone(model)
+    base.trainable = True
+    for layer in base.layers[:len(base.layers) - count]:
+        layer.trainable = False
+
+
+def compile_image_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """(Re)compiles an image model: Adam at `learning_rate`, sparse categorical cross-entropy."""
+    return _compile(model, False, learning_rate)
+
+
+def augmentation(settings: ModuleSettings) -> Optional[keras.Sequential]:
+    """The tf_keras Random* layers of settings.augment, in order; None without augmentation.
+
+    They transform only when called with training=True (model.fit); otherwise they pass
+    images through unchanged. Input and output float32 [N, size, size, channels]."""
+    if not settings.augment:
+        return None
+    make = {"flip": layers.RandomFlip, "rotation": layers.RandomRotation, "zoom": layers.RandomZoom,
+            "contrast": layers.RandomContrast}
+    return keras.Sequential([make[name](strength, name=f"random_{name}") for name, strength in settings.augment],
+                            name="augmentation")
+
+
+def training_model(model: keras.Model, settings: ModuleSettings) -> keras.Model:
+    """What model.fit trains: `model` itself, or with settings.augment a compiled
+    augmentation -> `model` whose weights are `model`'s, so fitting it trains `model` and
+    exporting `model` leaves the augmentation out of the serving graph."""
+    augment = augmentation(settings)
+    if augment is None:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name=model.input_names[0])
+    fitted = keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_augmented")
+    return compile_image_model(fitted, settings.learning_rate)
+
+
 def build(settings: ModuleSettings, num_classes: int) -> keras.Model:
     """The compiled model named by settings.model, its input named after input_feature().
 
     Raises KeyError for a model name that is not in modules.settings.MODELS (Config refuses
-    those at load time)."""
+    those at load time), BackboneWeightsError (transfer, see backbone_model)."""
     lr = settings.learning_rate
     name = settings.model
+    if name == "transfer":
+        return transfer(settings, num_classes)
     if name in ("mlp", "cnn"):
         shape = (settings.image_size, settings.image_size, settings.channels)
         return (mlp if name == "mlp" else cnn)(shape, num_classes, lr)
@@ -141,4 +310,4 @@ def build(settings: ModuleSettings, num_classes: int) -> keras.Model:
 
 def input_feature(settings: ModuleSettings) -> str:
     """The transformed feature (modules/features.py) the model named by settings.model reads."""
-    return {"mlp": F.IMAGE, "cnn": F.IMAGE, "multihot": F.MULTI_HOT, "tfidf": F.TFIDF}.get(settings.model, F.TOKENS)
+    return {"mlp": F.IMAGE, "cnn": F.IMAGE, "transfer": F.IMAGE, "multihot": F.MULTI_HOT, "tfidf": F.TFIDF}.get(settings.model, F.TOKENS)

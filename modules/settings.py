@@ -11,10 +11,11 @@ This file imports neither TensorFlow nor TFX: the config layer reads the model n
 import dataclasses
 import glob
 import hashlib
+import json
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
-IMAGE_MODELS = ("mlp", "cnn")
+IMAGE_MODELS = ("mlp", "cnn", "transfer")
 # How run_fn spreads training (modules/distribution.py): one process, all local devices
 # (MirroredStrategy), or the workers of the TF_CONFIG cluster (MultiWorkerMirroredStrategy).
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
@@ -23,6 +24,33 @@ MODELS = {"image": IMAGE_MODELS, "text": TEXT_MODELS}
 # The smallest image_size the cnn takes (modules/models.cnn): two valid 3x3 convolutions, each
 # followed by a 2x2 pooling, need a side s with (s - 2) // 2 - 2 >= 2, i.e. s >= 10.
 CNN_MIN_IMAGE_SIZE = 10
+
+# The keras.applications backbones of the `transfer` image model (modules/models.transfer).
+BACKBONES = ("mobilenet_v2", "vgg16", "efficientnet_b0")
+# Each backbone's smallest image side: tf_keras/src/applications/{mobilenet_v2,vgg16,
+# efficientnet}.py build without their top only from inputs that pass
+# imagenet_utils.obtain_input_shape(..., min_size=32).
+BACKBONE_MIN_IMAGE_SIZE = {"mobilenet_v2": 32, "vgg16": 32, "efficientnet_b0": 32}
+# Layers of each backbone without its top, its input layer not counted (len(model.layers) - 1
+# of the tf_keras 2.16 applications; tests/components/test_transfer.py checks): the most
+# `fine_tune_layers` can unfreeze. (With imagenet weights EfficientNetB0 has one more, a
+# weightless Rescaling near its input.)
+BACKBONE_LAYERS = {"mobilenet_v2": 153, "vgg16": 18, "efficientnet_b0": 236}
+# backbone_weights values that are not a file path.
+IMAGENET_WEIGHTS, NO_WEIGHTS = "imagenet", "none"
+
+# Training-time augmentation of image models (modules/models.augmentation: the tf_keras
+# Random* preprocessing layers) and the strength each takes when the config names it alone:
+# flip: which flips (RandomFlip's mode); rotation: largest turn as a fraction of a full
+# circle (RandomRotation's factor); zoom: largest zoom in or out as a fraction of the side
+# (RandomZoom's height_factor); contrast: largest contrast change as a fraction
+# (RandomContrast's factor). The defaults are the course's (RandomRotation(0.1), RandomZoom(0.1)).
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+AUGMENT_DEFAULTS = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.2}
+# The per-epoch scalar the Trainer adds to a transfer model's TensorBoard logs: 0 while the
+# head trains with the backbone frozen, 1 while the backbone's top layers fine-tune.
+TRANSFER_PHASE_LOG = "transfer_phase"
 
 # Keys TFX's Vertex/AI Platform Trainer extension adds to the Trainer's custom_config
 # (tfx/extensions/google_cloud_ai_platform/constants.py, trainer/executor.py); its executor
@@ -34,6 +62,11 @@ CLOUD_TRAINER_KEY_PREFIX = "ai_platform_"
 MODULES_FINGERPRINT_KEY = "modules_sha256"
 
 MODULES_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Inside an exported model directory (the Trainer writes it, the Pusher copies it): the
+# ModuleSettings and class count the model was built with (read_model_settings), so a tool
+# can rebuild the Keras model and restore its variables (`conveyor export-backbone`).
+MODEL_SETTINGS_FILE = os.path.join("assets.extra", "conveyor_model.json")
 
 
 class ModuleSettingsError(ValueError):
@@ -66,6 +99,21 @@ class ModuleSettings:
       collective_timeout_seconds: multi_worker: a cross-worker collective (gradient
         all-reduce, barrier) that takes longer than this fails the run instead of waiting
         forever for a lost worker; 0 = no limit.
+      backbone: transfer model: one of BACKBONES.
+      backbone_weights: transfer model: IMAGENET_WEIGHTS (Keras downloads them into its
+        cache), NO_WEIGHTS (random initialisation; everything trains from the first epoch,
+        in one phase) or the path of a Keras weights file of the
+        backbone without its top.
+      backbone_weights_sha256: sha256 of the backbone_weights file ("" for imagenet / none,
+        or when the file is not on the machine that built the pipeline): a changed file is a
+        new Trainer input for TFX's cache.
+      head_epochs: transfer model: epochs of the first phase, which trains the new head with
+        the backbone frozen (the others fine-tune).
+      fine_tune_layers: transfer model: backbone layers (from its top) unfrozen for the
+        second phase; 0 = no fine-tuning.
+      fine_tune_learning_rate: Adam learning rate of the fine-tuning phase.
+      augment: (name, strength) pairs of AUGMENTATIONS applied, in this order, to training
+        batches of image models only (never in evaluation or serving).
       modules_sha256: modules_fingerprint() of the code that runs.
     """
     kind: str
@@ -86,7 +134,19 @@ class ModuleSettings:
     warm_start: bool = False
     distribution: str = "none"
     collective_timeout_seconds: float = 600.0
+    backbone: str = "mobilenet_v2"
+    backbone_weights: str = IMAGENET_WEIGHTS
+    backbone_weights_sha256: str = ""
+    head_epochs: int = 5
+    fine_tune_layers: int = 0
+    fine_tune_learning_rate: float = 0.0001
+    augment: Tuple[Tuple[str, Any], ...] = ()
     modules_sha256: str = ""
+
+    def __post_init__(self):
+        # custom_config is JSON: the pairs come back as lists; kept as tuples so settings
+        # stay hashable and compare equal after the round trip.
+        object.__setattr__(self, "augment", tuple((str(name), strength) for name, strength in self.augment))
 
     @property
     def vocab_ids(self) -> int:
@@ -112,8 +172,33 @@ class ModuleSettings:
                                       f"ModuleSettings fields are {sorted(fields)}")
         try:
             return cls(**dict(custom_config))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ModuleSettingsError(f"custom_config does not hold ModuleSettings: {e}") from None
+
+
+def read_model_settings(export_dir: str) -> Tuple[ModuleSettings, int]:
+    """The ModuleSettings and class count of an exported model (MODEL_SETTINGS_FILE).
+
+    Raises:
+      FileNotFoundError: the export has no MODEL_SETTINGS_FILE (exported by an older Conveyor).
+      ModuleSettingsError: the file is not such a record.
+    """
+    path = os.path.join(export_dir, MODEL_SETTINGS_FILE)
+    with open(path, encoding="utf-8") as f:
+        try:
+            record = json.load(f)
+            return ModuleSettings.from_custom_config(record["settings"]), int(record["num_classes"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModuleSettingsError(f"{path}: not a Conveyor model record ({e})") from None
+
+
+def file_sha256(path: str) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def modules_fingerprint() -> str:

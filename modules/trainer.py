@@ -11,12 +11,17 @@ under a tf.distribute strategy (modules/distribution.py); batch_size is the glob
 of the N replicas computes batch_size / N examples per step) and train_steps the number of
 optimisation steps, so a distributed run takes the same steps over the same examples as a
 single process.
+
+A `transfer` model trains in two phases over the same `epochs` (training_phases): the new
+head with the backbone frozen, then, with fine_tune_layers, the backbone's top layers as
+well at fine_tune_learning_rate. Both write to the same TensorBoard logs, epochs numbered
+on, with the phase as the `transfer_phase` scalar (the run report reads it).
 """
 import dataclasses
 import math
 import os
 import time
-from typing import Optional
+from typing import List, Optional
 
 import absl.logging
 import tf_keras as keras
@@ -26,8 +31,8 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from modules import distribution, models
 from modules.datasets import ALL, FIT, VALIDATION, count_part, count_records, dataset, read_label_names
-from modules.export import export, warmup_inputs
-from modules.settings import ModuleSettings
+from modules.export import export, warmup_inputs, write_model_settings
+from modules.settings import NO_WEIGHTS, TRANSFER_PHASE_LOG, ModuleSettings
 from modules.training_schema import save_training_schema
 from serving import contract
 from serving.warmup import write_warmup_requests
@@ -51,6 +56,8 @@ def warm_start(model: keras.Model, base_model: Optional[str], settings: ModuleSe
         if not tf.io.gfile.exists(base_asset) or \
                 _read_bytes(base_asset) != _read_bytes(os.path.join(assets, name)):
             return f"this run's Transform vocabulary '{name}' differs from the base model's"
+    # The same settings, weights file included: the copy's frozen layers are the model's, so
+    # get_weights() lists the variables in the same order.
     copy = models.build(settings, num_classes)
     try:
         status = tf.train.Checkpoint(model=copy).read(os.path.join(base_model, "variables", "variables"))
@@ -95,6 +102,63 @@ class ThroughputLogger(keras.callbacks.Callback):
             logs["examples_per_second"] = rate
         absl.logging.info("Epoch %d: %d steps in %.1f s, %.0f training examples/s",
                           epoch + 1, self._batches, seconds, rate)
+
+
+class PhaseLogger(keras.callbacks.Callback):
+    """Adds TRANSFER_PHASE_LOG (0: head with the backbone frozen, 1: fine-tuning) to each
+    epoch's logs, which the TensorBoard callback after it then records.
+
+    Args:
+      phase: 0 or 1.
+    """
+
+    def __init__(self, phase: int):
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[TRANSFER_PHASE_LOG] = float(self.phase)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One model.fit of run_fn.
+
+    Attributes:
+      name: "train" (every model but transfer), "head" or "fine_tune".
+      epochs: epochs of this phase (EarlyStopping may end it sooner).
+      learning_rate: Adam learning rate of this phase.
+      fine_tune_layers: backbone layers unfrozen before it (0: none).
+    """
+    name: str
+    epochs: int
+    learning_rate: float
+    fine_tune_layers: int = 0
+
+
+def training_phases(settings: ModuleSettings, epochs: int) -> List[Phase]:
+    """How run_fn spends `epochs`: one "train" phase, or for the transfer model from
+    pretrained weights a "head" phase of settings.head_epochs and, with
+    settings.fine_tune_layers, a "fine_tune" phase of the rest. When train_steps cut
+    `epochs` below the configured ones, the head leaves at least one of them to fine-tuning.
+
+    Args:
+      settings: model, learning_rate, head_epochs, fine_tune_layers, fine_tune_learning_rate.
+      epochs: the epochs run_fn trains (>= 1).
+    Returns:
+      Phases whose epochs add up to at most `epochs`.
+    """
+    if settings.model != "transfer" or settings.backbone_weights == NO_WEIGHTS:  # from scratch: one phase
+        return [Phase("train", epochs, settings.learning_rate)]
+    fine = settings.fine_tune_layers
+    head = max(1, min(settings.head_epochs, epochs - 1 if fine else epochs))
+    phases = [Phase("head", head, settings.learning_rate)]
+    if fine and epochs > head:
+        phases.append(Phase("fine_tune", epochs - head, settings.fine_tune_learning_rate, fine))
+    elif fine:
+        absl.logging.warning("Transfer: %d epoch(s) leave none for fine-tuning; only the head trains", epochs)
+    return phases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +276,7 @@ def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.di
 
     with strategy.scope():
         model = models.build(settings, len(label_names))
+        fitted = models.training_model(model, settings)  # with the augmentation, if any
     model.summary(print_fn=absl.logging.info)
     if settings.warm_start:
         why_not = warm_start(model, fn_args.base_model, settings, len(label_names), tf_transform_output)
@@ -221,24 +286,40 @@ def _train_and_export(fn_args: FnArgs, settings: ModuleSettings, strategy: tf.di
             absl.logging.info("Warm start: initialised from the base model %s", fn_args.base_model)
 
     epochs = max(1, min(settings.epochs, fn_args.train_steps))
+    steps = max(1, fn_args.train_steps // epochs)
     run_dir = distribution.output_dir(fn_args.model_run_dir, chief)
     absl.logging.info("Training: %d epochs of %d steps, global batch %d (%d per replica)",
-                      epochs, max(1, fn_args.train_steps // epochs), batch, replica_batch)
-    callbacks = [ThroughputLogger(batch),  # before TensorBoard, which then records its figure
-                 keras.callbacks.TensorBoard(log_dir=run_dir)]
-    if data.validation is not None:
-        # val_loss is reduced over all replicas, so every worker stops at the same epoch.
-        callbacks.insert(0, keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
-    model.fit(data.fit, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
-              validation_data=data.validation, validation_steps=data.validation_steps, verbose=2,
-              callbacks=callbacks)
+                      epochs, steps, batch, replica_batch)
+    done = 0  # epochs trained so far: a later phase numbers its epochs on in the same logs
+    for phase in training_phases(settings, epochs):
+        if phase.fine_tune_layers:
+            with strategy.scope():
+                models.unfreeze_top(model, phase.fine_tune_layers)
+                models.compile_image_model(fitted, phase.learning_rate)
+        if phase.name != "train":
+            absl.logging.info("Transfer, %s phase: epochs %d-%d at learning rate %g%s", phase.name, done + 1,
+                              done + phase.epochs, phase.learning_rate,
+                              f", top {phase.fine_tune_layers} backbone layers unfrozen"
+                              if phase.fine_tune_layers else ", backbone frozen")
+        callbacks = [ThroughputLogger(batch)]  # before TensorBoard, which then records its figure
+        if phase.name != "train":
+            callbacks.append(PhaseLogger(0 if phase.name == "head" else 1))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=run_dir))
+        if data.validation is not None:
+            # val_loss is reduced over all replicas, so every worker stops at the same epoch.
+            callbacks.insert(0, keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True))
+        history = fitted.fit(data.fit, initial_epoch=done, epochs=done + phase.epochs, steps_per_epoch=steps,
+                             validation_data=data.validation, validation_steps=data.validation_steps, verbose=2,
+                             callbacks=callbacks)
+        done = history.epoch[-1] + 1 if history.epoch else done
     distribution.discard(run_dir, chief)
     # Every worker saves (saving may run collectives); only the chief's copy is kept.
     export_dir = distribution.output_dir(fn_args.serving_model_dir, chief)
     export(model, tf_transform_output, label_names, settings, export_dir)
     distribution.discard(export_dir, chief)
     if chief:
+        write_model_settings(fn_args.serving_model_dir, settings, len(label_names))
         save_training_schema(fn_args, label_names, settings.kind)
         # TF Serving (and Conveyor's server) replay these before a version takes traffic.
         write_warmup_requests(fn_args.serving_model_dir,

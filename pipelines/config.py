@@ -26,7 +26,9 @@ from pydantic_core import PydanticCustomError
 from components.blessing_rules import Rule, RuleError, check_classes, default_rules, parse_rules
 from components.spans import has_span_spec, split_span_path  # noqa: F401  (re-exported for users)
 from data.defaults import default_data
-from modules.settings import CNN_MIN_IMAGE_SIZE, DISTRIBUTIONS, MODELS, ModuleSettings, modules_fingerprint
+from modules.settings import (AUGMENT_DEFAULTS, AUGMENTATIONS, BACKBONE_LAYERS, BACKBONE_MIN_IMAGE_SIZE, BACKBONES,
+                              CNN_MIN_IMAGE_SIZE, DISTRIBUTIONS, FLIP_MODES, IMAGENET_WEIGHTS, MODELS, NO_WEIGHTS,
+                              ModuleSettings, file_sha256, modules_fingerprint)
 from pipelines.beam import BeamPresetError, preset_from_settings
 
 # components/edge_exporter.py EXPORTS (not imported: that module loads TFX and TensorFlow).
@@ -37,9 +39,13 @@ EDGE_EXPORTS = ("tflite_float16", "tflite_dynamic", "tflite_int8", "tfjs")
 EDGE_MODELS = ("mlp", "cnn", "multihot", "embedding", "conv1d")
 Kind = Literal["image", "text"]
 KINDS = typing.get_args(Kind)
-DEFAULT_HOME = "conveyor_home"
 DEFAULT_MODELS = {"image": "cnn", "text": "tfidf"}
 DEFAULT_HOME = "conveyor_home"  # relative to the working directory
+# Settings of the `transfer` image model only (TrainingConfig).
+TRANSFER_KEYS = ("backbone", "backbone_weights", "head_epochs", "fine_tune_layers", "fine_tune_learning_rate")
+_AUGMENT_EXPECTED = (f"expected a list of {', '.join(AUGMENTATIONS)}, each at most once, as a name or as "
+                     f"{{name: strength}} (flip: {' | '.join(FLIP_MODES)}; rotation, zoom, contrast: a "
+                     "number in (0, 1))")
 
 
 class ConfigError(ValueError):
@@ -133,6 +139,29 @@ class TrainingConfig(_Settings):
       collective_timeout_seconds: multi_worker only: seconds a cross-worker collective may
         take before the run fails (a lost worker must not hang the survivors); 0 = no limit
         (>= 0).
+      backbone: model transfer: the keras.applications backbone, one of mobilenet_v2,
+        vgg16, efficientnet_b0 (README "Transfer learning"); image_size must be at least
+        its minimum (32).
+      backbone_weights: model transfer: "imagenet" (Keras downloads the ImageNet weights
+        into ~/.keras/models; needs internet), "none" (random initialisation: the whole model
+        trains from scratch, in one phase) or the path
+        of a Keras weights file (.h5) of the backbone without its top, e.g. one written by
+        `conveyor export-backbone`; relative paths are relative to the working directory.
+      head_epochs: model transfer: epochs of the first phase, which trains the new head with
+        the backbone frozen; the remaining `epochs - head_epochs` fine-tune. None = all
+        epochs without fine-tuning, half of them (rounded up) with it (> 0).
+      fine_tune_layers: model transfer: backbone layers, counted from its top, unfrozen
+        for the fine-tuning phase (BatchNorm layers stay in inference mode); 0 = no
+        fine-tuning (>= 0, at most the backbone's layers).
+      fine_tune_learning_rate: model transfer: Adam learning rate of the fine-tuning phase;
+        None = learning_rate / 10 (> 0).
+      augment: training-time augmentation of image models, applied in this order to
+        training batches only (not to the validation slice, evaluation or serving): any
+        of flip, rotation, zoom, contrast, each a name (default strength) or
+        {name: strength}: flip: horizontal | vertical | horizontal_and_vertical (default
+        horizontal); rotation: largest turn as a fraction of a full circle (default 0.1);
+        zoom: largest zoom in or out as a fraction of the side (default 0.1); contrast:
+        largest contrast change as a fraction (default 0.2); [] = none.
     """
     image_size: Positive = 28
     channels: Annotated[int, _rule("expected 1 (grey) or 3 (RGB)", lambda v: v in (1, 3))] = 1
@@ -151,6 +180,35 @@ class TrainingConfig(_Settings):
     warm_start: bool = False
     distribution: Literal[DISTRIBUTIONS] = "none"
     collective_timeout_seconds: Annotated[float, Field(ge=0)] = 600.0
+    backbone: Literal[BACKBONES] = "mobilenet_v2"
+    backbone_weights: Annotated[str, _rule(f"expected {IMAGENET_WEIGHTS}, {NO_WEIGHTS} or the path of a Keras "
+                                           "weights file", lambda v: bool(v.strip()))] = IMAGENET_WEIGHTS
+    head_epochs: Optional[Positive] = None
+    fine_tune_layers: NonNegative = 0
+    fine_tune_learning_rate: Optional[Annotated[float, Field(gt=0)]] = None
+    # Any: a non-list gets the message of _AUGMENT_EXPECTED too, not pydantic's list error.
+    augment: Any = Field(default_factory=list)
+
+    @field_validator("augment")
+    @classmethod
+    def _augmentations(cls, items: Any) -> List[Dict[str, Any]]:
+        """Each item as {name: strength} (the defaults filled in), or a config_rule error."""
+        if not isinstance(items, (list, tuple)):
+            raise PydanticCustomError("config_rule", _AUGMENT_EXPECTED)
+        out: List[Dict[str, Any]] = []
+        for item in items:
+            if isinstance(item, str):
+                item = {item: AUGMENT_DEFAULTS.get(item)}
+            if not isinstance(item, Mapping) or len(item) != 1:
+                raise PydanticCustomError("config_rule", _AUGMENT_EXPECTED)
+            (name, strength), = item.items()
+            number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+            ok = (strength in FLIP_MODES) if name == "flip" else (
+                name in AUGMENTATIONS and number and 0 < strength < 1)
+            if not ok or any(name in seen for seen in out):
+                raise PydanticCustomError("config_rule", _AUGMENT_EXPECTED)
+            out.append({name: strength if name == "flip" else float(strength)})
+        return out
 
 
 class EvaluationConfig(_Settings):
@@ -447,11 +505,14 @@ class Config(_Settings):
         Returns:
           a new Config: data = abspath(data or config.data), or, when both are unset, the
           offline default data of the kind under HOME (data.defaults.default_data, which
-          writes it on first use); home = abspath(home).
+          writes it on first use); home = abspath(home); a backbone_weights path made
+          absolute.
         """
         data = data or self.data
+        weights = self.backbone_weights
+        local_weights = {} if weights in (IMAGENET_WEIGHTS, NO_WEIGHTS) else {"backbone_weights": os.path.abspath(weights)}
         return self.replace(data=os.path.abspath(data) if data else default_data(self.kind, self.home),
-                            home=self.home_dir)
+                            home=self.home_dir, **local_weights)
 
     # Paths derived from `home`; one place so CLI, runners and tests agree.
     @property
@@ -486,7 +547,14 @@ class Config(_Settings):
 
     def module_settings(self) -> ModuleSettings:
         """What Transform's preprocessing_fn and the Trainer's run_fn receive (custom_config),
-        with the sha256 of the user code so edited code is not served from the cache."""
+        with the sha256 of the user code so edited code is not served from the cache, and of a
+        backbone_weights file found on this machine (a changed file is a new Trainer input).
+        head_epochs and fine_tune_learning_rate come resolved (TrainingConfig's defaults)."""
+        weights = self.backbone_weights
+        weights_sha256 = file_sha256(weights) if self.model == "transfer" and weights not in (
+            IMAGENET_WEIGHTS, NO_WEIGHTS) and os.path.isfile(weights) else ""
+        head_epochs = self.head_epochs or (
+            self.epochs if self.fine_tune_layers == 0 else (self.epochs + 1) // 2)
         return ModuleSettings(
             kind=self.kind, name=self.name, model=self.model, image_size=self.image_size,
             channels=self.channels, vocab_size=self.vocab_size, oov_buckets=self.oov_buckets,
@@ -494,6 +562,10 @@ class Config(_Settings):
             learning_rate=self.learning_rate, early_stopping_patience=self.early_stopping_patience,
             validation_percent=self.validation_percent, trainer_cache_mb=self.trainer_cache_mb, warm_start=self.warm_start,
             distribution=self.distribution, collective_timeout_seconds=self.collective_timeout_seconds,
+            backbone=self.backbone, backbone_weights=weights, backbone_weights_sha256=weights_sha256,
+            head_epochs=head_epochs, fine_tune_layers=self.fine_tune_layers,
+            fine_tune_learning_rate=self.fine_tune_learning_rate or self.learning_rate / 10,
+            augment=tuple((name, strength) for item in self.augment for name, strength in item.items()),
             modules_sha256=modules_fingerprint())
 
 
@@ -737,6 +809,7 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
         raise ConfigError(f"{sources.get('image_size', 'config')}: key 'image_size': model cnn needs images "
                           f"of at least {CNN_MIN_IMAGE_SIZE}x{CNN_MIN_IMAGE_SIZE} (two 3x3 convolutions and "
                           f"two 2x2 poolings), got {config.image_size}; raise image_size or use model mlp")
+    _check_transfer(config, sources)
     if config.edge_exports and config.model not in EDGE_MODELS:
         raise ConfigError(f"{sources['edge_exports']}: key 'edge_exports': edge exports exist for the "
                           f"models {', '.join(EDGE_MODELS)}, not for '{config.model}' "
@@ -746,6 +819,55 @@ def load_config(kind: str, path: Optional[str] = None, overrides: Optional[Dict[
         explicit = config.beam_args if "beam_args" in sources else []
         config = config.replace(beam_args=_preset_beam_args(config, explicit))
     return config
+
+
+def _check_transfer(config: Config, sources: Mapping[str, str]) -> None:
+    """The checks of the transfer model's settings and of `augment` that span several keys.
+
+    Raises:
+      ConfigError: image_size below the backbone's minimum, fine_tune_layers above its layer
+        count, head_epochs that leave no (or too many) epochs, transfer settings given for
+        another model, augment for a text model.
+    """
+    def source(key: str) -> str:
+        return sources.get(key, "config")
+
+    if config.augment and config.kind != "image":
+        raise ConfigError(f"{source('augment')}: key 'augment': augmentation applies to image models only; "
+                          f"leave it empty for a {config.kind} model")
+    if config.model != "transfer":
+        given = [key for key in TRANSFER_KEYS if key in sources]
+        if given:
+            raise ConfigError(f"{sources[given[0]]}: key '{given[0]}' applies to model transfer only, and the "
+                              f"model is '{config.model}' ({sources.get('model', 'the default model')}); set "
+                              "model: transfer or remove the key")
+        return
+    backbone, size = config.backbone, BACKBONE_MIN_IMAGE_SIZE[config.backbone]
+    if config.image_size < size:
+        raise ConfigError(f"{source('image_size')}: key 'image_size': backbone {backbone} needs images of at "
+                          f"least {size}x{size} (keras.applications), got {config.image_size}; raise image_size")
+    if config.fine_tune_layers > BACKBONE_LAYERS[backbone]:
+        raise ConfigError(f"{source('fine_tune_layers')}: key 'fine_tune_layers': backbone {backbone} has "
+                          f"{BACKBONE_LAYERS[backbone]} layers, got {config.fine_tune_layers}")
+    if config.backbone_weights == NO_WEIGHTS:
+        phased = [key for key in ("head_epochs", "fine_tune_layers") if key in sources]
+        if phased:
+            raise ConfigError(f"{sources[phased[0]]}: key '{phased[0]}': backbone_weights {NO_WEIGHTS} trains the "
+                              "whole model from scratch from the first epoch; head_epochs and fine_tune_layers "
+                              "apply to pretrained weights (imagenet or a file)")
+    if config.fine_tune_layers and config.epochs < 2:
+        raise ConfigError(f"{source('fine_tune_layers')}: key 'fine_tune_layers': fine-tuning needs epochs of its "
+                          f"own after the head's, so epochs must be at least 2, got {config.epochs}")
+    head = config.head_epochs
+    if head is None:
+        return
+    if config.fine_tune_layers and head >= config.epochs:
+        raise ConfigError(f"{source('head_epochs')}: key 'head_epochs': fine-tuning runs the epochs after the "
+                          f"head's, so head_epochs must be below epochs ({config.epochs}), got {head}")
+    if not config.fine_tune_layers and head != config.epochs:
+        raise ConfigError(f"{source('head_epochs')}: key 'head_epochs': without fine-tuning (fine_tune_layers 0) "
+                          f"the head trains for all {config.epochs} epochs, got {head}; set fine_tune_layers "
+                          "or remove head_epochs")
 
 
 def load_any_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Config:

@@ -16,7 +16,8 @@ and stops.
                 size/mtime facts, tfx/utils/io_utils.py generate_fingerprint; any change
                 under the folder, a new {SPAN} folder included, counts)
   config        the Config, without the settings a local run does not read (`serving`:
-                drift/request logs; Airflow's schedule, start_date, retries, catchup)
+                drift/request logs; Airflow's schedule, start_date, retries, catchup); a
+                transfer model's backbone_weights file by its sha256
   user_code     modules_fingerprint(), the sha256 of modules/*.py
   pipeline_code sha256 of the pipeline code (components/, pipelines/, serving/, data/)
   schema        sha256 of the curated schema file, "none" without one
@@ -114,8 +115,11 @@ def data_fingerprint(input_base: str) -> str:
 
 
 def config_fingerprint(config: Config) -> str:
-    """sha256 of the Config's JSON without the settings a local run does not read."""
+    """sha256 of the Config's JSON without the settings a local run does not read, with the
+    sha256 of a transfer model's backbone_weights file (the same path may hold new weights)."""
     values = config.model_dump(mode="json")
+    if config.model == "transfer":
+        values["backbone_weights_sha256"] = config.module_settings().backbone_weights_sha256
     for group, keys in _NOT_RUN_INPUTS.items():
         if keys is None:
             values.pop(group, None)

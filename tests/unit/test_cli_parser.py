@@ -5,7 +5,8 @@ import pytest
 from conveyor import cli
 
 
-@pytest.mark.parametrize("command", ["run", "runs", "lineage", "diff", "report", "drift", "download", "compile"])
+@pytest.mark.parametrize("command", ["run", "runs", "lineage", "diff", "report", "drift", "download", "compile",
+                                     "export-backbone"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])

@@ -122,7 +122,7 @@ def test_an_integer_is_a_number(tmp_path):
     ("regression_tolerance: -0.01\n", "key 'regression_tolerance': expected >= 0, got -0.01"),
     ("learning_rate: 0\n", "key 'learning_rate': expected > 0, got 0"),
     ("name: my model\n", "key 'name': use letters, digits, '_' or '-', got 'my model'"),
-    ("model: multihot\n", "key 'model': expected one of mlp, cnn, got 'multihot'"),
+    ("model: multihot\n", "key 'model': expected one of mlp, cnn, transfer, got 'multihot'"),
 ])
 def test_out_of_bounds_values_are_refused_in_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
@@ -138,7 +138,7 @@ def test_unknown_keys_list_the_known_ones(tmp_path):
     known = message.split("known keys: ")[1].rstrip(")").split(", ")
     assert {"train_steps", "data", "beam_args", "training", "ingest"} <= set(known)
     with pytest.raises(ConfigError, match=r"unknown key 'training.data' \(known keys of training: "
-                                          r"batch_size, channels, .*train_steps"):
+                                          r"augment, backbone, backbone_weights, batch_size, channels, .*train_steps"):
         _load(tmp_path, "training: {data: /d}\n")
 
 
