@@ -157,10 +157,32 @@ def drift_schema(schema, kind: str, threshold: float):
     return out
 
 
+def served_version(home: str, model: str) -> Optional[str]:
+    """The version `conveyor serve --home HOME` gives most traffic while a release is managed
+    (canary, promote, rollback): the `stable` label in HOME/serving/models.config, else the
+    highest of the versions its policy pins; None when neither is set (the latest pushed
+    version is served) or the file is missing or unreadable."""
+    from serving.model_config import MODELS_CONFIG, read_models_config, release_labels
+
+    path = os.path.join(home, "serving", MODELS_CONFIG)
+    try:
+        config = read_models_config(path)
+    except Exception:  # noqa: BLE001 - no usable file: the latest pushed version is served
+        return None
+    for entry in config.model_config_list.config:
+        if entry.name == model:
+            stable, _ = release_labels(entry)
+            pinned = list(entry.model_version_policy.specific.versions)
+            if stable is not None:
+                return str(stable)
+            return str(max(pinned)) if pinned else None
+    return None
+
+
 def check_drift(home: str, model: str, threshold: Optional[float] = None,
                 config_path: Optional[str] = None, log_dir: Optional[str] = None,
                 min_requests: Optional[int] = None,
-                metadata: Optional[MySQLMetadata] = None) -> DriftRecord:
+                metadata: Optional[MySQLMetadata] = None, version: Optional[str] = None) -> DriftRecord:
     """Computes and records the drift of the served (latest pushed) version of `model`.
 
     Args:
@@ -173,6 +195,8 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
         Jensen-Shannon divergence over a handful of requests is noise (one normal request
         scored 1.0, five 0.47), so a smaller sample gives no verdict.
       metadata: the MySQL store of ML Metadata (None: HOME/metadata.sqlite).
+      version: the pushed version to check; None = the served one (served_version), else
+        the latest pushed.
     Returns:
       the DriftRecord, also written to drift_path(home, model, version); its `path` says where.
     Raises:
@@ -186,7 +210,7 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
     home = os.path.abspath(home)
     try:  # before TFDV's (TensorFlow's) import: a missing or unreachable store answers at once
         store = open_store(home, metadata=metadata)
-        info = lineage_of_version(store, model, None, with_metrics=False)
+        info = lineage_of_version(store, model, version or served_version(home, model), with_metrics=False)
     except LineageError as e:
         raise DriftError(str(e)) from e
     import tensorflow_data_validation as tfdv
@@ -204,7 +228,12 @@ def check_drift(home: str, model: str, threshold: Optional[float] = None,
 
     graph = Graph(store)
     statistics = graph.artifact(info.statistics.artifact_id)
-    training = load_split_statistics(graph, statistics, "train")
+    try:
+        training = load_split_statistics(graph, statistics, "train")
+    except Exception as e:  # noqa: BLE001 - TF raises NotFoundError/DataLossError for moved or bad files
+        reason = " ".join(str(e).split())[:300]
+        raise DriftError(f"cannot read the training statistics of {model} version {info.version} "
+                         f"({statistics.uri}): {reason}") from e
 
     folder = os.path.join(os.path.abspath(log_dir) if log_dir else os.path.join(home, LOG_DIR_NAME),
                           model, version)

@@ -41,6 +41,8 @@ def add_command(sub) -> None:
     drift.add_argument("--request-log-dir", help="request logs folder (default HOME/request_logs)")
     drift.add_argument("--min-requests", type=int,
                        help="minimum logged requests for a verdict (default: drift_min_requests of the config, 200)")
+    drift.add_argument("--version", help="pushed version to check (default: the served one: the stable "
+                                          "label while a canary is out, else the latest pushed)")
     drift.add_argument("--json", action="store_true", help="print the record as JSON")
 
 
@@ -57,7 +59,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         where = store_location(args.home, args.config)
         with third_party_output(where.home, "drift"):
             record = check_drift(where.home, args.model, args.threshold, args.config, args.request_log_dir,
-                                 args.min_requests, metadata=where.metadata)
+                                 args.min_requests, metadata=where.metadata, version=args.version)
     except (DriftError, LineageError, ConfigError) as e:
         print(f"conveyor drift: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ For each served version (and each arm of an A/B split) it counts the fed-back pr
 their accuracy with a 95% Wilson score interval, and the accuracy per true class. For an A/B
 split (predictions the split routed, so the arms are randomized) it compares the arms with a
 two-sided two-proportion z-test. A version is flagged when its online accuracy is below its
-offline eval accuracy (MLMD: the Evaluator's `accuracy` of the pushed model) by more than
+offline eval accuracy (MLMD: the Evaluator's accuracy metric of the pushed model) by more than
 `monitor_max_drop` with significance: the upper end of its Wilson interval is below
 offline - max_drop. A canary significantly worse than stable (p < 0.05) is flagged too.
 
@@ -32,6 +32,9 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor.feedback import FEEDBACK_DIR, JoinResult, LabelledPrediction, join
+
+# The Evaluator's names for accuracy, after the Keras metric of each model kind.
+ACCURACY_METRICS = ("accuracy", "sparse_categorical_accuracy", "binary_accuracy")
 
 MONITOR_DIR = "monitor"
 CONFIDENCE = 0.95
@@ -112,7 +115,8 @@ def _offline_accuracy(home: str, model: str, version: int) -> Optional[float]:
         info = lineage_of_version(open_store(home), model, str(version), with_metrics=True)
     except (LineageError, OSError, ValueError):
         return None
-    value = info.evaluation.candidate.get("accuracy") if info.evaluation else None
+    candidate = info.evaluation.candidate if info.evaluation else {}
+    value = next((candidate[name] for name in ACCURACY_METRICS if candidate.get(name) is not None), None)
     return float(value) if value is not None else None
 
 
@@ -201,11 +205,12 @@ def check_model(home: str, model: str, since: Optional[str] = None, max_drop: fl
             problems.append(f"canary (version {', '.join(map(str, c['versions']))}) is significantly worse "
                             f"than stable: accuracy {c['accuracy']:.3f} vs {s['accuracy']:.3f}, "
                             f"difference {difference:+.3f}, p = {p_value:.2g}")
-    if not any(v["enough"] for v in versions) and ab_test is None:
+    short = [f"{v['n']} labelled prediction(s) of version {v['version']}" for v in versions if not v["enough"]]
+    short += [f"{a['n']} of the {a['arm']} arm" for a in arms if not a["enough"]]
+    if short and not problems:  # "OK" needs every served version and arm judged
         raise MonitorError(
-            f"not enough feedback: {model} has " + ", ".join(f"{v['n']} labelled prediction(s) of version "
-                                                            f"{v['version']}" for v in versions)
-            + f"; need at least {min_feedback} (monitor_min_feedback) per version for a verdict")
+            f"not enough feedback: {model} has " + ", ".join(short)
+            + f"; need at least {min_feedback} (monitor_min_feedback) per version and arm for a verdict")
     record = {"model": model,
               "checked_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "since": since, "predictions": joined.predictions, "labels": joined.labels,

@@ -65,7 +65,8 @@ def _error(command: str, message: str, status: int) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    """promote / rollback: 0 done, 1 no canary (nothing changed), 2 unreadable models.config."""
+    """promote / rollback: 0 done, 1 no canary (nothing changed), 2 unreadable or unwritable
+    models.config."""
     from serving.model_config import ModelConfigError, ReleaseError, promote_canary, rollback_canary
     serving_dir = os.path.join(home_dir(args.home), "serving")
     try:
@@ -80,6 +81,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         return _error(args.command, str(e), 1)
     except ModelConfigError as e:
         return _error(args.command, str(e), 2)
+    except OSError as e:  # e.g. a read-only serving folder: models.config is left as it was
+        return _error(args.command, f"cannot rewrite {os.path.join(serving_dir, 'models.config')}: "
+                                    f"{e.strerror or e} (nothing changed)", 2)
     return 0
 
 

@@ -220,6 +220,12 @@ def test_monitor_reports_the_worse_canary(canary_server, split_answers, capsys):
     assert "no labelled predictions of text" in capsys.readouterr().err
     assert cli.main(["monitor", "--model", "text", "--home", home, "--min-feedback", "100000"]) == 2
     assert "not enough feedback" in capsys.readouterr().err
+    # Enough feedback for stable but not for the canary: no "OK" (exit 2), since the canary
+    # is not judged.
+    stable_n, canary_n = versions[1]["n"], versions[2]["n"]
+    assert canary_n < stable_n, (canary_n, stable_n)
+    assert cli.main(["monitor", "--model", "text", "--home", home, "--min-feedback", str(canary_n + 1)]) == 2
+    assert f"{canary_n} labelled prediction(s) of version 2" in capsys.readouterr().err
 
 
 def test_feedback_command_sends_a_csv(canary_server, tmp_path, capsys):

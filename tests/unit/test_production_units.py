@@ -86,3 +86,25 @@ def test_export_merges_missing_classes_from_the_previous_span(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "incoming") if n.startswith(".")]  # no temp folder left
     with pytest.raises(ExportError, match="no labelled predictions of image"):
         export_span(feedback, "image", str(tmp_path / "incoming" / "span-3"))
+
+
+def test_drift_checks_the_stable_version_while_a_release_is_managed(tmp_path):
+    from conveyor.drift import served_version
+    from serving.model_config import write_models_config
+
+    home = str(tmp_path)
+    assert served_version(home, "text") is None  # no models.config: the latest pushed
+    os.makedirs(os.path.join(home, "serving"))
+    path = os.path.join(home, "serving", "models.config")
+    write_models_config(path, {"text": os.path.join(home, "serving", "text")})
+    assert served_version(home, "text") is None  # no release: the latest pushed
+    text = open(path, encoding="utf-8").read()
+    pinned = text.replace('model_platform: "tensorflow"',
+                          'model_platform: "tensorflow"\n    model_version_policy { specific { versions: 1 versions: 2 } }\n'
+                          '    version_labels { key: "stable" value: 1 }\n'
+                          '    version_labels { key: "canary" value: 2 }')
+    assert pinned != text
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(pinned)
+    assert served_version(home, "text") == "1"
+    assert served_version(home, "other") is None
