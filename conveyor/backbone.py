@@ -84,6 +84,8 @@ def export_backbone(home: str, name: str, version: Optional[str], out: str) -> s
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise BackboneUsageError(f"--out {out}: folder {folder} does not exist")
+    if os.path.isdir(out):
+        raise BackboneUsageError(f"--out {out} is a folder; give a file name ending in .h5")
     source = version_dir(home, name, version)
     where = f"model '{name}' version {os.path.basename(source)}"
     try:
@@ -103,6 +105,8 @@ def export_backbone(home: str, name: str, version: Optional[str], out: str) -> s
         os.replace(temporary, out)
     except ValueError as e:
         raise BackboneExportError(f"{where}: {e}") from None
+    except OSError as e:  # e.g. a read-only folder
+        raise BackboneExportError(f"--out {out}: cannot write it: {e.strerror or e}") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

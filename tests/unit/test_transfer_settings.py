@@ -152,3 +152,13 @@ def test_export_backbone_exit_statuses(tmp_path, capsys):
     assert main(base + ["--model", "cnn_model", "--version", "x"]) == 2
     with pytest.raises(SystemExit):
         main(["export-backbone", "--model", "cnn_model"])  # --out is required
+
+
+def test_export_backbone_refuses_a_folder_as_out(tmp_path, capsys):
+    from conveyor.cli import main
+    home = tmp_path / "home"
+    _version(home, "cnn_model", 1, ModuleSettings(kind="image", name="cnn_model", model="cnn"))
+    (tmp_path / "d.h5").mkdir()
+    assert main(["export-backbone", "--home", str(home), "--model", "cnn_model",
+                 "--out", str(tmp_path / "d.h5")]) == 2
+    assert capsys.readouterr().err.strip().endswith("is a folder; give a file name ending in .h5")
