@@ -33,9 +33,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor.feedback import FEEDBACK_DIR, JoinResult, LabelledPrediction, join
 
-# The Evaluator's names for accuracy, after the Keras metric of each model kind.
-ACCURACY_METRICS = ("accuracy", "sparse_categorical_accuracy", "binary_accuracy")
-
 MONITOR_DIR = "monitor"
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -111,12 +108,13 @@ def _offline_accuracy(home: str, model: str, version: int) -> Optional[float]:
         return None
     from conveyor.metadata.lineage import lineage_of_version
     from conveyor.metadata.store import LineageError, open_store
+    from conveyor.pictures import ACCURACY_NAMES  # the Evaluator's names for accuracy
     try:
         info = lineage_of_version(open_store(home), model, str(version), with_metrics=True)
     except (LineageError, OSError, ValueError):
         return None
     candidate = info.evaluation.candidate if info.evaluation else {}
-    value = next((candidate[name] for name in ACCURACY_METRICS if candidate.get(name) is not None), None)
+    value = next((candidate[name] for name in ACCURACY_NAMES if candidate.get(name) is not None), None)
     return float(value) if value is not None else None
 
 
