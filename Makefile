@@ -9,7 +9,7 @@ STAMP := $(VENV)/.conveyor-installed
 setup: $(STAMP)
 
 # Reinstall only when the lock or setup.py changed, so a second `make setup` takes seconds.
-$(STAMP): requirements.lock setup.py scripts/setup.sh scripts/setup_edge.sh scripts/setup_browser.sh scripts/setup_mariadb.sh requirements-tfjs.lock js/package-lock.json
+$(STAMP): requirements.lock setup.py scripts/setup.sh scripts/setup_edge.sh scripts/setup_system_packages.sh requirements-tfjs.lock js/package-lock.json
 	bash scripts/setup.sh
 	touch $(STAMP)
 

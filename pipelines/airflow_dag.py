@@ -12,7 +12,8 @@ With `metadata:` set to a MySQL connection in the config, the variable its `pass
 names must be set wherever the file is executed (scheduler, workers): the connection is
 built from it there (pipelines/metadata_connection.py) and never written into the config.
 
-Schedule, start date, retries and catchup come from the config (default @daily, no catchup).
+Schedule, start date, retries, retry delay and catchup come from the config (default @daily,
+no catchup; `schedule: null` = run only when triggered).
 Importing TFX takes longer than Airflow's default 30 s DAG import timeout: raise
 AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (and the scheduler's dag_file_processor_timeout).
 """
@@ -26,6 +27,7 @@ def build_dag(kind: str):
     environment (pipelines/env_config.py): one task per TFX component. Raises ConfigError."""
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
+    from pipelines.airflow_launcher import RetryingLauncher
     from pipelines.pipeline import create_pipeline
 
     config = config_from_env(kind)
@@ -33,10 +35,13 @@ def build_dag(kind: str):
         "schedule_interval": config.schedule,
         "start_date": datetime.datetime.fromisoformat(config.start_date),
         "catchup": config.catchup,
-        "default_args": {"retries": config.retries},
+        "default_args": {"retries": config.retries,
+                         "retry_delay": datetime.timedelta(seconds=config.retry_delay_seconds)},
     }
-    return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=dag_config)).run(
-        create_pipeline(config))
+    # RetryingLauncher: TFX's own launcher cannot run a retried task (pipelines/airflow_launcher.py).
+    runner_config = AirflowPipelineConfig(airflow_dag_config=dag_config,
+                                          supported_launcher_classes=[RetryingLauncher])
+    return AirflowDagRunner(runner_config).run(create_pipeline(config))
 
 
 # Module-level DAG objects: Airflow's DagBag collects globals that are DAGs.

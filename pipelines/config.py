@@ -332,9 +332,11 @@ class OrchestrationConfig(_Settings):
         beam_args, and beam_args given as well are appended. "" = no preset.
       beam_settings: the preset's settings (e.g. job_endpoint, workers); None = none.
       enable_cache: let TFX reuse outputs of unchanged component runs.
-      schedule: Airflow schedule of the generated DAG (cron or @preset).
+      schedule: Airflow schedule of the generated DAG (cron or @preset); None (null) = no
+        schedule, runs only when triggered (`airflow dags trigger`, the UI or the REST API).
       start_date: Airflow start date, YYYY-MM-DD.
-      retries: Airflow retries per task.
+      retries: Airflow retries per task (a task whose process fails or is killed runs again).
+      retry_delay_seconds: Airflow's wait before a retry, in seconds (its default is 300).
       catchup: let Airflow run the schedule intervals missed since start_date.
     """
     beam_args: List[str] = Field(default_factory=lambda: [
@@ -342,9 +344,10 @@ class OrchestrationConfig(_Settings):
     beam_preset: str = ""
     beam_settings: Optional[Dict[str, Any]] = None
     enable_cache: bool = True
-    schedule: str = "@daily"
+    schedule: Optional[str] = "@daily"
     start_date: Annotated[str, _rule("expected an ISO date YYYY-MM-DD", _iso_date)] = "2026-01-01"
     retries: NonNegative = 1
+    retry_delay_seconds: NonNegative = 300
     catchup: bool = False
 
 

@@ -16,7 +16,7 @@ and stops.
                 size/mtime facts, tfx/utils/io_utils.py generate_fingerprint; any change
                 under the folder, a new {SPAN} folder included, counts)
   config        the Config, without the settings a local run does not read (`serving`:
-                drift/request logs; Airflow's schedule, start_date, retries, catchup); a
+                drift/request logs; Airflow's schedule, start_date, retries, retry delay, catchup); a
                 transfer model's backbone_weights file by its sha256
   user_code     modules_fingerprint(), the sha256 of modules/*.py
   pipeline_code sha256 of the pipeline code (components/, pipelines/, serving/, data/)
@@ -61,7 +61,7 @@ PACKAGES = ("tfx", "tensorflow", "tensorflow-transform", "tensorflow-data-valida
             "tf-keras", "pillow", "numpy", "protobuf", "pyarrow", "tfx-bsl", "tensorflow-metadata")
 PIPELINE_CODE = ("components", "pipelines", "serving", "data")
 # Settings a local run does not read (drift/request logging, Airflow scheduling).
-_NOT_RUN_INPUTS = {"serving": None, "orchestration": ("schedule", "start_date", "retries", "catchup")}
+_NOT_RUN_INPUTS = {"serving": None, "orchestration": ("schedule", "start_date", "retries", "retry_delay_seconds", "catchup")}
 
 
 def curated_schema(config: Config) -> Optional[str]:

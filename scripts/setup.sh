@@ -45,6 +45,5 @@ echo "setup: installing the locked stack (requirements.lock)"
 "$UV" pip install --quiet --python .venv/bin/python -r requirements.lock
 "$UV" pip install --quiet --python .venv/bin/python --no-deps -e .
 bash scripts/setup_edge.sh "$UV" "$PY310"
-bash scripts/setup_browser.sh
-bash scripts/setup_mariadb.sh
+bash scripts/setup_system_packages.sh
 echo "setup: done ($(.venv/bin/python --version))"

@@ -1,5 +1,5 @@
 """A real headless browser for the UI and report tests: Debian's chromium (installed by
-scripts/setup_browser.sh) driven by Playwright for Python through `executable_path`, so no
+scripts/setup_system_packages.sh) driven by Playwright for Python through `executable_path`, so no
 browser download (`playwright install`) is needed. Every console error and uncaught page
 error is collected; `browser_page` fails the test if there were any."""
 import contextlib
@@ -7,7 +7,7 @@ import shutil
 import threading
 from typing import Iterator, List, Optional, Tuple
 
-CHROMIUM_MISSING = ("chromium is not installed: run `bash scripts/setup_browser.sh` (part of `make setup`) "
+CHROMIUM_MISSING = ("chromium is not installed: run `bash scripts/setup_system_packages.sh` (part of `make setup`) "
                     "- the browser tests need Debian's chromium")
 
 

@@ -1,6 +1,6 @@
 """A throwaway MariaDB server for the ML-Metadata-on-MySQL tests.
 
-Debian's `mariadb-server` (installed by `make setup`: scripts/setup_mariadb.sh), started per
+Debian's `mariadb-server` (installed by `make setup`: scripts/setup_system_packages.sh), started per
 test module with its own data directory (mariadb-install-db) in a temporary folder, a unix
 socket and a loopback port, and stopped afterwards. Under pytest-xdist (`-n 2 --dist
 loadfile`) a worker runs whole modules, so every module — and so every worker — has its own
@@ -12,7 +12,7 @@ import dataclasses
 import getpass
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +20,9 @@ from typing import Dict, Iterator, Optional
 
 import pytest
 
-INSTALL_HINT = ("run `make setup` as root (scripts/setup_mariadb.sh installs Debian's mariadb-server), "
+from tests.support import processes
+
+INSTALL_HINT = ("run `make setup` as root (scripts/setup_system_packages.sh installs Debian's mariadb-server), "
                 "or `sudo apt-get install mariadb-server`")
 USER = "conveyor"
 PASSWORD_ENV = "CONVEYOR_TEST_MLMD_PASSWORD"
@@ -34,12 +36,6 @@ def _binary(*names: str) -> Optional[str]:
         if found:
             return found
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -93,21 +89,7 @@ class MariaDB:
 
     def stop(self) -> None:
         """Shuts the server down (SIGTERM: a clean InnoDB shutdown), killing it after 30 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _log_tail(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()[-2000:]
-    except OSError:
-        return ""
+        processes.stop(self.process, signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -138,7 +120,7 @@ def running_mariadb(base_dir: str, timeout: float = 90) -> Iterator[MariaDB]:
         capture_output=True, text=True, timeout=120)
     if installed.returncode != 0:
         pytest.fail(f"mariadb-install-db failed: {installed.stderr[-2000:]}", pytrace=False)
-    port = _free_port()
+    port = processes.free_port()
     process = subprocess.Popen(
         [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
          "--bind-address=127.0.0.1", f"--user={user}", f"--log-error={log}",
@@ -153,13 +135,13 @@ def running_mariadb(base_dir: str, timeout: float = 90) -> Iterator[MariaDB]:
         deadline = time.time() + timeout
         while True:
             if process.poll() is not None:
-                pytest.fail(f"mariadbd exited with status {process.returncode}: {_log_tail(log)}", pytrace=False)
+                pytest.fail(f"mariadbd exited with status {process.returncode}: {processes.log_tail(log)}", pytrace=False)
             ping = subprocess.run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"],
                                   capture_output=True, timeout=30)
             if ping.returncode == 0:
                 break
             if time.time() > deadline:
-                pytest.fail(f"mariadbd did not answer within {timeout:.0f} s: {_log_tail(log)}", pytrace=False)
+                pytest.fail(f"mariadbd did not answer within {timeout:.0f} s: {processes.log_tail(log)}", pytrace=False)
             time.sleep(0.2)
         yield server
     finally:

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import Config, ConfigError, load_config
 
 
 def test_defaults_per_kind():
@@ -123,6 +123,7 @@ def test_an_integer_is_a_number(tmp_path):
     ("learning_rate: 0\n", "key 'learning_rate': expected > 0, got 0"),
     ("name: my model\n", "key 'name': use letters, digits, '_' or '-', got 'my model'"),
     ("model: multihot\n", "key 'model': expected one of mlp, cnn, transfer, got 'multihot'"),
+    ("retry_delay_seconds: -1\n", "key 'retry_delay_seconds': expected >= 0, got -1"),
 ])
 def test_out_of_bounds_values_are_refused_in_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
@@ -195,3 +196,9 @@ def test_next_day_settings_are_checked_at_load():
         Config(kind="image", train_spans=2)
     with _pytest.raises(ConfigError, match="expected one of same, next"):
         Config(kind="image", eval_span="tomorrow")
+
+
+def test_a_null_schedule_means_triggered_only(tmp_path):
+    config, _ = _load(tmp_path, "orchestration: {schedule: null, retry_delay_seconds: 5}\n")
+    assert (config.schedule, config.retry_delay_seconds) == (None, 5)
+    assert Config(kind="text").schedule == "@daily"
