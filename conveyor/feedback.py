@@ -30,13 +30,13 @@ import itertools
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from conveyor.batch_writer import BatchWriter
 from serving import contract
 
 log = logging.getLogger("conveyor.serving.feedback")
@@ -176,10 +176,7 @@ class FeedbackLog:
                  max_queue: int = 10000, max_issued: int = 1_000_000):
         self.directory = os.path.abspath(directory)
         self.token = token
-        self.flush_seconds = flush_seconds
         self.max_issued = max_issued
-        self.dropped = 0
-        self.written = 0
         self._issued: "collections.OrderedDict[Tuple[str, str], _Issued]" = collections.OrderedDict()
         self._on_disk: Dict[Tuple[str, str], _Issued] = {}
         self._scanned: set = set()
@@ -187,9 +184,17 @@ class FeedbackLog:
         self._lock = threading.Lock()
         self._label_lock = threading.Lock()
         self._counter = itertools.count(1)  # file names of this process, thread safe
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
-        self._thread = threading.Thread(target=self._run, name="feedback-log", daemon=True)
-        self._thread.start()
+        self._writer = BatchWriter("feedback log", self._rows, self._write, 512, flush_seconds, max_queue)
+
+    @property
+    def dropped(self) -> int:
+        """Predictions dropped because the queue was full (their ids answer unknown_id)."""
+        return self._writer.dropped
+
+    @property
+    def written(self) -> int:
+        """Prediction records written."""
+        return self._writer.written
 
     # ---- request threads ------------------------------------------------------------
     def record(self, event) -> None:
@@ -201,10 +206,7 @@ class FeedbackLog:
                 self._issued[key] = _Issued(int(event.version), event.path, count)
                 while len(self._issued) > self.max_issued:
                     self._issued.popitem(last=False)
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
-                self.dropped += 1
+            if not self._writer.put(event):
                 with self._lock:
                     self._issued.pop(key, None)
         except Exception:  # noqa: BLE001 - feedback logging must not fail a request
@@ -316,49 +318,25 @@ class FeedbackLog:
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes what is queued and stops the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self._writer.close(timeout)
 
-    # ---- background thread ------------------------------------------------------------
-    def _run(self) -> None:
-        pending: Dict[str, List[Dict[str, Any]]] = {}
-        last_flush = time.monotonic()
-        while True:
-            try:
-                item = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                item = ()
-            if item is None:
-                self._flush(pending)
-                return
-            if item:
-                try:
-                    pending.setdefault(item.model, []).append({
-                        "request_id": item.request_id, "model": item.model, "version": int(item.version),
-                        "arm": item.arm, "signature": item.signature, "path": item.path,
-                        "time": round(item.time, 3), "instances": _instances(item)})
-                except Exception:  # noqa: BLE001
-                    log.exception("feedback log: could not read a prediction of %s", item.model)
-            if sum(map(len, pending.values())) >= 512 or time.monotonic() - last_flush >= self.flush_seconds:
-                self._flush(pending)
-                last_flush = time.monotonic()
+    # ---- the writer's thread ----------------------------------------------------------
+    @staticmethod
+    def _rows(event) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """(model, the prediction's JSON row) of a recorded PredictionEvent."""
+        yield event.model, {
+            "request_id": event.request_id, "model": event.model, "version": int(event.version),
+            "arm": event.arm, "signature": event.signature, "path": event.path,
+            "time": round(event.time, 3), "instances": _instances(event)}
 
-    def _flush(self, pending: Dict[str, List[Dict[str, Any]]]) -> None:
-        for model, rows in list(pending.items()):
-            if not rows:
-                continue
-            try:
-                path = _write_jsonl(os.path.join(model_dir(self.directory, model), PREDICTIONS),
-                                    PREDICTIONS, rows, self._counter)
-                with self._lock:
-                    self._scanned.add(path)
-                    for row in rows:
-                        self._on_disk[(model, row["request_id"])] = _Issued(
-                            row["version"], row["path"], len(row["instances"]))
-                self.written += len(rows)
-            except Exception:  # noqa: BLE001 - a full disk must not take the server down
-                log.exception("feedback log: could not write %d prediction(s) of %s", len(rows), model)
-        pending.clear()
+    def _write(self, model: str, rows: List[Dict[str, Any]]) -> None:
+        path = _write_jsonl(os.path.join(model_dir(self.directory, model), PREDICTIONS),
+                            PREDICTIONS, rows, self._counter)
+        with self._lock:
+            self._scanned.add(path)
+            for row in rows:
+                self._on_disk[(model, row["request_id"])] = _Issued(row["version"], row["path"],
+                                                                   len(row["instances"]))
 
 
 def _instance_count(inputs: Dict[str, Any]) -> int:

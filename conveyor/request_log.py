@@ -18,15 +18,14 @@ background thread computes profiles and writes files, and logs its own errors.
 """
 import logging
 import os
-import queue
 import random
-import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from conveyor.batch_writer import BatchWriter
 from modules import features
 from serving import contract
 
@@ -86,7 +85,18 @@ def to_example(kind: str, raw: bytes) -> tf.train.Example:
 
 
 class RequestLogger:
-    """Samples requests at `rate` and writes them in batches from a background thread."""
+    """Samples requests at `rate` and writes them in batches from a background thread
+    (conveyor/batch_writer.py): one TFRecord file of tf.Examples per model version and batch.
+
+    Args:
+      directory: where <model>/<version>/ folders are written.
+      rate: share of requests logged, 0..1.
+      batch_size: requests of one version per file at most; flush_seconds: the longest a
+        logged request waits to be written; max_queue: requests waiting, beyond which they
+        are dropped (counted in `dropped`).
+    Raises:
+      ValueError: a rate outside 0..1.
+    """
 
     def __init__(self, directory: str, rate: float, batch_size: int = 256,
                  flush_seconds: float = 2.0, max_queue: int = 10000):
@@ -94,70 +104,44 @@ class RequestLogger:
             raise ValueError(f"--request_log_rate: expected 0..1, got {rate}")
         self.directory = directory
         self.rate = rate
-        self.batch_size = batch_size
-        self.flush_seconds = flush_seconds
-        self.dropped = 0
-        self.written = 0
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max_queue)
         self._files = 0
-        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
-        self._thread.start()
+        self._writer = BatchWriter("request-log", self._examples, lambda key, records: self._write(*key, records),
+                                   batch_size, flush_seconds, max_queue)
+
+    @property
+    def dropped(self) -> int:
+        """Sampled requests dropped because the queue was full."""
+        return self._writer.dropped
+
+    @property
+    def written(self) -> int:
+        """Instances written."""
+        return self._writer.written
 
     def log(self, model: str, version: int, inputs: Dict[str, Any]) -> None:
         """Called after a successful request; cheap, never raises."""
         try:
             if self.rate <= 0 or random.random() >= self.rate:
                 return
-            self._queue.put_nowait((model, int(version), inputs))
-        except queue.Full:
-            self.dropped += 1
+            self._writer.put((model, int(version), inputs))
         except Exception:  # noqa: BLE001 - logging must not fail a request
             log.exception("request log: could not enqueue a request")
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes what is queued and stops the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self._writer.close(timeout)
 
-    # background thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        pending: Dict[Tuple[str, int], List[bytes]] = {}
-        last_flush = time.monotonic()
-        while True:
+    @staticmethod
+    def _examples(item) -> Iterator[Tuple[Tuple[str, int], bytes]]:
+        """((model, version), serialized tf.Example) of each instance of a logged request."""
+        model, version, inputs = item
+        for kind, raw in raw_values(inputs):
             try:
-                item = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                item = ()
-            if item is None:
-                self._flush(pending)
-                return
-            if item:
-                model, version, inputs = item
-                try:
-                    for kind, raw in raw_values(inputs):
-                        try:
-                            pending.setdefault((model, version), []).append(
-                                to_example(kind, raw).SerializeToString())
-                        except Exception as e:  # noqa: BLE001 - e.g. bytes that are no image
-                            log.warning("request log: skipped an instance of %s/%d: %s", model, version, e)
-                except Exception:  # noqa: BLE001
-                    log.exception("request log: could not read a request of %s/%d", model, version)
-            full = any(len(v) >= self.batch_size for v in pending.values())
-            if full or time.monotonic() - last_flush >= self.flush_seconds:
-                self._flush(pending)
-                last_flush = time.monotonic()
-
-    def _flush(self, pending: Dict[Tuple[str, int], List[bytes]]) -> None:
-        for (model, version), records in list(pending.items()):
-            if not records:
+                example = to_example(kind, raw).SerializeToString()
+            except Exception as e:  # noqa: BLE001 - e.g. bytes that are no image
+                log.warning("request log: skipped an instance of %s/%d: %s", model, version, e)
                 continue
-            try:
-                self._write(model, version, records)
-                self.written += len(records)
-            except Exception:  # noqa: BLE001 - a full disk must not take the server down
-                log.exception("request log: could not write %d request(s) of %s/%d",
-                              len(records), model, version)
-        pending.clear()
+            yield (model, version), example
 
     def _write(self, model: str, version: int, records: List[bytes]) -> str:
         folder = os.path.join(self.directory, model, str(version))
