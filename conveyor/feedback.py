@@ -166,8 +166,8 @@ class FeedbackLog:
       directory: HOME/feedback (or --feedback_dir); <directory>/<model>/... is written.
       token: when non-empty, POSTed labels need `Authorization: Bearer <token>`.
       flush_seconds: a prediction record is on disk at most this long after its answer.
-      max_queue: predictions waiting to be written; beyond it they are dropped (counted in
-        `dropped`, their ids then answer unknown_id), never slowing a request.
+      max_queue: predictions waiting to be written; beyond it they are dropped (their ids then answer
+        unknown_id), never slowing a request.
       max_issued: ids kept in memory for validation; older ones are looked up on disk.
     Thread safe. `close()` writes what is queued.
     """
@@ -185,16 +185,6 @@ class FeedbackLog:
         self._label_lock = threading.Lock()
         self._counter = itertools.count(1)  # file names of this process, thread safe
         self._writer = BatchWriter("feedback log", self._rows, self._write, 512, flush_seconds, max_queue)
-
-    @property
-    def dropped(self) -> int:
-        """Predictions dropped because the queue was full (their ids answer unknown_id)."""
-        return self._writer.dropped
-
-    @property
-    def written(self) -> int:
-        """Prediction records written."""
-        return self._writer.written
 
     # ---- request threads ------------------------------------------------------------
     def record(self, event) -> None:

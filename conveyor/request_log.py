@@ -93,7 +93,7 @@ class RequestLogger:
       rate: share of requests logged, 0..1.
       batch_size: requests of one version per file at most; flush_seconds: the longest a
         logged request waits to be written; max_queue: requests waiting, beyond which they
-        are dropped (counted in `dropped`).
+        are dropped.
     Raises:
       ValueError: a rate outside 0..1.
     """
@@ -107,16 +107,6 @@ class RequestLogger:
         self._files = 0
         self._writer = BatchWriter("request-log", self._examples, lambda key, records: self._write(*key, records),
                                    batch_size, flush_seconds, max_queue)
-
-    @property
-    def dropped(self) -> int:
-        """Sampled requests dropped because the queue was full."""
-        return self._writer.dropped
-
-    @property
-    def written(self) -> int:
-        """Instances written."""
-        return self._writer.written
 
     def log(self, model: str, version: int, inputs: Dict[str, Any]) -> None:
         """Called after a successful request; cheap, never raises."""
