@@ -180,6 +180,7 @@ class FeedbackLog:
         self._issued: "collections.OrderedDict[Tuple[str, str], _Issued]" = collections.OrderedDict()
         self._on_disk: Dict[Tuple[str, str], _Issued] = {}
         self._scanned: set = set()
+        self._models: set = set()   # models with predictions recorded by this process
         self._classes: Dict[str, Optional[List[str]]] = {}
         self._lock = threading.Lock()
         self._label_lock = threading.Lock()
@@ -194,6 +195,7 @@ class FeedbackLog:
             key = (event.model, event.request_id)
             with self._lock:
                 self._issued[key] = _Issued(int(event.version), event.path, count)
+                self._models.add(event.model)
                 while len(self._issued) > self.max_issued:
                     self._issued.popitem(last=False)
             if not self._writer.put(event):
@@ -222,13 +224,19 @@ class FeedbackLog:
           that is flushed yet), "unknown_id" (no prediction of MODEL with that id),
           "bad_instance" (the request had fewer instances), "bad_label" (not one of the
           answering version's class names; the error lists them); (400, {"error"}) for a body
-          of another shape; (401, {"error"}) without the token.
+          of another shape; (401, {"error"}) without the token; (404, {"error"}) for a model
+          with no logged predictions (not one this server answered).
         """
         if self.token:
-            given = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            scheme, _, given = next((v for k, v in headers.items() if k.lower() == "authorization"),
+                                    "").strip().partition(" ")
+            # The auth scheme is case-insensitive (RFC 9110 section 11.1), the token is not.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
                 return 401, {"error": "feedback needs the server's token: send the header "
                                       "'Authorization: Bearer <token>' (--feedback_token_env)"}
+        if not self._has_predictions(model):
+            return 404, {"error": f"no predictions of model '{model}' were logged here: feedback is for "
+                                  f"predictions this server answered"}
         try:
             entries = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
@@ -269,6 +277,12 @@ class FeedbackLog:
                 _write_jsonl(os.path.join(model_dir(self.directory, model), LABELS), LABELS, rows,
                              self._counter)
         return 200, {"results": results, "accepted": len(rows)}
+
+    def _has_predictions(self, model: str) -> bool:
+        with self._lock:
+            if model in self._models:
+                return True
+        return os.path.isdir(os.path.join(model_dir(self.directory, model), PREDICTIONS))
 
     def _lookup(self, model: str, request_id: str) -> Optional[_Issued]:
         with self._lock:

@@ -432,6 +432,11 @@ class ModelServer:
         shares = parse_ab_split(options.ab_split)
         self.options = options
         self.configs = load_model_configs(options)
+        served = {c.name for c in self.configs}
+        for model in sorted(m for m in shares if m and m not in served):
+            # Not refused: a models.config reload may add it later.
+            log.warning("--ab_split names model %r, which the model config does not list (%s): its split "
+                        "applies once it is served", model, ", ".join(sorted(served)) or "no models")
         self.metrics = Metrics()
         metrics_path = options.metrics_path()
         batching = options.batching_options()

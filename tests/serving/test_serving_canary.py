@@ -166,6 +166,13 @@ def test_feedback_answers_per_id_and_loses_or_duplicates_nothing(canary_server, 
     bad = requests.post(f"{server.url}/v1/conveyor/models/text/feedback", data=b"{not json",
                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+    # The scheme is case-insensitive; a model this server never answered is 404.
+    lower = requests.post(f"{server.url}/v1/conveyor/models/text/feedback", data=b"[]",
+                          headers={"Authorization": f"bearer {TOKEN}"}, timeout=10)
+    assert lower.status_code == 200 and lower.json() == {"results": [], "accepted": 0}
+    unknown = requests.post(f"{server.url}/v1/conveyor/models/txet/feedback", data=b"[]",
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert unknown.status_code == 404 and "model 'txet'" in unknown.json()["error"]
 
     # An id answered a moment ago (its record not flushed yet) is accepted and joined later.
     fresh = _predict(requests.Session(), server, "good film").headers["X-Conveyor-Request-Id"]

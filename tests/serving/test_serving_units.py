@@ -347,3 +347,15 @@ def test_warmup_prepares_the_session_for_both_front_ends(tmp_path):
         assert len(servable._callables) == 2  # nothing new to build for a REST request
     finally:
         server.stop()
+
+
+def test_an_ab_split_for_a_model_not_in_the_config_is_warned_about(tmp_path, caplog):
+    install("text_v1", str(tmp_path / "text"), 1)
+    config = write_config(str(tmp_path / "models.config"),
+                          "model_config_list {\n" + model_entry("text", str(tmp_path / "text")) + "}\n")
+    server = server_lib.ModelServer(server_lib.ServerOptions(model_config_file=config, port=0, rest_api_port=0,
+                                                             ab_split=("txet:canary=0.1", "text:canary=0.2")))
+    server.stop()
+    warnings = [r.getMessage() for r in caplog.records if "--ab_split" in r.getMessage()]
+    assert warnings == ["--ab_split names model 'txet', which the model config does not list (text): its split "
+                        "applies once it is served"]
