@@ -37,12 +37,14 @@ TMP_PREFIX = ".tmp-"  # never a number, so servers and version_dirs() ignore it
 PAUSE_ENV = "CONVEYOR_TEST_PAUSE_BEFORE_PUBLISH_SECONDS"
 
 
-def _pushed_source(version_dir: str) -> Optional[str]:
+def _push_record(version_dir: str) -> dict:
+    """The push record of a version folder ({} when it has none)."""
     try:
         with open(os.path.join(version_dir, PUSH_RECORD), encoding="utf-8") as f:
-            return json.load(f).get("model_uri")
+            record = json.load(f)
+        return record if isinstance(record, dict) else {}
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def remove_stale_temp_dirs(base: str) -> None:
@@ -82,7 +84,8 @@ def _stable_version(base: str, latest: Optional[int]) -> Optional[int]:
     return latest
 
 
-def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool = False) -> Published:
+def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool = False,
+            pushed_uri: Optional[str] = None) -> Published:
     """Publishes a SavedModel as the next sequential version under `base` (see the module
     docstring): under `base`/.push.lock, copy to a hidden temp folder, record the source in
     assets.extra/conveyor_push.json, rename to <base>/<n+1>, then rewrite models.config in
@@ -102,6 +105,11 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
       model_uri, model_id: the Model artifact's uri and MLMD id (recorded with the version;
         a model whose uri the latest version already records is not pushed again).
       canary: publish as the canary (see above).
+      pushed_uri: the Pusher's PushedModel uri, recorded with the version. When the latest
+        version records this same uri, it was published by an earlier try of this very
+        Pusher execution that was killed before ML Metadata recorded it (an Airflow retry
+        reuses the execution and its output uri): models.config is brought up to date and
+        the version is returned as this push's (already_serving False).
     Returns:
       the Published version.
     Raises:
@@ -116,9 +124,15 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
         remove_stale_temp_dirs(base)
         dirs = version_dirs(base)  # {version: directory name}; names may have leading zeros
         versions = sorted(dirs)
-        if versions and _pushed_source(os.path.join(base, dirs[versions[-1]])) == model_uri:
+        latest = _push_record(os.path.join(base, dirs[versions[-1]])) if versions else {}
+        if latest.get("model_uri") == model_uri and not (pushed_uri and latest.get("pushed_uri") == pushed_uri):
             logging.info("Model %s is already served as version %d; not pushing it again.", model_uri, versions[-1])
             return Published(versions[-1], os.path.join(base, dirs[versions[-1]]), True)
+        if pushed_uri and latest.get("pushed_uri") == pushed_uri:
+            version = versions[-1]
+            stable = _stable_version(base, versions[-2] if len(versions) > 1 else None) if canary else None
+            logging.warning("Version %d was published by an earlier try of this push; finishing it", version)
+            return _announce(serving_dir, name, model_uri, version, os.path.join(base, dirs[version]), stable)
         version = (versions[-1] + 1) if versions else 1
         stable = _stable_version(base, versions[-1] if versions else None) if canary else None
         final = os.path.join(base, str(version))
@@ -130,7 +144,7 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, PUSH_RECORD), "w", encoding="utf-8") as f:
                 json.dump({"model_uri": model_uri, "model_id": model_id, "version": version,
-                           "pushed_at": time.time()}, f)
+                           "pushed_uri": pushed_uri, "pushed_at": time.time()}, f)
             pause = float(os.environ.get(PAUSE_ENV) or 0)
             if pause > 0:
                 logging.warning("%s: pausing %.0fs before publishing %s as %s", PAUSE_ENV, pause, tmp, final)
@@ -139,6 +153,13 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    return _announce(serving_dir, name, model_uri, version, final, stable)
+
+
+def _announce(serving_dir: str, name: str, model_uri: str, version: int, final: str,
+              stable: Optional[int]) -> Published:
+    """The last step of a push, after the rename: models.config names the new version the
+    canary beside `stable`, or (stable None) ends any release. Idempotent."""
     if stable is not None:
         update_model(serving_dir, name, lambda entry: set_release(entry, stable, canary=version))
         logging.info("Pushed %s as canary version %d to %s; version %d stays stable", model_uri, version,
@@ -188,7 +209,7 @@ class Executor(tfx_executor.Executor):
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         custom = json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
         published = publish(self.GetModelPath(input_dict), destination.filesystem.base_directory,
-                            model.uri, model.id, canary=bool(custom.get(CANARY_KEY)))
+                            model.uri, model.id, canary=bool(custom.get(CANARY_KEY)), pushed_uri=pushed.uri)
         if published.already_serving:
             self._MarkNotPushed(pushed)
             pushed.set_string_custom_property("reason", f"already serving as version {published.version}")

@@ -32,6 +32,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from conveyor.feedback import FEEDBACK_DIR, JoinResult, LabelledPrediction, join
+from pipelines.config import MySQLMetadata
 
 MONITOR_DIR = "monitor"
 CONFIDENCE = 0.95
@@ -102,20 +103,33 @@ class Accuracy:
                    dict(sorted(per_class.items())))
 
 
-def _offline_accuracy(home: str, model: str, version: int) -> Optional[float]:
-    """The Evaluator's overall accuracy of a pushed version (MLMD), or None when unknown."""
-    if not os.path.exists(os.path.join(home, "metadata.sqlite")):
+def _offline_accuracy(store, model: str, version: int) -> Optional[float]:
+    """The Evaluator's overall accuracy of a pushed version, read from MLMD (`store`), or None
+    when unknown (no store, no lineage of that version, no accuracy metric)."""
+    if store is None:
         return None
     from conveyor.metadata.lineage import lineage_of_version
-    from conveyor.metadata.store import LineageError, open_store
+    from conveyor.metadata.store import LineageError
     from conveyor.pictures import ACCURACY_NAMES  # the Evaluator's names for accuracy
     try:
-        info = lineage_of_version(open_store(home), model, str(version), with_metrics=True)
-    except (LineageError, OSError, ValueError):
+        info = lineage_of_version(store, model, str(version), with_metrics=True)
+    except (LineageError, OSError):
         return None
     candidate = info.evaluation.candidate if info.evaluation else {}
     value = next((candidate[name] for name in ACCURACY_NAMES if candidate.get(name) is not None), None)
     return float(value) if value is not None else None
+
+
+def _open_store(home: str, metadata: Optional[MySQLMetadata]):
+    """The HOME's MLMD store (read-only), None when its SQLite file does not exist.
+
+    Raises:
+      MetadataConnectionError (a ConfigError): the MySQL database cannot be reached.
+    """
+    from conveyor.metadata.store import open_store
+    if metadata is None and not os.path.exists(os.path.join(home, "metadata.sqlite")):
+        return None
+    return open_store(home, metadata=metadata)
 
 
 def parse_since(text: Optional[str]) -> Optional[float]:
@@ -135,7 +149,8 @@ def parse_since(text: Optional[str]) -> Optional[float]:
 
 def check_model(home: str, model: str, since: Optional[str] = None, max_drop: float = 0.05,
                 min_feedback: int = 30, feedback_dir: Optional[str] = None,
-                offline: Optional[Dict[int, float]] = None) -> Dict[str, Any]:
+                offline: Optional[Dict[int, float]] = None,
+                metadata: Optional[MySQLMetadata] = None) -> Dict[str, Any]:
     """Computes and records the online evaluation of `model` (see the module docstring).
 
     Args:
@@ -146,6 +161,7 @@ def check_model(home: str, model: str, since: Optional[str] = None, max_drop: fl
       min_feedback: labelled predictions a version (or arm) needs for a verdict (>= 1).
       feedback_dir: default HOME/feedback.
       offline: {version: offline accuracy}; default read from MLMD per version.
+      metadata: the config's MySQL connection of MLMD; None = HOME/metadata.sqlite.
     Returns:
       The record (also written to HOME/monitor/<model>.json, its "path" key says where):
       model, checked_at, since, predictions, labels, labelled, unmatched_labels, max_drop,
@@ -156,7 +172,8 @@ def check_model(home: str, model: str, since: Optional[str] = None, max_drop: fl
     Raises:
       MonitorError: no labelled prediction read, or none of the versions / arms has
         min_feedback of them (nothing is written then).
-      ValueError: a bad --since or an unreadable record file.
+      ValueError: a bad --since or an unreadable record file; MetadataConnectionError (a
+        ConfigError, a ValueError) when MLMD on MySQL cannot be reached.
     """
     home = os.path.abspath(home)
     folder = feedback_dir or os.path.join(home, FEEDBACK_DIR)
@@ -174,9 +191,10 @@ def check_model(home: str, model: str, since: Optional[str] = None, max_drop: fl
             by_arm.setdefault(p.arm, []).append(p)
     problems: List[str] = []
     versions = []
+    store = _open_store(home, metadata) if offline is None else None
     for version, group in sorted(by_version.items()):
         acc = Accuracy.of(group)
-        reference = (offline or {}).get(version) if offline is not None else _offline_accuracy(home, model, version)
+        reference = offline.get(version) if offline is not None else _offline_accuracy(store, model, version)
         enough = acc.n >= min_feedback
         below = bool(enough and reference is not None and acc.wilson_high < reference - max_drop)
         if below:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List
 
-from conveyor.metadata.store import home_dir
+from conveyor.metadata.store import home_dir, store_location
 from pipelines.config import DEFAULT_HOME, ConfigError
 
 COMMANDS = ("promote", "rollback", "feedback", "monitor", "export-feedback")
@@ -38,7 +38,8 @@ def add_commands(sub) -> None:
     monitor.add_argument("--model", required=True)
     monitor.add_argument("--home", help=_HOME_HELP)
     monitor.add_argument("--since", help="only predictions answered since this ISO time")
-    monitor.add_argument("--config", help="YAML/JSON config giving monitor_max_drop / monitor_min_feedback")
+    monitor.add_argument("--config", help="YAML/JSON config giving monitor_max_drop / monitor_min_feedback, "
+                                               "and home and metadata: (where ML Metadata is, e.g. MySQL)")
     monitor.add_argument("--max-drop", type=float, help="allowed online drop below offline accuracy (default 0.05)")
     monitor.add_argument("--min-feedback", type=int, help="labelled predictions needed per version (default 30)")
     monitor.add_argument("--feedback-dir", help="default HOME/feedback")
@@ -169,9 +170,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if not 0.0 <= max_drop <= 1.0 or min_feedback < 1:
             return _error("monitor", f"expected --max-drop in 0..1 and --min-feedback >= 1, got "
                                      f"{max_drop} and {min_feedback}", 2)
-        with third_party_output(home_dir(args.home), "monitor"):
-            record = check_model(home_dir(args.home), args.model, args.since, max_drop, min_feedback,
-                                 args.feedback_dir)
+        where = store_location(args.home, args.config)
+        with third_party_output(where.home, "monitor"):
+            record = check_model(where.home, args.model, args.since, max_drop, min_feedback,
+                                 args.feedback_dir, metadata=where.metadata)
     except (MonitorError, ConfigError, ValueError) as e:
         return _error("monitor", str(e), 2)
     if args.json:

@@ -15,7 +15,10 @@ built from it there (pipelines/metadata_connection.py) and never written into th
 Schedule, start date, retries, retry delay and catchup come from the config (default @daily,
 no catchup; `schedule: null` = run only when triggered).
 Importing TFX takes longer than Airflow's default 30 s DAG import timeout: raise
-AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (and the scheduler's dag_file_processor_timeout).
+AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT (and the scheduler's dag_file_processor_timeout), and
+AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL above the time a parse takes (README
+"Airflow on PostgreSQL": otherwise one killed task uses up several retries).
+Components run with pipelines/airflow_launcher.py's RetryingLauncher (retries work).
 """
 import datetime
 
@@ -35,6 +38,9 @@ def build_dag(kind: str):
         "schedule_interval": config.schedule,
         "start_date": datetime.datetime.fromisoformat(config.start_date),
         "catchup": config.catchup,
+        # One DAG run at a time: runs share HOME (pipeline root, serving/) and each run's
+        # Evaluator judges against the model the run before it blessed.
+        "max_active_runs": 1,
         "default_args": {"retries": config.retries,
                          "retry_delay": datetime.timedelta(seconds=config.retry_delay_seconds)},
     }

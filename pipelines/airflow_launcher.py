@@ -1,21 +1,25 @@
-"""The component launcher of Conveyor's Airflow DAGs: TFX's in-process launcher, made safe
-for Airflow task retries.
+"""The component launcher of Conveyor's Airflow DAGs: TFX's in-process launcher, fixed for
+two ways TFX's AirflowDagRunner (TFX 1.16, ML Metadata 1.16) fails a DAG run.
 
-Why it exists: under TFX's AirflowDagRunner (TFX 1.16, ML Metadata 1.16) a retried task
-cannot run. The retry's driver finds the component_run context of the failed try and reuses
-that try's execution (tfx/orchestration/metadata.py, Metadata.register_execution), but puts
-the same input events again, which MLMD refuses on SQLite and MySQL alike ("Given event
-already exists", its UniqueEvent key): every retry of a component with inputs failed, so a
-Trainer process killed mid-run failed the DAG run however many retries it had. The driver
-also keeps the failed try's output folders as they were (tfx/dsl/components/base/
-base_driver.py, _prepare_output_paths, TODO b/158689199), partial files included.
+1. A retried task cannot run. The retry's driver finds the component_run context of the
+   failed try and reuses that try's execution (tfx/orchestration/metadata.py,
+   Metadata.register_execution), but puts the same input events again, which MLMD refuses
+   on SQLite and MySQL alike ("Given event already exists", its UniqueEvent key): a Trainer
+   process killed mid-run failed the DAG run however many retries it had. The driver also
+   keeps the failed try's output folders as they were (tfx/dsl/components/base/
+   base_driver.py, _prepare_output_paths, TODO b/158689199), partial files included.
+2. An artifact given to one execution under two keys gets two INPUT events, which MLMD
+   refuses the same way: the Evaluator of a run whose Trainer was cached (its candidate is
+   also the latest blessed baseline) failed every try, so every unchanged DAG run after the
+   first blessed push failed.
 
 Here a retry reuses the unfinished execution without putting its recorded input events again
 (nor registering its output artifacts again), and the executor starts from empty output
-folders; a task whose component finished in this run already does nothing. A first try runs
-exactly as TFX's launcher.
+folders; a task whose component finished in this run already does nothing; an artifact under
+several keys gets one event with a path per key, as TFX's portable orchestrator records it.
+A first try runs exactly as TFX's launcher.
 """
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import absl.logging
 from ml_metadata.proto import metadata_store_pb2 as mlmd_pb2
@@ -79,6 +83,27 @@ class RetryableMetadata(metadata.Metadata):
         absl.logging.warning("%s: retrying execution %d (the earlier try of this run did not finish)",
                              component_info.component_id, latest.id)
         return execution
+
+    def _artifact_and_event_pairs(self, artifact_dict: Dict[str, List[types.Artifact]],
+                                  event_type: int, new_state: Optional[str] = None,
+                                  registered_artifacts_ids: Optional[Set[int]] = None) -> List[tuple]:
+        """As TFX's, but one event per registered artifact: an artifact under several keys
+        (the Evaluator's candidate when it is also the latest blessed baseline, as in a rerun
+        whose Trainer was cached) gets one event with a path step pair per key, as TFX's
+        portable orchestrator records it (tfx/orchestration/portable/mlmd/event_lib.py).
+        TFX's version puts one event per key, which MLMD refuses (one event per artifact,
+        execution and type), so such a run failed every try."""
+        merged, event_of = [], {}
+        for pair in super()._artifact_and_event_pairs(artifact_dict, event_type, new_state,
+                                                      registered_artifacts_ids):
+            artifact_id = pair[0].id
+            if len(pair) == 2 and artifact_id and artifact_id in event_of:
+                event_of[artifact_id].path.steps.extend(pair[1].path.steps)
+                continue
+            if len(pair) == 2 and artifact_id:
+                event_of[artifact_id] = pair[1]
+            merged.append(pair)
+        return merged
 
     def update_execution(self, execution: mlmd_pb2.Execution, component_info: data_types.ComponentInfo,
                          input_artifacts: Optional[Dict[str, List[types.Artifact]]] = None,

@@ -12,6 +12,7 @@ of the run logs (TFX's LocalDagRunner logs the connection config it is given).
 """
 import logging
 import os
+import re
 import time
 from typing import List, Optional
 
@@ -134,9 +135,32 @@ def connect(home: str, metadata: Optional[MySQLMetadata] = None, *, read_only: b
             if metadata is None:
                 break
             time.sleep(0.2 * (attempt + 1))
-    reason = redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
-                    secrets(metadata))
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if metadata is not None and _UNSAID.search(reason):
+        reason = _server_reason(metadata) or reason
+    reason = redact(reason, secrets(metadata))
     raise MetadataConnectionError(f"cannot open the ML Metadata store, {describe(home, metadata)}: {reason}")
+
+
+# MLMD's MySQL client often reports a failed login or connection with no reason at all:
+# "mysql_real_connect failed: errno: , error: " (a wrong password and a closed port alike).
+_UNSAID = re.compile(r"errno:\s*,\s*error:\s*$")
+
+
+def _server_reason(metadata: MySQLMetadata) -> Optional[str]:
+    """What the server says to a plain login as the configured user, made with PyMySQL when
+    MLMD's client gave no reason, e.g. "Access denied for user 'conveyor'@'localhost' (using
+    password: YES) (MySQL error 1045)"; None when that login works (the reason is elsewhere)."""
+    import pymysql
+    where = {"unix_socket": metadata.socket} if metadata.socket else {"host": metadata.host, "port": metadata.port}
+    try:
+        pymysql.connect(user=metadata.user, password=password(metadata), connect_timeout=10, **where).close()
+    except pymysql.MySQLError as e:
+        code, message = (tuple(e.args) + (None, None))[:2]
+        return f"{message} (MySQL error {code})" if message else str(e)
+    except OSError as e:   # e.g. a socket path that does not exist
+        return str(e)
+    return None
 
 
 def connect_config(config: Config, *, read_only: bool = False):

@@ -38,6 +38,13 @@ def Copy(model: InputArtifact[standard_artifacts.Model], copy: OutputArtifact[st
         dst.write(src.read())
 
 
+@component
+def Compare(model: InputArtifact[standard_artifacts.Model], baseline_model: InputArtifact[standard_artifacts.Model],
+            evaluation: OutputArtifact[standard_artifacts.ModelEvaluation]):
+    with open(os.path.join(evaluation.uri, "same.txt"), "w") as f:
+        f.write(str(model.uri == baseline_model.uri))
+
+
 @pytest.fixture
 def pipeline(tmp_path, monkeypatch):
     """(connection config, root, producer, copier, fail_next); the producer ran in run-1."""
@@ -114,3 +121,22 @@ def test_a_task_whose_component_finished_in_this_run_does_not_run_it_again(pipel
     launch(RetryingLauncher, config, root, producer, run_id="run-2")
     third = launch(RetryingLauncher, config, root, copier, run_id="run-2")
     assert third.execution_id != first.execution_id
+
+
+def test_one_artifact_under_two_input_keys_is_one_event_with_both_paths(pipeline):
+    """The Evaluator of a rerun whose Trainer was cached: candidate == latest blessed baseline."""
+    config, root, producer, _, _ = pipeline
+    compare = Compare(model=producer.outputs["model"], baseline_model=producer.outputs["model"])
+    # TFX's own launcher: MLMD refuses the second INPUT event, and TFX then takes that for an
+    # existing run context and fails its own assertion.
+    with pytest.raises(AssertionError):
+        launch(InProcessComponentLauncher, config, root, compare)
+    info = launch(RetryingLauncher, config, root, compare)
+    [evaluation] = info.output_dict["evaluation"]
+    assert open(os.path.join(evaluation.uri, "same.txt")).read() == "True"
+    with metadata.Metadata(config) as m:
+        inputs = [e for e in m.store.get_events_by_execution_ids([info.execution_id])
+                  if e.type == mlmd_pb2.Event.INPUT]
+    [event] = inputs
+    assert [(s.key or s.index) for s in event.path.steps] == ["model", 0, "baseline_model", 0] or \
+        [(s.key or s.index) for s in event.path.steps] == ["baseline_model", 0, "model", 0]

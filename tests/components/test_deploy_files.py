@@ -48,6 +48,13 @@ def test_compose_services_and_volumes(compose):
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "airflow"
     assert scheduler["depends_on"]["mysql"]["condition"] == "service_healthy"
     assert "--model_config_file=/conveyor_home/serving/models.config" in services["tfserving"]["command"]
+    # A killed task is failed once (zombie detection slower than a parse of the DAG file), the
+    # DAGs run when deployed, and MLMD's MySQL client can log in (no caching_sha2_password).
+    assert int(env["AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL"]) >= 60
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "false"
+    assert "--default-authentication-plugin=mysql_native_password" in services["mysql"]["command"]
+    # A failed migration fails airflow-init (the scheduler then does not start).
+    assert "|| true" not in services["airflow-init"]["command"]
     # Every password is a ${VARIABLE} of the compose environment.
     for service in services.values():
         for key, value in (service.get("environment") or {}).items():
@@ -106,3 +113,9 @@ def test_airflow_imports_both_dags_with_the_deploy_configs(compose, tmp_path):
     assert result["errors"] == {}
     assert set(result["dags"]) == {"image_classifier", "text_classifier"}
     assert "ServingPusher" in result["dags"]["image_classifier"]
+
+
+def test_the_image_build_context_leaves_out_environments_and_homes():
+    with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as f:
+        ignored = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    assert {".venv", ".tools", "conveyor_home", ".git"} <= ignored

@@ -90,3 +90,32 @@ def test_executor_reads_canary_from_custom_config(tmp_path):
         assert pushed.get_int_custom_property("pushed") == 1
     assert sorted(os.listdir(serving_dir / "m")) == [".push.lock", "1", "2"]
     assert dict(_entry(str(serving_dir), "m").version_labels) == {"stable": 1, "canary": 2}
+
+
+def test_a_retry_of_a_push_killed_after_its_rename_finishes_it(tmp_path):
+    """An Airflow retry reuses the Pusher's execution and output uri: the version an earlier try
+    published (killed before models.config and ML Metadata recorded it) is this push's."""
+    import os
+
+    from components.pusher import publish
+    from serving.model_config import set_release, update_model
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "saved_model.pb").write_bytes(b"x")
+    serving_dir, base = str(tmp_path / "serving"), str(tmp_path / "serving" / "m")
+    first = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-1")
+    os.remove(os.path.join(serving_dir, "models.config"))   # the try died right after its rename
+    retry = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-1")
+    assert (retry.version, retry.already_serving) == (1, False) and retry.destination == first.destination
+    assert _entry(serving_dir, "m").base_path == base
+    # Another execution with the same model (a cached rerun): already serving, not pushed again.
+    again = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-9")
+    assert (again.version, again.already_serving) == (1, True)
+    assert sorted(os.listdir(base)) == [".push.lock", "1"]
+
+    # A canary push killed after its rename: stable still labelled, the canary label missing.
+    publish(str(source), base, "uri-2", 2, canary=True, pushed_uri="pushed-2")
+    update_model(serving_dir, "m", lambda entry: set_release(entry, 1, also_load=(2,)))
+    retry = publish(str(source), base, "uri-2", 2, canary=True, pushed_uri="pushed-2")
+    assert (retry.version, retry.already_serving) == (2, False)
+    assert dict(_entry(serving_dir, "m").version_labels) == {"stable": 1, "canary": 2}

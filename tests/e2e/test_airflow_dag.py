@@ -62,7 +62,8 @@ for dag_id, dag in bag.dags.items():
     out["dags"][dag_id] = {
         "tasks": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
         "schedule": str(dag.schedule_interval), "catchup": dag.catchup,
-        "start": dag.start_date.isoformat(), "retries": [t.retries for t in dag.tasks]}
+        "start": dag.start_date.isoformat(), "retries": [t.retries for t in dag.tasks],
+        "max_active_runs": dag.max_active_runs}
 print("RESULT" + json.dumps(out))
 """
 
@@ -83,6 +84,7 @@ def test_dagbag_has_both_pipelines_with_the_local_dag(airflow_env):
     assert image["tasks"] == expected
     assert image["schedule"] == "@hourly" and image["catchup"] is False
     assert image["start"].startswith("2026-02-01") and set(image["retries"]) == {3}
+    assert image["max_active_runs"] == 1   # runs share HOME
     text = result["dags"]["text_classifier"]   # defaults: daily, no catchup
     assert text["schedule"] == "@daily" and text["catchup"] is False
     assert "TextExampleGen" in text["tasks"] and text["tasks"]["ServingPusher"]
@@ -133,13 +135,19 @@ def expected_first_run_shape(pipeline):
     return shape
 
 
-def test_airflow_dags_test_runs_the_image_dag_end_to_end(airflow_env):
-    env, _, tmp = airflow_env
-    log = tmp / "dags_test.log"
+def dags_test(env, tmp, date: str) -> str:
+    """`airflow dags test image_classifier DATE` (one in-process DAG run); returns its log."""
+    log = tmp / f"dags_test_{date}.log"
     with open(log, "w") as out:
-        run = subprocess.run([AIRFLOW, "dags", "test", "image_classifier", "2026-03-01"], env=env,
+        run = subprocess.run([AIRFLOW, "dags", "test", "image_classifier", date], env=env,
                              stdout=out, stderr=subprocess.STDOUT, timeout=900)
     assert run.returncode == 0, log.read_text()[-5000:]
+    return log.read_text()
+
+
+def test_airflow_dags_test_runs_the_image_dag_end_to_end(airflow_env):
+    env, _, tmp = airflow_env
+    dags_test(env, tmp, "2026-03-01")
 
     home = tmp / "conveyor_home"
     assert (home / "serving" / "image_classifier" / "1" / "saved_model.pb").is_file()
@@ -168,3 +176,24 @@ def test_airflow_dags_test_runs_the_image_dag_end_to_end(airflow_env):
     [record] = json.loads(runs.stdout)
     assert record["pushed_version"] in ("1", 1), record
     assert {n["node"] for n in record["nodes"]} >= {"ImageExampleGen", "Trainer", "ServingPusher"}
+
+
+def test_an_unchanged_second_dag_run_succeeds_from_the_cache(airflow_env):
+    """The second run's Trainer is cached, so its Evaluator's candidate is also the latest
+    blessed baseline: one artifact under two input keys, which TFX's own Airflow launcher
+    failed on every try (pipelines/airflow_launcher.py)."""
+    env, _, tmp = airflow_env
+    log = dags_test(env, tmp, "2026-03-02")
+    with sqlite3.connect(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"][len("sqlite:///"):]) as db:
+        states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id LIKE ?",
+                                 ("image_classifier", "%2026-03-02%")).fetchall())
+    assert states and set(states.values()) == {"success"}, (states, log[-3000:])
+    home = tmp / "conveyor_home"
+    runs = subprocess.run([sys.executable, "-m", "conveyor.cli", "runs", "--home", str(home), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert runs.returncode == 0, runs.stderr[-3000:]
+    first, second = json.loads(runs.stdout)
+    nodes = {n["node"]: n["state"] for n in second["nodes"]}
+    assert nodes["Trainer"] == "cached" and nodes["BaselineEvaluator"] == "complete", nodes
+    assert second["pushed_version"] in (None, "1", 1), second   # the same model: version 1 keeps serving
+    assert sorted(os.listdir(home / "serving" / "image_classifier")) == [".push.lock", "1"]

@@ -1,10 +1,13 @@
 """A text run with ML Metadata on a real MariaDB server over TCP (one throwaway server for this
 module; tests/support/mariadb.py), starting from a database that does not exist yet, and the
-read side on it: `conveyor runs`, `lineage`, `report` and the dashboard with --config."""
+read side on it: `conveyor runs`, `lineage`, `report`, `monitor` and the dashboard with --config."""
 import csv
 import json
 import os
 import secrets
+import time
+
+import numpy as np
 
 import pytest
 import yaml
@@ -90,4 +93,41 @@ def test_a_wrong_password_is_one_line_naming_the_database(text_run):
     [line] = err.strip().splitlines()
     assert line.startswith(f"conveyor runs: cannot open the ML Metadata store, MySQL database '{DATABASE}' at "
                            f"127.0.0.1:{text_run['server'].port} (user conveyor): "), line
+    assert "Access denied for user 'conveyor'" in line and "(MySQL error 1045)" in line, line
     assert "wrong" not in line
+
+
+def test_monitor_reads_the_offline_accuracy_from_the_mysql_store(text_run):
+    from conveyor.feedback import FeedbackLog
+    from conveyor.pictures import ACCURACY_NAMES
+    from serving import contract
+    from serving.predictor import PredictionEvent
+    from serving.traffic import new_request_id
+    home = text_run["home"]
+    log = FeedbackLog(os.path.join(home, "feedback"))
+    labels = []
+    for i in range(40):   # 30 of 40 answered right: online accuracy 0.75
+        request_id = new_request_id()
+        log.record(PredictionEvent(request_id, NAME, 1, "", "serving_default", "",
+                                   {contract.SERVING_INPUT["text"]: np.array([f"review {i}".encode()], dtype=object)},
+                                   {"class_names": np.array([[b"positive"]]), "probabilities": np.array([[0.9, 0.1]])},
+                                   time.time()))
+        labels.append({"request_id": request_id, "label": "positive" if i < 30 else "negative"})
+    status, answer = log.submit(NAME, {}, json.dumps(labels).encode())
+    assert status == 200 and answer["accepted"] == 40, answer
+    log.close()
+    status, lineage_out, err = run_cli("lineage", "--model", NAME, "--config", text_run["config"], "--json",
+                                       env=text_run["env"])
+    assert status == 0, err
+    offline = json.loads(lineage_out)["evaluation"]["candidate"]
+    status, out, err = run_cli("monitor", "--model", NAME, "--config", text_run["config"], "--json",
+                               env=text_run["env"])
+    assert status in (0, 1), err
+    [version] = json.loads(out)["versions"]
+    accuracy = next(offline[k] for k in ACCURACY_NAMES if offline.get(k) is not None)
+    assert version["n"] == 40 and version["accuracy"] == 0.75
+    assert version["offline_accuracy"] == pytest.approx(accuracy), (version, offline)
+    # Without the config (so without the MySQL store) there is no offline figure to compare.
+    status, out, err = run_cli("monitor", "--model", NAME, "--home", home, "--json")
+    assert status in (0, 1), err
+    assert json.loads(out)["versions"][0]["offline_accuracy"] is None

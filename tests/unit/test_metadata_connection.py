@@ -142,6 +142,8 @@ def test_an_unreachable_mysql_store_is_one_sentence_naming_it(monkeypatch):
     message = str(error.value)
     assert message.startswith(f"cannot open the ML Metadata store, MySQL database 'mlmd' at 127.0.0.1:{port} "
                               "(user conveyor): "), message
+    # MLMD's client says nothing ("errno: , error:"); the server's own reason is given instead.
+    assert "Can't connect to MySQL server on '127.0.0.1'" in message and "(MySQL error 2003)" in message, message
     assert "\n" not in message and "s3cret" not in message
 
 
