@@ -106,7 +106,7 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
         a model whose uri the latest version already records is not pushed again).
       canary: publish as the canary (see above).
       pushed_uri: the Pusher's PushedModel uri, recorded with the version. When the latest
-        version records this same uri, it was published by an earlier try of this very
+        version records this same uri, model uri and model id, it was published by an earlier try of this very
         Pusher execution that was killed before ML Metadata recorded it (an Airflow retry
         reuses the execution and its output uri): models.config is brought up to date and
         the version is returned as this push's (already_serving False).
@@ -125,10 +125,12 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
         dirs = version_dirs(base)  # {version: directory name}; names may have leading zeros
         versions = sorted(dirs)
         latest = _push_record(os.path.join(base, dirs[versions[-1]])) if versions else {}
-        if latest.get("model_uri") == model_uri and not (pushed_uri and latest.get("pushed_uri") == pushed_uri):
+        own = bool(pushed_uri) and (latest.get("pushed_uri"), latest.get("model_uri"), latest.get("model_id")) == \
+            (pushed_uri, model_uri, model_id)
+        if latest.get("model_uri") == model_uri and not own:
             logging.info("Model %s is already served as version %d; not pushing it again.", model_uri, versions[-1])
             return Published(versions[-1], os.path.join(base, dirs[versions[-1]]), True)
-        if pushed_uri and latest.get("pushed_uri") == pushed_uri:
+        if own:
             version = versions[-1]
             stable = _stable_version(base, versions[-2] if len(versions) > 1 else None) if canary else None
             logging.warning("Version %d was published by an earlier try of this push; finishing it", version)

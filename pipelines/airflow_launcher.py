@@ -105,6 +105,14 @@ class RetryableMetadata(metadata.Metadata):
             merged.append(pair)
         return merged
 
+    def get_cached_outputs(self, input_artifacts, exec_properties, pipeline_info, component_info):
+        """As TFX's, except that a retry never takes cached outputs: its execution already
+        has the earlier try's OUTPUT events, and a cache hit would add a second set (two
+        artifacts under one key for the steps downstream)."""
+        if self.retried_execution_id is not None:
+            return None
+        return super().get_cached_outputs(input_artifacts, exec_properties, pipeline_info, component_info)
+
     def update_execution(self, execution: mlmd_pb2.Execution, component_info: data_types.ComponentInfo,
                          input_artifacts: Optional[Dict[str, List[types.Artifact]]] = None,
                          output_artifacts: Optional[Dict[str, List[types.Artifact]]] = None,

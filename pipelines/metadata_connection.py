@@ -154,7 +154,8 @@ def _server_reason(metadata: MySQLMetadata) -> Optional[str]:
     import pymysql
     where = {"unix_socket": metadata.socket} if metadata.socket else {"host": metadata.host, "port": metadata.port}
     try:
-        pymysql.connect(user=metadata.user, password=password(metadata), connect_timeout=10, **where).close()
+        pymysql.connect(user=metadata.user, password=password(metadata), connect_timeout=10, read_timeout=10,
+                        write_timeout=10, **where).close()
     except pymysql.MySQLError as e:
         code, message = (tuple(e.args) + (None, None))[:2]
         return f"{message} (MySQL error {code})" if message else str(e)

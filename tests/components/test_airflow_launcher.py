@@ -57,12 +57,12 @@ def pipeline(tmp_path, monkeypatch):
     return config, tmp_path, producer, copier, lambda: marker.write_text("")
 
 
-def launch(launcher_class, connection_config, root, node, run_id="run-1"):
+def launch(launcher_class, connection_config, root, node, run_id="run-1", cache=False):
     pipeline_info = data_types.PipelineInfo(pipeline_name="p", pipeline_root=str(root / "pipeline"),
                                             run_id=run_id)
     launcher = launcher_class.create(
         component=node, pipeline_info=pipeline_info,
-        driver_args=data_types.DriverArgs(enable_cache=False),
+        driver_args=data_types.DriverArgs(enable_cache=cache),
         metadata_connection=metadata.Metadata(connection_config),
         beam_pipeline_args=[], additional_pipeline_args={})
     return launcher.launch()
@@ -140,3 +140,20 @@ def test_one_artifact_under_two_input_keys_is_one_event_with_both_paths(pipeline
     [event] = inputs
     assert [(s.key or s.index) for s in event.path.steps] == ["model", 0, "baseline_model", 0] or \
         [(s.key or s.index) for s in event.path.steps] == ["baseline_model", 0, "model", 0]
+
+
+def test_a_retry_runs_again_even_when_another_run_made_a_cache_entry(pipeline):
+    """Between two tries of run-1's Copy, run-2 completes a Copy of the same input: the retry
+    must not take that cache hit, which would give run-1 two outputs under "copy"."""
+    config, root, producer, copier, fail_next = pipeline
+    fail_next()
+    with pytest.raises(RuntimeError, match="dies part way"):
+        launch(RetryingLauncher, config, root, copier, cache=True)
+    launch(RetryingLauncher, config, root, producer, run_id="run-2", cache=True)   # cached: the same model
+    launch(RetryingLauncher, config, root, copier, run_id="run-2", cache=True)
+    retry = launch(RetryingLauncher, config, root, copier, cache=True)
+    with metadata.Metadata(config) as m:
+        outputs = [e for e in m.store.get_events_by_execution_ids([retry.execution_id])
+                   if e.type == mlmd_pb2.Event.OUTPUT]
+        state = m.store.get_executions_by_id([retry.execution_id])[0].properties["state"].string_value
+    assert len(outputs) == 1 and state == "complete", (outputs, state)

@@ -108,14 +108,22 @@ def test_a_retry_of_a_push_killed_after_its_rename_finishes_it(tmp_path):
     retry = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-1")
     assert (retry.version, retry.already_serving) == (1, False) and retry.destination == first.destination
     assert _entry(serving_dir, "m").base_path == base
+    # A push record with the same PushedModel uri but another model (MLMD ids restarted while
+    # HOME was kept) is not this push's: the other model is pushed as a new version.
+    other = publish(str(source), base, "uri-7", 7, pushed_uri="pushed-1")
+    assert (other.version, other.already_serving) == (2, False)
+    publish(str(source), base, "uri-1", 1, pushed_uri="pushed-8")   # back to model 1 as version 3
+    os.remove(os.path.join(serving_dir, "models.config"))
+    retry = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-8")
+    assert (retry.version, retry.already_serving) == (3, False)
     # Another execution with the same model (a cached rerun): already serving, not pushed again.
     again = publish(str(source), base, "uri-1", 1, pushed_uri="pushed-9")
-    assert (again.version, again.already_serving) == (1, True)
-    assert sorted(os.listdir(base)) == [".push.lock", "1"]
+    assert (again.version, again.already_serving) == (3, True)
+    assert sorted(os.listdir(base)) == [".push.lock", "1", "2", "3"]
 
     # A canary push killed after its rename: stable still labelled, the canary label missing.
     publish(str(source), base, "uri-2", 2, canary=True, pushed_uri="pushed-2")
-    update_model(serving_dir, "m", lambda entry: set_release(entry, 1, also_load=(2,)))
+    update_model(serving_dir, "m", lambda entry: set_release(entry, 3, also_load=(4,)))
     retry = publish(str(source), base, "uri-2", 2, canary=True, pushed_uri="pushed-2")
-    assert (retry.version, retry.already_serving) == (2, False)
-    assert dict(_entry(serving_dir, "m").version_labels) == {"stable": 1, "canary": 2}
+    assert (retry.version, retry.already_serving) == (4, False)
+    assert dict(_entry(serving_dir, "m").version_labels) == {"stable": 3, "canary": 4}
