@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import urllib.request
 
 import numpy as np
 import pytest
@@ -186,6 +187,9 @@ def test_imagenet_weights_offline_say_to_pass_a_path(tmp_path, monkeypatch):
     (tmp_path / ".keras").mkdir()  # (else Keras falls back to /tmp/.keras)
     for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    # urllib.request.urlopen builds its global opener, proxies included, on first use: keep the
+    # one built here (with the dead proxy) from serving later tests' loopback requests.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(models.BackboneWeightsError) as error:
         models.backbone_model("mobilenet_v2", 32, "imagenet")
     message = str(error.value)
