@@ -106,10 +106,11 @@ def publish(source: str, base: str, model_uri: str, model_id: int, canary: bool 
         a model whose uri the latest version already records is not pushed again).
       canary: publish as the canary (see above).
       pushed_uri: the Pusher's PushedModel uri, recorded with the version. When the latest
-        version records this same uri, model uri and model id, it was published by an earlier try of this very
-        Pusher execution that was killed before ML Metadata recorded it (an Airflow retry
-        reuses the execution and its output uri): models.config is brought up to date and
-        the version is returned as this push's (already_serving False).
+        version records this same uri, model uri and model id, it was published by an
+        earlier try of this very Pusher execution that was killed before ML Metadata
+        recorded it (an Airflow retry reuses the execution and its output uri):
+        models.config is brought up to date and the version is returned as this push's
+        (already_serving False).
     Returns:
       the Published version.
     Raises:

@@ -61,7 +61,8 @@ class RetryableMetadata(metadata.Metadata):
           ml_metadata.errors: what MLMD raises.
         """
         self.retried_execution_id = None
-        latest = latest_execution(self, component_info)
+        run_context = self.get_component_run_context(component_info)
+        latest = latest_execution(self, run_context)
         if latest is None or finished(latest):
             return super().register_execution(pipeline_info, component_info, contexts,
                                               exec_properties, input_artifacts)
@@ -73,7 +74,6 @@ class RetryableMetadata(metadata.Metadata):
         pairs = self._artifact_and_event_pairs(artifact_dict=input_artifacts or {},
                                                event_type=mlmd_pb2.Event.INPUT,
                                                registered_artifacts_ids=recorded)
-        run_context = self.get_component_run_context(component_info)
         _, artifact_ids, _ = self.store.put_execution(execution=execution, artifact_and_events=pairs,
                                                       contexts=contexts + [run_context])
         for pair, artifact_id in zip(pairs, artifact_ids):   # (artifact,) or (artifact, event)
@@ -147,7 +147,7 @@ class RetryingLauncher(InProcessComponentLauncher):
         outputs from MLMD. TFX names a run's outputs after the run, so running it again in
         the same run could only fail on duplicate names: a new DAG run runs it again."""
         with self._metadata_connection as m:
-            latest = latest_execution(m, self._component_info)
+            latest = latest_execution(m, m.get_component_run_context(self._component_info))
         if latest is not None and finished(latest):
             absl.logging.warning("%s finished in this run already (execution %d): not run again; trigger a "
                                  "new DAG run to run it again", self._component_info.component_id, latest.id)
@@ -162,11 +162,11 @@ class RetryingLauncher(InProcessComponentLauncher):
         super()._run_executor(execution_id, input_dict, output_dict, exec_properties)
 
 
-def latest_execution(handle: metadata.Metadata, component_info: data_types.ComponentInfo,
+def latest_execution(handle: metadata.Metadata, run_context: Optional[mlmd_pb2.Context],
                      ) -> Optional[mlmd_pb2.Execution]:
-    """The newest execution in this component run's context (TFX's component_run context,
-    PIPELINE.RUN_ID.COMPONENT), None before its first try."""
-    run_context = handle.get_component_run_context(component_info)
+    """The newest execution in a component run's context (TFX's component_run context,
+    PIPELINE.RUN_ID.COMPONENT, from get_component_run_context), None before its first try
+    (no context yet)."""
     if run_context is None:
         return None
     return max(handle.store.get_executions_by_context(run_context.id), key=lambda e: e.id, default=None)
