@@ -127,7 +127,8 @@ def _open_store(home: str, metadata: Optional[MySQLMetadata]):
       MetadataConnectionError (a ConfigError): the MySQL database cannot be reached.
     """
     from conveyor.metadata.store import open_store
-    if metadata is None and not os.path.exists(os.path.join(home, "metadata.sqlite")):
+    from pipelines.metadata_connection import store_exists
+    if not store_exists(home, metadata):
         return None
     return open_store(home, metadata=metadata)
 
