@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/conveyor run image
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 # The unit tier only: pure functions, no TFX run, no server (one process).
 test-fast: setup

@@ -66,23 +66,7 @@ class ServingModule(tf.Module):
         [0, 1] (e.g. 0..255 pixels not divided by 255) fail with InvalidArgumentError, which the
         server answers with 400, rather than a silently wrong class.
         """
-        # TF Serving feeds tensors without the signature's shape check; a wrong size must be
-        # a 400 naming the expected shape, not whatever the layers make of it.
-        expected = self._pixel_shape
-        # Rank first: comparing the shape's tail with `expected` would itself fail (with TF's
-        # "Incompatible shapes") for a tensor of another rank. The tail padded to 3 entries
-        # compares alike for every rank; the rank test rejects the rest.
-        tail = tf.concat([tf.shape(pixels)[1:], tf.zeros([3], tf.int32)], axis=0)[:3]
-        right_shape = tf.logical_and(tf.equal(tf.rank(pixels), 4),
-                                     tf.reduce_all(tf.equal(tail, tf.constant(list(expected)))))
-        checks = [
-            tf.debugging.Assert(right_shape, [
-                f"serving input {contract.PIXELS_INPUT}: expected shape "
-                f"[N, {expected[0]}, {expected[1]}, {expected[2]}], got", tf.shape(pixels)], summarize=8),
-            tf.debugging.assert_greater_equal(pixels, 0.0, message=_PIXEL_RANGE_ERROR),
-            tf.debugging.assert_less_equal(pixels, 1.0, message=_PIXEL_RANGE_ERROR)]
-        with tf.control_dependencies(checks):
-            return self._classify(tf.identity(pixels))
+        return self._classify(checked_pixels(pixels, self._pixel_shape))
 
     def signatures(self, settings: ModuleSettings):
         """{signature name: concrete function} of the served-model contract (serving/contract.py)."""
@@ -101,6 +85,42 @@ class ServingModule(tf.Module):
                 tf.TensorSpec([None, size, size, settings.channels], tf.float32,
                               name=contract.PIXELS_INPUT))
         return signatures
+
+
+def checked_pixels(pixels: tf.Tensor, shape) -> tf.Tensor:
+    """`pixels` (float32 [N, height, width, channels]) unchanged, once it has that shape and
+    its values are in [0, 1]; else an InvalidArgumentError the server answers with 400.
+
+    TF Serving feeds tensors without the signature's shape check, so a wrong size must fail
+    here with a message naming the expected shape, not with whatever the layers make of it.
+
+    Args:
+      pixels: the serving_pixels input, of any shape.
+      shape: (height, width, channels) the model expects.
+    Returns:
+      `pixels`, with the checks as control dependencies.
+    Raises (when run):
+      InvalidArgumentError "serving input pixels: expected shape [N, h, w, c], got [...]" or
+      "serving input pixels: expected float pixels in [0, 1] (divide 8-bit values by 255)".
+    """
+    # Rank first: comparing the shape's tail with `shape` would itself fail (with TF's
+    # "Incompatible shapes") for a tensor of another rank. The tail padded to 3 entries
+    # compares alike for every rank; the rank test rejects the rest.
+    tail = tf.concat([tf.shape(pixels)[1:], tf.zeros([3], tf.int32)], axis=0)[:3]
+    right_shape = tf.logical_and(tf.equal(tf.rank(pixels), 4),
+                                 tf.reduce_all(tf.equal(tail, tf.constant(list(shape)))))
+    shape_check = tf.debugging.Assert(right_shape, [
+        f"serving input {contract.PIXELS_INPUT}: expected shape "
+        f"[N, {shape[0]}, {shape[1]}, {shape[2]}], got", tf.shape(pixels)], summarize=8)
+    # The range checks reduce over the signature's 4 axes and fail with TF's own "Invalid
+    # reduction dimension" on another rank: they run only after the shape check, or which
+    # error the client gets depends on op scheduling.
+    with tf.control_dependencies([shape_check]):
+        range_checks = [
+            tf.debugging.assert_greater_equal(pixels, 0.0, message=_PIXEL_RANGE_ERROR),
+            tf.debugging.assert_less_equal(pixels, 1.0, message=_PIXEL_RANGE_ERROR)]
+    with tf.control_dependencies(range_checks):
+        return tf.identity(pixels)
 
 
 def export(model: keras.Model, tf_transform_output: tft.TFTransformOutput, label_names: List[str],
