@@ -87,12 +87,15 @@ def parse_mysql_url(url: str, password_env: Optional[str] = None) -> MySQLMetada
     Raises:
       UsageError: not such a URL, a password in it, or a bad port/name; one line.
     """
+    # Before any message that repeats the URL: a password may hold '#', '/' or '?', which
+    # urlsplit reads as the start of another part, so "USER:" before the first '@' is enough.
+    _, has_scheme, rest = url.partition("://")
+    if has_scheme and "@" in rest and ":" in rest.split("@", 1)[0]:
+        raise UsageError("--to: the URL holds a password (not shown); put the password in an environment "
+                         "variable and name it with --password-env NAME")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "mysql":
         raise UsageError(f"--to: expected {URL_FORM}, got {url!r}")
-    if parts.password is not None:
-        raise UsageError("--to: the URL holds a password; put the password in an environment variable and "
-                         "name it with --password-env NAME")
     try:
         port = parts.port
     except ValueError:
@@ -101,8 +104,8 @@ def parse_mysql_url(url: str, password_env: Optional[str] = None) -> MySQLMetada
     unknown = sorted(set(query) - {"socket"})
     if unknown:
         raise UsageError(f"--to: unknown URL parameter(s) {', '.join(unknown)} (known: socket)")
-    values = {"host": parts.hostname or "", "database": parts.path.lstrip("/"), "user": parts.username or "",
-              "password_env": password_env}
+    values = {"host": parts.hostname or "", "database": urllib.parse.unquote(parts.path.lstrip("/")),
+              "user": urllib.parse.unquote(parts.username or ""), "password_env": password_env}
     if port is not None:
         values["port"] = port
     if "socket" in query:

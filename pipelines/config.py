@@ -13,6 +13,7 @@ error is one line naming the source, the key, the value and what was expected.
 import contextlib
 import json
 import os
+import re
 import typing
 from typing import (Annotated, Any, Callable, Dict, Iterator, List, Literal, Mapping, Optional,
                     Sequence, Tuple)
@@ -372,7 +373,12 @@ class MySQLMetadata(_Settings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 3306
     socket: Optional[str] = None
-    database: Annotated[str, _rule("expected a database name", lambda v: v.strip() != "")]
+    # ML Metadata 1.16's MySQL client sends the name unquoted in CREATE DATABASE / USE
+    # (measured: 'mlmd-prod' fails with an SQL syntax error), so only names that need no
+    # quoting work: MySQL's unquoted identifiers (ASCII part), at most 64 characters.
+    database: Annotated[str, _rule(
+        "expected a database name of letters, digits, '_' or '$' (at most 64; ML Metadata does "
+        "not quote it)", lambda v: re.fullmatch(r"[A-Za-z0-9_$]{1,64}", v) is not None)]
     user: Annotated[str, _rule("expected a MySQL user name", lambda v: v.strip() != "")]
     password_env: Optional[Annotated[str, _rule(
         "expected the NAME of an environment variable (letters, digits, '_')",
@@ -706,6 +712,8 @@ def _describe_metadata(error: Dict[str, Any]) -> str:
     field = MySQLMetadata.model_fields[key]
     if error["type"] == "config_rule":
         expected = error["msg"]
+        if key == "password_env":  # not a variable name: maybe the password itself pasted in
+            return f"key 'metadata.{key}': {expected}; the value given is not shown"
     elif error["type"] in _BOUND_ERRORS:
         expected = f"expected {_expected_bounds(_bounds_metadata(field), _strip_optional(field.annotation))}"
     else:

@@ -128,16 +128,20 @@ def connect(home: str, metadata: Optional[MySQLMetadata] = None, *, read_only: b
     from ml_metadata import metadata_store
     config = connection_config(home, metadata, read_only=read_only)
     for attempt in range(_ATTEMPTS):
-        try:
-            return metadata_store.MetadataStore(config)
-        except RuntimeError as e:  # what MLMD's C++ layer raises (tfx/orchestration/metadata.py)
-            error = e
-            if metadata is None:
-                break
-            time.sleep(0.2 * (attempt + 1))
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if metadata is not None and _UNSAID.search(reason):
-        reason = _server_reason(metadata) or reason
+        # A login the server refuses is asked about with PyMySQL first: MLMD's client prints
+        # glog lines to stderr for each failed attempt, before Conveyor's one sentence, and
+        # often gives no reason (_UNSAID).
+        reason = _server_reason(metadata) if metadata is not None else None
+        if reason is None:
+            try:
+                return metadata_store.MetadataStore(config)
+            except RuntimeError as e:  # what MLMD's C++ layer raises (tfx/orchestration/metadata.py)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if metadata is not None and _UNSAID.search(reason):
+                    reason = _server_reason(metadata) or reason
+        if metadata is None:
+            break
+        time.sleep(0.2 * (attempt + 1))
     reason = redact(reason, secrets(metadata))
     raise MetadataConnectionError(f"cannot open the ML Metadata store, {describe(home, metadata)}: {reason}")
 

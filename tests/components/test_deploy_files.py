@@ -46,6 +46,12 @@ def test_compose_services_and_volumes(compose):
     assert re.fullmatch(r"postgresql\+psycopg2://airflow:\$\{AIRFLOW_DB_PASSWORD[^}]*\}@postgres:5432/airflow",
                         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "airflow"
+    assert services["postgres"]["image"] == "postgres:15"  # the version tests/support/postgres.py runs
+    # One webserver secret for all Airflow containers, or the UI cannot read task logs from
+    # the scheduler's log server (403); both keys come from the compose environment.
+    assert env["AIRFLOW__WEBSERVER__SECRET_KEY"].startswith("${AIRFLOW_SECRET_KEY")
+    assert env["AIRFLOW__CORE__FERNET_KEY"].startswith("${AIRFLOW_FERNET_KEY")
+    assert services["airflow-webserver"]["environment"] == env
     assert scheduler["depends_on"]["mysql"]["condition"] == "service_healthy"
     assert "--model_config_file=/conveyor_home/serving/models.config" in services["tfserving"]["command"]
     # A killed task is failed once (zombie detection slower than a parse of the DAG file), the

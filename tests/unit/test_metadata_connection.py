@@ -76,13 +76,24 @@ def test_an_unset_password_variable_is_one_line(monkeypatch):
     ("metadata: {database: m, user: u, hots: h}\n", "unknown key 'metadata.hots' (known keys of metadata: host, port"),
     ("metadata: {database: m, user: u, password_env: 'my pw'}\n", "key 'metadata.password_env': expected the NAME of "
                                                                   "an environment variable"),
-    ("metadata: {database: '', user: u}\n", "key 'metadata.database': expected a database name, got ''"),
+    ("metadata: {database: '', user: u}\n", "key 'metadata.database': expected a database name of letters, digits, "
+                                            "'_' or '$' (at most 64; ML Metadata does not quote it), got ''"),
+    # MLMD sends the name unquoted: 'mlmd-prod' would fail later with an SQL syntax error.
+    ("metadata: {database: mlmd-prod, user: u}\n", "key 'metadata.database': expected a database name of letters"),
+    ("metadata: {database: 'm; DROP DATABASE x', user: u}\n", "key 'metadata.database': expected a database name"),
 ])
 def test_bad_metadata_settings_are_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         _config(tmp_path, text)
     assert str(error.value).startswith(f"config file {tmp_path / 'c.yaml'}: "), str(error.value)
     assert message in str(error.value)
+
+
+def test_a_password_pasted_into_password_env_is_not_repeated(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        _config(tmp_path, "metadata: {database: m, user: u, password_env: 'S3cr#t-pw'}\n")
+    assert "key 'metadata.password_env': expected the NAME of an environment variable" in str(error.value)
+    assert "S3cr" not in str(error.value)
 
 
 def test_a_password_in_the_config_is_refused_without_repeating_it(tmp_path):
@@ -102,6 +113,7 @@ def test_read_commands_take_any_kind_of_config_file(tmp_path):
     ("mysql://conveyor@db:3307/mlmd", {"host": "db", "port": 3307, "database": "mlmd", "user": "conveyor"}),
     ("mysql://u@127.0.0.1/m", {"host": "127.0.0.1", "port": 3306, "database": "m", "user": "u"}),
     ("mysql://u@localhost/m?socket=/tmp/s.sock", {"socket": "/tmp/s.sock", "database": "m", "user": "u"}),
+    ("mysql://ml%2Bops@db/mlmd%24prod", {"database": "mlmd$prod", "user": "ml+ops"}),
 ])
 def test_copy_target_urls(url, expected):
     parsed = parse_mysql_url(url, "PW")
@@ -110,7 +122,14 @@ def test_copy_target_urls(url, expected):
 
 
 @pytest.mark.parametrize("url, message", [
-    ("mysql://u:hunter2@db/m", "the URL holds a password; put the password in an environment variable"),
+    ("mysql://u:hunter2@db/m", "the URL holds a password (not shown); put the password in an environment variable"),
+    # Characters urlsplit reads as another part of the URL, and other schemes: still refused
+    # as a password, never repeated in a message about the port or the scheme.
+    ("mysql://u:hun#ter2@db:3306/m", "the URL holds a password (not shown)"),
+    ("mysql://u:hun/ter2@db/m", "the URL holds a password (not shown)"),
+    ("mariadb://u:hunter2@db:3306/m", "the URL holds a password (not shown)"),
+    ("mysql://:hunter2@db/m", "the URL holds a password (not shown)"),
+    ("mysql://u@db/mlmd-prod", "--to: database: expected a database name of letters"),
     ("postgres://u@db/m", "--to: expected mysql://USER@HOST[:PORT]/DATABASE"),
     ("mysql://db/m", "--to: expected mysql://USER@HOST[:PORT]/DATABASE"),
     ("mysql://u@db:99999/m", "is not a number in 1..65535"),
@@ -120,7 +139,7 @@ def test_bad_copy_target_urls_are_one_line(url, message):
     with pytest.raises(UsageError) as error:
         parse_mysql_url(url)
     assert message in str(error.value)
-    assert "hunter2" not in str(error.value)
+    assert "hunter2" not in str(error.value) and "ter2" not in str(error.value)
 
 
 def test_secrets_are_redacted_from_log_records_also_c_escaped():
@@ -151,7 +170,8 @@ def test_an_unreachable_mysql_store_is_one_sentence_naming_it(monkeypatch):
                                      ["report", "--out", "r.html"], ["drift", "--model", "image_classifier"],
                                      ["run", "image"], ["bless", "--run", "-1", "--reason", "r"],
                                      ["metadata", "copy"]])
-def test_commands_on_an_unreachable_mysql_store_exit_2_with_one_line(command, tmp_path, monkeypatch, capsys):
+def test_commands_on_an_unreachable_mysql_store_exit_2_with_one_line(command, tmp_path, monkeypatch, capfd):
+    # capfd, not capsys: ML Metadata's C++ client writes its glog lines to file descriptor 2.
     port = _closed_port()
     monkeypatch.setenv("MLMD_PW", "s3cret")
     (tmp_path / "data" / "0").mkdir(parents=True)
@@ -162,7 +182,7 @@ def test_commands_on_an_unreachable_mysql_store_exit_2_with_one_line(command, tm
         (tmp_path / "home").mkdir()
         mc.connect(str(tmp_path / "home"))  # an empty SQLite store
     status = cli.main([*command, *extra, "--config", str(tmp_path / "c.yaml")])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 2, err
     assert len(lines) == 1 and f"MySQL database 'mlmd' at 127.0.0.1:{port} (user conveyor)" in lines[0], err
