@@ -216,7 +216,8 @@ def run(config: Config, stream=sys.stdout,
       config: the validated Config; `config.data` must be set.
       stream: where progress lines go.
       on_finish: called as on_finish(config, started unix time) after the DAG ran or failed,
-        still under the HOME lock (e.g. to read the run back from MLMD).
+        still under the HOME lock (e.g. to read the run back from MLMD). When the DAG failed
+        and on_finish raises too, the ConveyorError names both.
       on_unchanged: called as on_unchanged(config, Unchanged) instead, under the HOME lock,
         when the pre-flight check found nothing changed (see pipelines/preflight.py) and
         recorded a no-op rerun; without it a line is written to `stream`.
@@ -272,9 +273,20 @@ def run(config: Config, stream=sys.stdout,
                                              str(reason) if reason else f"{type(failure).__name__}: {failure}")
                 except Exception as e:  # noqa: BLE001
                     print(f"could not record the failure in MLMD: {e}", file=sys.stderr)
-            result = on_finish(config, started) if on_finish else None
+            try:
+                result = on_finish(config, started) if on_finish else None
+            except Exception as e:  # noqa: BLE001
+                # e.g. the MySQL store went away, which also failed the run: the run's own
+                # error (and its log) is what the user needs, not only the summary's.
+                if failure is None:
+                    raise
+                finish_error = e
+            else:
+                finish_error = None
     if failure is not None:
         reason = _user_error(failure)
         message = str(reason) if reason else f"{type(failure).__name__}: {failure} (details in {log_path})"
+        if finish_error is not None:
+            message += f"; the run's summary could not be read either: {finish_error}"
         raise ConveyorError(message)
     return result

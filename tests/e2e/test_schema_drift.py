@@ -17,6 +17,8 @@ from conveyor.metadata.lineage import pushed_models
 from conveyor.metadata.store import Graph, open_store
 from pipelines.config import load_config
 from conveyor import runner as local_runner
+from pipelines import local_runner as dag_runner
+from pipelines.metadata_connection import MetadataConnectionError
 from tests.support.helpers import SHARED_DATA, TEXT_REVIEWS, pushed_first_run
 
 PER_CLASS = 30
@@ -42,13 +44,17 @@ def _trainer_runs(home: str) -> int:
     return sum(1 for e in graph.store.get_executions() if graph.type_of(e).endswith("Trainer"))
 
 
-def _second_run(kind: str, home: str, data: str) -> str:
-    """Runs the pipeline in-process on drifted data; returns the error message (it must fail)."""
+def _second_run(kind: str, home: str, data: str, on_finish=None) -> str:
+    """Runs the pipeline in-process on drifted data; returns the error message (it must fail).
+    With `on_finish`, through pipelines.local_runner.run with that callback instead."""
     name = f"{kind}_classifier"
     trainers = _trainer_runs(home)
     config = load_config(kind, overrides={"home": home, "train_steps": 30, "eval_steps": 5, "data": data})
     with pytest.raises(local_runner.ConveyorError) as error:
-        local_runner.run(config, stream=io.StringIO())
+        if on_finish is None:
+            local_runner.run(config, stream=io.StringIO())
+        else:
+            dag_runner.run(config, stream=io.StringIO(), on_finish=on_finish)
     assert _trainer_runs(home) == trainers, "a Trainer ran on drifted data"
     served = os.path.join(home, "serving", name)
     assert sorted(os.listdir(served)) == [".push.lock", "1"]
@@ -75,8 +81,15 @@ def test_new_class_stops_the_run(image_home, digits_dir, tmp_path):
 
 
 def test_missing_class_stops_the_run(image_home, digits_dir, tmp_path):
-    message = _second_run("image", image_home, _digits_subset(digits_dir, str(tmp_path / "d"), skip_class="3"))
+    def store_gone(config, started):  # as when a MySQL store goes away mid-run
+        raise MetadataConnectionError("cannot open the ML Metadata store, MySQL database 'mlmd' at db:3306")
+
+    message = _second_run("image", image_home, _digits_subset(digits_dir, str(tmp_path / "d"), skip_class="3"),
+                          on_finish=store_gone)
     assert "feature 'label_name'" in message and "class(es) ['3'] of the blessed model have no examples" in message, message
+    # The run's own error comes first; the summary's failure is named after it, not instead.
+    assert message.index("feature 'label_name'") < message.index(
+        "the run's summary could not be read either: cannot open the ML Metadata store"), message
 
 
 def test_images_of_another_size_stop_the_run(image_home, digits_dir, tmp_path):
