@@ -131,7 +131,7 @@ def connect(home: str, metadata: Optional[MySQLMetadata] = None, *, read_only: b
         # A login the server refuses is asked about with PyMySQL first: MLMD's client prints
         # glog lines to stderr for each failed attempt, before Conveyor's one sentence, and
         # often gives no reason (_UNSAID).
-        reason = _server_reason(metadata) if metadata is not None else None
+        reason = _server_reason(metadata, refusals_only=True) if metadata is not None else None
         if reason is None:
             try:
                 return metadata_store.MetadataStore(config)
@@ -151,10 +151,18 @@ def connect(home: str, metadata: Optional[MySQLMetadata] = None, *, read_only: b
 _UNSAID = re.compile(r"errno:\s*,\s*error:\s*$")
 
 
-def _server_reason(metadata: MySQLMetadata) -> Optional[str]:
-    """What the server says to a plain login as the configured user, made with PyMySQL when
-    MLMD's client gave no reason, e.g. "Access denied for user 'conveyor'@'localhost' (using
-    password: YES) (MySQL error 1045)"; None when that login works (the reason is elsewhere)."""
+# MySQL client and server error codes that mean "no login": access denied (1045), can't
+# connect by socket / TCP (2002 / 2003), unknown host (2005), connection lost (2013).
+# Anything else PyMySQL may fail on where MLMD's client would not (e.g. an authentication
+# plugin PyMySQL lacks) does not stop a connection before MLMD's client tried it.
+_REFUSED = {1045, 2002, 2003, 2005, 2013}
+
+
+def _server_reason(metadata: MySQLMetadata, refusals_only: bool = False) -> Optional[str]:
+    """What the server says to a plain login as the configured user, made with PyMySQL, e.g.
+    "Access denied for user 'conveyor'@'localhost' (using password: YES) (MySQL error 1045)";
+    None when that login works (the reason is elsewhere), or, with `refusals_only`, when it
+    failed with an error not in _REFUSED."""
     import pymysql
     where = {"unix_socket": metadata.socket} if metadata.socket else {"host": metadata.host, "port": metadata.port}
     try:
@@ -162,6 +170,8 @@ def _server_reason(metadata: MySQLMetadata) -> Optional[str]:
                         write_timeout=10, **where).close()
     except pymysql.MySQLError as e:
         code, message = (tuple(e.args) + (None, None))[:2]
+        if refusals_only and code not in _REFUSED:
+            return None
         return f"{message} (MySQL error {code})" if message else str(e)
     except OSError as e:   # e.g. a socket path that does not exist
         return str(e)
