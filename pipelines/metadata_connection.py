@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from pipelines.config import Config, ConfigError, MySQLMetadata
 
@@ -131,14 +131,16 @@ def connect(home: str, metadata: Optional[MySQLMetadata] = None, *, read_only: b
         # A login the server refuses is asked about with PyMySQL first: MLMD's client prints
         # glog lines to stderr for each failed attempt, before Conveyor's one sentence, and
         # often gives no reason (_UNSAID).
-        reason = _server_reason(metadata, refusals_only=True) if metadata is not None else None
-        if reason is None:
+        login = _login_error(metadata) if metadata is not None else None
+        if login is not None and login.refused:
+            reason = login.reason
+        else:
             try:
                 return metadata_store.MetadataStore(config)
             except RuntimeError as e:  # what MLMD's C++ layer raises (tfx/orchestration/metadata.py)
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if metadata is not None and _UNSAID.search(reason):
-                    reason = _server_reason(metadata) or reason
+                if login is not None and _UNSAID.search(reason):
+                    reason = login.reason
         if metadata is None:
             break
         time.sleep(0.2 * (attempt + 1))
@@ -158,11 +160,14 @@ _UNSAID = re.compile(r"errno:\s*,\s*error:\s*$")
 _REFUSED = {1045, 2002, 2003, 2005, 2013}
 
 
-def _server_reason(metadata: MySQLMetadata, refusals_only: bool = False) -> Optional[str]:
-    """What the server says to a plain login as the configured user, made with PyMySQL, e.g.
-    "Access denied for user 'conveyor'@'localhost' (using password: YES) (MySQL error 1045)";
-    None when that login works (the reason is elsewhere), or, with `refusals_only`, when it
-    failed with an error not in _REFUSED."""
+class _LoginError(NamedTuple):
+    reason: str    # e.g. "Access denied for user 'conveyor'@'localhost' (using password: YES) (MySQL error 1045)"
+    refused: bool  # a code in _REFUSED, or no connection at all (OSError)
+
+
+def _login_error(metadata: MySQLMetadata) -> Optional[_LoginError]:
+    """What the server says to a plain login as the configured user, made with PyMySQL; None
+    when that login works (a failure's reason is then elsewhere)."""
     import pymysql
     where = {"unix_socket": metadata.socket} if metadata.socket else {"host": metadata.host, "port": metadata.port}
     try:
@@ -170,11 +175,9 @@ def _server_reason(metadata: MySQLMetadata, refusals_only: bool = False) -> Opti
                         write_timeout=10, **where).close()
     except pymysql.MySQLError as e:
         code, message = (tuple(e.args) + (None, None))[:2]
-        if refusals_only and code not in _REFUSED:
-            return None
-        return f"{message} (MySQL error {code})" if message else str(e)
+        return _LoginError(f"{message} (MySQL error {code})" if message else str(e), code in _REFUSED)
     except OSError as e:   # e.g. a socket path that does not exist
-        return str(e)
+        return _LoginError(str(e), True)
     return None
 
 
